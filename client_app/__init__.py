@@ -1,0 +1,1 @@
+"""fedlayer's Flower ClientApp: executes the server's layer plans on local data."""

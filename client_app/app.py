@@ -1,0 +1,24 @@
+"""Flower ClientApp entry points: the train handler and the info query."""
+
+from __future__ import annotations
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from client_app.executor import execute_train, node_info
+from fedcore import protocol
+from fedcore.config import RunConfig
+from fedcore.records import config_to_dict
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    return Message(execute_train(msg.content, dict(context.node_config)), reply_to=msg)
+
+
+@app.query(protocol.INFO_QUERY)
+def info(msg: Message, context: Context) -> Message:
+    cfg = RunConfig.from_flat(config_to_dict(msg.content.config_records[protocol.RUN_CONFIG]))
+    return Message(node_info(dict(context.node_config), cfg), reply_to=msg)

@@ -1,0 +1,200 @@
+"""Run configuration: one validated tree parsed from Flower's flat run config.
+
+Flower hands the app a flat dict of dotted keys (``model.name``, ``train.lr``...). Every key is declared
+here with its default, type and allowed values, so a bad value stops the run before any training with
+one message naming the key. ``pyproject.toml``'s ``[tool.flwr.app.config]`` mirrors these defaults (a
+test keeps the two in sync): Flower only accepts ``--run-config`` overrides for keys listed there.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Method = Literal["fedavg", "fedlora", "fedbitfit", "droppeft", "leff"]
+TuningMode = Literal["full", "lora", "bitfit"]
+
+#: The tuning each method implies; "auto" in ``tuning.mode`` picks this.
+METHOD_TUNING: dict[str, TuningMode] = {
+    "fedavg": "full",
+    "fedlora": "lora",
+    "fedbitfit": "bitfit",
+    "droppeft": "lora",
+    "leff": "full",
+}
+#: Learning rates that work for each tuning mode when ``train.lr`` is 0 (our defaults, not the papers').
+DEFAULT_LR: dict[str, float] = {"full": 5e-5, "lora": 1e-3, "bitfit": 1e-3}
+
+
+class ConfigError(ValueError):
+    """A run configuration value is invalid; the message names the key and what is allowed."""
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class Section(BaseModel):
+    """Base of every config section: kebab-case keys, unknown keys refused, values validated on assignment."""
+
+    model_config = ConfigDict(
+        alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class ModelConfig(Section):
+    name: str = Field(
+        "embedded:all-MiniLM-L6-v2",
+        description="'embedded:<asset>', a local model directory, or a hub id (needs network).",
+    )
+    task: Literal["seq-cls", "causal-lm"] = "seq-cls"
+    max_length: int = Field(64, ge=8, le=8192, description="Tokens per example (truncation).")
+
+
+class TuningConfig(Section):
+    mode: Literal["auto", "full", "lora", "bitfit"] = Field(
+        "auto", description="'auto' takes the method's own tuning (fedavg: full, fedlora: lora...)."
+    )
+    lora_r: int = Field(16, ge=1, le=1024)
+    lora_alpha: float = Field(32.0, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_targets: str = Field(
+        "", description="Comma-separated module names; empty = the architecture's default."
+    )
+
+
+class DataConfig(Section):
+    name: str = Field(
+        "embedded:rotten-tomatoes",
+        description="'embedded:<asset>', a local .csv/.jsonl/.parquet file, or a hub dataset id.",
+    )
+    text_column: str = "text"
+    label_column: str = "label"
+    partition: Literal["iid", "dirichlet", "natural"] = "dirichlet"
+    dirichlet_alpha: float = Field(1.0, gt=0)
+    natural_column: str = Field("", description="Column whose values define natural partitions.")
+    test_fraction: float = Field(0.1, gt=0, lt=1, description="Server-held test split.")
+    client_test_fraction: float = Field(0.2, ge=0, lt=1, description="Each client's local test split.")
+    max_examples: int = Field(0, ge=0, description="Cap on examples read (0 = all).")
+
+    @model_validator(mode="after")
+    def _natural_needs_column(self) -> DataConfig:
+        if self.partition == "natural" and not self.natural_column:
+            raise ValueError("data.partition=natural needs data.natural-column (e.g. movie_name)")
+        return self
+
+
+class ClientsConfig(Section):
+    per_round: int = Field(0, ge=0, description="Clients sampled per round (0 = all connected).")
+    min: int = Field(2, ge=1, description="Wait for this many nodes; a round needs this many replies.")
+    num_partitions: int = Field(
+        0, ge=0, description="Partitions of the data (0 = the node config's num-partitions)."
+    )
+
+
+class TrainConfig(Section):
+    local_steps: int = Field(15, ge=0, description="Optimizer steps per round (0 = local-epochs).")
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1, le=4096)
+    lr: float = Field(0.0, ge=0, lt=1, description="Peak learning rate (0 = the tuning mode's default).")
+    weight_decay: float = Field(0.01, ge=0, lt=1)
+    warmup_fraction: float = Field(0.1, ge=0, lt=1, description="Share of all steps spent warming up.")
+    clip_norm: float = Field(1.0, ge=0, description="Gradient clipping (0 = off).")
+
+
+class RoundConfig(Section):
+    timeout: float = Field(900.0, gt=0, description="Seconds to wait for replies in one round.")
+
+
+class EvalConfig(Section):
+    max_examples: int = Field(500, ge=0, description="Server test examples evaluated (0 = all).")
+    batch_size: int = Field(64, ge=1)
+
+
+class OutputConfig(Section):
+    dir: str = Field("outputs", description="Parent directory of run directories.")
+    save_model: bool = True
+
+
+class RunConfig(Section):
+    method: Method = "fedlora"
+    seed: int = Field(0, ge=0)
+    rounds: int = Field(3, ge=1, le=100000)
+    model: ModelConfig = ModelConfig()
+    tuning: TuningConfig = TuningConfig()
+    data: DataConfig = DataConfig()
+    clients: ClientsConfig = ClientsConfig()
+    train: TrainConfig = TrainConfig()
+    round: RoundConfig = RoundConfig()
+    eval: EvalConfig = EvalConfig()
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _tuning_fits_method(self) -> RunConfig:
+        fixed = {"fedavg", "fedlora", "fedbitfit"}
+        if self.method in fixed and self.tuning.mode not in ("auto", METHOD_TUNING[self.method]):
+            raise ValueError(
+                f"tuning.mode={self.tuning.mode} contradicts method={self.method}, which always uses "
+                f"'{METHOD_TUNING[self.method]}' (use 'auto')"
+            )
+        return self
+
+    @property
+    def tuning_mode(self) -> TuningMode:
+        """The tuning actually used: the explicit mode, or the method's own."""
+        mode = self.tuning.mode
+        return METHOD_TUNING[self.method] if mode == "auto" else mode
+
+    @property
+    def learning_rate(self) -> float:
+        return self.train.lr or DEFAULT_LR[self.tuning_mode]
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any]) -> RunConfig:
+        """Validate a flat dotted-key dict; raise ConfigError naming the first bad key."""
+        tree: dict[str, Any] = {}
+        for key, value in flat.items():
+            node = tree
+            *parents, leaf = key.split(".")
+            for part in parents:
+                child = node.setdefault(part, {})
+                if not isinstance(child, dict):
+                    raise ConfigError(f"{key}: '{part}' is a value, not a section")
+                node = child
+            node[leaf] = value
+        try:
+            return cls.model_validate(tree)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from None
+
+    def to_flat(self) -> dict[str, Any]:
+        """The inverse of from_flat: dotted kebab-case keys with scalar values."""
+        return _flatten(self.model_dump(by_alias=True))
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line per problem: 'key: message (got value)'."""
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "config"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "literal_error":
+            message = f"must be one of {error['ctx']['expected']}"
+        got = error.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{key}: {message}{shown}")
+    return "invalid run config: " + "; ".join(lines)

@@ -1,0 +1,78 @@
+"""Layer addressing: every parameter belongs to one group, "embed", "block.<i>" or "head".
+
+Planners speak in groups (train block.3, keep block.5 personal...), the client trains groups, and the
+aggregator averages each group over the clients that trained it. The transformer block list is found
+generically as the model's largest ``nn.ModuleList``, which works for BERT, RoBERTa, DeBERTa-v2, GPT-2,
+Llama, Qwen2, Mistral and their PEFT-wrapped forms without a per-architecture table.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+EMBED = "embed"
+HEAD = "head"
+_EMBED_PARTS = {"wte", "wpe"}  # GPT-2 names its embeddings without the word "embed"
+
+
+def block_group(index: int) -> str:
+    return f"block.{index}"
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """Return (dotted path, module list) of the transformer blocks: the ModuleList holding most parameters."""
+    best: tuple[str, nn.ModuleList] | None = None
+    best_size = -1
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            size = sum(p.numel() for p in module.parameters())
+            if size > best_size:
+                best, best_size = (name, module), size
+    if best is None:
+        raise ValueError(f"{type(model).__name__} has no nn.ModuleList of transformer blocks")
+    return best
+
+
+def num_blocks(model: nn.Module) -> int:
+    return len(find_blocks(model)[1])
+
+
+class LayerMap:
+    """Maps parameter names of one model (plain or PEFT-wrapped) to layer groups."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.blocks_path, blocks = find_blocks(model)
+        self.num_blocks = len(blocks)
+        self._block_re = re.compile(rf"^{re.escape(self.blocks_path)}\.(\d+)\.")
+
+    def group_of(self, param_name: str) -> str:
+        match = self._block_re.match(param_name)
+        if match:
+            return block_group(int(match.group(1)))
+        parts = param_name.split(".")[:-1]
+        if any("embed" in part or part in _EMBED_PARTS for part in parts):
+            return EMBED
+        return HEAD
+
+    def all_groups(self) -> list[str]:
+        return [EMBED, *(block_group(i) for i in range(self.num_blocks)), HEAD]
+
+    def group_state(self, state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+        """Split a state dict by group."""
+        grouped: dict[str, dict[str, torch.Tensor]] = {}
+        for name, tensor in state.items():
+            grouped.setdefault(self.group_of(name), {})[name] = tensor
+        return grouped
+
+    def select(self, state: Mapping[str, torch.Tensor], groups: Iterable[str]) -> dict[str, torch.Tensor]:
+        """The part of a state dict that belongs to the given groups."""
+        wanted = set(groups)
+        return {name: t for name, t in state.items() if self.group_of(name) in wanted}
+
+
+def state_bytes(state: Mapping[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values())

@@ -1,0 +1,33 @@
+"""The one bridge between fedcore's plain Python/torch values and Flower's records.
+
+Tensors travel as fp32 or fp16 (Flower's ArrayRecord rejects bfloat16); plans and configs as
+ConfigRecords of scalars and typed lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord
+
+WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def state_to_arrays(state: Mapping[str, torch.Tensor], wire_dtype: str = "float32") -> ArrayRecord:
+    dtype = WIRE_DTYPES[wire_dtype]
+    return ArrayRecord({name: t.detach().to("cpu", dtype).contiguous() for name, t in state.items()})
+
+
+def arrays_to_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """Tensors back in fp32, whatever precision they travelled in."""
+    return {name: t.float() for name, t in record.to_torch_state_dict().items()}
+
+
+def dict_to_config(values: Mapping[str, Any]) -> ConfigRecord:
+    return ConfigRecord(dict(values))
+
+
+def config_to_dict(record: ConfigRecord) -> dict[str, Any]:
+    return dict(record.items())

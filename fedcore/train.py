@@ -1,0 +1,116 @@
+"""The local training loop that executes one LayerPlan on one client.
+
+It trains only the tunable parameters of the plan's groups, skips blocks stochastically when the plan
+carries drop rates, and returns the change of every trained parameter (the update) with the round's
+cost: examples, loss, compute time, peak memory and activation memory.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from fedcore.batching import Batch
+from fedcore.layers import LayerMap
+from fedcore.memory import ActivationMeter, peak_memory
+from fedcore.model import tunable_names
+from fedcore.plan import LayerPlan
+from fedcore.stld import only_blocks, sample_active_blocks
+
+
+@dataclass
+class TrainOutcome:
+    #: new value minus start value, for every parameter the client trained
+    update: dict[str, torch.Tensor]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def learning_rate(plan: LayerPlan, step: int, steps: int, warmup_fraction: float) -> float:
+    """Linear warm-up then linear decay over the whole federation (all rounds), not per round."""
+    total = steps * plan.rounds
+    position = (plan.round - 1) * steps + step
+    warmup = warmup_fraction * total
+    if position < warmup:
+        return plan.lr * (position + 1) / warmup
+    return plan.lr * (total - position) / (total - warmup)
+
+
+def trained_parameters(model: nn.Module, layer_map: LayerMap, plan: LayerPlan) -> dict[str, nn.Parameter]:
+    """The tunable parameters that belong to the plan's train groups; everything else is frozen now."""
+    wanted = set(plan.train_groups)
+    names = {n for n in tunable_names(model) if layer_map.group_of(n) in wanted}
+    params = {}
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in names)
+        if name in names:
+            params[name] = param
+    return params
+
+
+def train_plan(
+    model: nn.Module,
+    batches: list[Batch],
+    plan: LayerPlan,
+    *,
+    weight_decay: float = 0.01,
+    warmup_fraction: float = 0.1,
+    clip_norm: float = 1.0,
+    device: torch.device | None = None,
+) -> TrainOutcome:
+    if not batches:
+        raise ValueError("no training data on this client")
+    device = device or torch.device("cpu")
+    layer_map = LayerMap(model)
+    params = trained_parameters(model, layer_map, plan)
+    if not params:
+        raise ValueError(f"plan trains no tunable parameter (groups {list(plan.train_groups)})")
+    start = {name: p.detach().clone() for name, p in params.items()}
+    optimizer = torch.optim.AdamW(params.values(), lr=plan.lr, weight_decay=weight_decay)
+    steps = plan.steps or plan.epochs * len(batches)
+    generator = torch.Generator().manual_seed(plan.seed)
+    meter = ActivationMeter(model)
+    model.to(device).train()
+    losses: list[float] = []
+    blocks_run = 0
+    began = time.perf_counter()
+    with peak_memory() as memory:
+        for step in range(steps):
+            batch = {k: v.to(device) for k, v in batches[step % len(batches)].items()}
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(plan, step, steps, warmup_fraction)
+            active = (
+                sample_active_blocks(plan.drop_rates, generator)
+                if plan.drop_rates
+                else list(range(layer_map.num_blocks))
+            )
+            blocks_run += len(active)
+            with meter.step(), only_blocks(model, active):
+                loss = model(**batch).loss
+            loss.backward()
+            if clip_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params.values(), clip_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+    compute_time = time.perf_counter() - began
+    model.eval()
+    if not all(math.isfinite(v) for v in losses):
+        raise FloatingPointError(f"training loss became non-finite (last {losses[-1]})")
+    update = {name: (p.detach() - start[name]).cpu() for name, p in params.items()}
+    return TrainOutcome(
+        update=update,
+        metrics={
+            "train_loss": sum(losses) / len(losses),
+            "steps": steps,
+            "samples_processed": sum(len(batches[s % len(batches)]["labels"]) for s in range(steps)),
+            "compute_time_s": compute_time,
+            "peak_rss_mb": memory.peak_rss_mb,
+            "peak_cuda_mb": memory.peak_cuda_mb,
+            "activation_mb": meter.peak_mb,
+            "mean_active_blocks": blocks_run / steps,
+        },
+    )

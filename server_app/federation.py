@@ -1,0 +1,191 @@
+"""The federation loop: plan, send, collect, validate, aggregate layer-wise, evaluate, record.
+
+Built directly on Flower's Message API (``grid.send_and_receive``) because every client gets its own
+plan and payload and replies carry different parameter subsets, which Flower's stock strategies
+do not aggregate.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedcore import protocol
+from fedcore.aggregate import ClientUpdate, UpdateRejected, aggregate_layerwise, validate_update
+from fedcore.batching import make_batches
+from fedcore.config import RunConfig
+from fedcore.layers import LayerMap
+from fedcore.metrics import evaluate
+from fedcore.model import build_model, load_tunable_state, tunable_state
+from fedcore.plan import LayerPlan
+from fedcore.planners import ClientInfo, ClientResult, make_planner
+from fedcore.records import arrays_to_state, dict_to_config, state_to_arrays
+from fedcore.seeding import derive_seed
+from fedcore.splits import server_splits
+from server_app import console
+from server_app.nodes import query_clients, wait_for_nodes
+from server_app.run_log import RunLog, new_run_dir
+
+
+@dataclass
+class ClientOutcome:
+    row: dict[str, Any]
+    update: ClientUpdate | None
+
+
+def sample_clients(clients: list[ClientInfo], cfg: RunConfig, round_number: int) -> list[ClientInfo]:
+    if not cfg.clients.per_round or cfg.clients.per_round >= len(clients):
+        return clients
+    rng = random.Random(derive_seed(cfg.seed, round_number))
+    return sorted(rng.sample(clients, cfg.clients.per_round), key=lambda c: c.partition_id)
+
+
+def train_message(
+    client: ClientInfo, plan: LayerPlan, cfg: RunConfig, global_state: dict[str, torch.Tensor]
+) -> Message:
+    content = RecordDict(
+        {
+            protocol.PLAN: dict_to_config(plan.to_dict()),
+            protocol.RUN_CONFIG: dict_to_config(cfg.to_flat()),
+            protocol.GLOBAL: state_to_arrays(global_state),
+        }
+    )
+    return Message(content, dst_node_id=client.node_id, message_type=MessageType.TRAIN)
+
+
+def collect_reply(
+    reply: Message,
+    client: ClientInfo,
+    plan: LayerPlan,
+    expected: dict[str, torch.Size],
+    layer_map: LayerMap,
+) -> ClientOutcome:
+    """Turn one reply into a metrics row and, if it is sound, an update to aggregate."""
+    row: dict[str, Any] = {"node_id": client.node_id, "partition_id": client.partition_id}
+    row["plan"] = plan.as_log()
+    if reply.has_error():
+        return ClientOutcome({**row, "status": "failed", "reason": reply.error.reason}, None)
+    try:
+        metrics = dict(reply.content.metric_records[protocol.TRAIN_METRICS])
+        update = arrays_to_state(reply.content.array_records[protocol.UPDATE])
+        wanted = set(plan.train_groups)
+        plan_expected = {n: s for n, s in expected.items() if layer_map.group_of(n) in wanted}
+        validate_update(update, metrics.get("examples"), plan_expected, layer_map.group_of)
+    except (KeyError, TypeError, ValueError) as exc:
+        reason = str(exc) if isinstance(exc, UpdateRejected) else f"malformed reply: {exc!r}"
+        return ClientOutcome({**row, "status": "rejected", "reason": reason}, None)
+    row.update(metrics, status="ok", reason=None)
+    return ClientOutcome(row, ClientUpdate(client.node_id, int(metrics["examples"]), update))
+
+
+def run_federation(grid: Grid, cfg: RunConfig) -> Path:
+    """Run every round of one federation; returns the run directory."""
+    log = RunLog(new_run_dir(cfg.output.dir, cfg.method), cfg.to_flat())
+    task = cfg.model.task
+    splits = server_splits(cfg.data, task, cfg.seed)
+    model, tokenizer = build_model(cfg, splits.num_labels)
+    layer_map = LayerMap(model)
+    global_state = tunable_state(model)
+    expected = {name: tensor.shape for name, tensor in global_state.items()}
+    test = splits.test
+    if cfg.eval.max_examples:
+        test = test.select(range(min(cfg.eval.max_examples, len(test))))
+    eval_batches = make_batches(test, tokenizer, task, cfg.model.max_length, cfg.eval.batch_size)
+    groups = {layer_map.group_of(name) for name in global_state}
+    planner = make_planner(cfg, [g for g in layer_map.all_groups() if g in groups], layer_map.num_blocks)
+
+    print(f"fedlayer: method={cfg.method} model={cfg.model.name} run dir {log.dir}", flush=True)
+    print(console.header(task), flush=True)
+    began = time.perf_counter()
+    baseline = {"kind": "global", "round": 0, **evaluate(model, eval_batches, task)}
+    baseline.update(elapsed_s=0.0, round_wall_time_s=time.perf_counter() - began, clients_ok=0)
+    log.row(baseline)
+    print(console.line(baseline, task), flush=True)
+
+    node_ids = wait_for_nodes(grid, cfg.clients.min, cfg.round.timeout)
+    clients, unreachable = query_clients(grid, node_ids, cfg.to_flat(), cfg.round.timeout)
+    for node_id, reason in unreachable.items():
+        log.row({"kind": "node", "node_id": node_id, "status": "unreachable", "reason": reason})
+    if len(clients) < cfg.clients.min:
+        raise RuntimeError(f"only {len(clients)} client(s) answered; clients.min={cfg.clients.min}")
+
+    began = time.perf_counter()
+    last = baseline
+    best = baseline.get("accuracy")
+    for round_number in range(1, cfg.rounds + 1):
+        round_began = time.perf_counter()
+        chosen = sample_clients(clients, cfg, round_number)
+        plans = planner.plan(round_number, chosen)
+        by_node = {c.node_id: c for c in chosen}
+        messages = [train_message(c, plans[c.node_id], cfg, global_state) for c in chosen]
+        bytes_down = {m.metadata.dst_node_id: m.content.array_records[protocol.GLOBAL].count_bytes() for m in messages}
+        replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=cfg.round.timeout)}
+        outcomes = []
+        for node_id, client in by_node.items():
+            if node_id in replies:
+                outcome = collect_reply(replies[node_id], client, plans[node_id], expected, layer_map)
+            else:
+                outcome = ClientOutcome(
+                    {"node_id": node_id, "partition_id": client.partition_id, "status": "timeout",
+                     "reason": f"no reply within round.timeout={cfg.round.timeout:.0f} s"},
+                    None,
+                )
+            outcome.row.update(kind="client", round=round_number)
+            outcome.row.setdefault("bytes_down", bytes_down[node_id])
+            outcomes.append(outcome)
+        good = [o.update for o in outcomes if o.update is not None]
+        if len(good) >= cfg.clients.min:
+            global_state = aggregate_layerwise(global_state, good)
+            load_tunable_state(model, global_state)
+        planner.observe(
+            round_number,
+            [ClientResult(o.row["partition_id"], o.update is not None, _numbers(o.row)) for o in outcomes],
+        )
+        for outcome in outcomes:
+            log.row(outcome.row)
+        ok_rows = [o.row for o in outcomes if o.update is not None]
+        last = {
+            "kind": "global",
+            "round": round_number,
+            **evaluate(model, eval_batches, task),
+            "aggregated": len(good) >= cfg.clients.min,
+            "elapsed_s": time.perf_counter() - began,
+            "round_wall_time_s": time.perf_counter() - round_began,
+            "bytes_down": sum(o.row.get("bytes_down", 0) for o in outcomes),
+            "bytes_up": sum(r.get("bytes_up", 0) for r in ok_rows),
+            "max_client_peak_rss_mb": max((r["peak_rss_mb"] for r in ok_rows), default=None),
+            "clients_ok": len(ok_rows),
+            "clients_failed": len(outcomes) - len(ok_rows),
+            "planner": planner.state_dict(),
+        }
+        log.row(last)
+        print(console.line(last, task), flush=True)
+        if last.get("accuracy") is not None:
+            best = max(best or 0.0, last["accuracy"])
+
+    if cfg.output.save_model:
+        log.save_model(model, tokenizer)
+    log.summary(
+        {
+            "method": cfg.method,
+            "rounds_completed": cfg.rounds,
+            "final": last,
+            "best_accuracy": best,
+            "total_wall_time_s": time.perf_counter() - began,
+            "run_dir": str(log.dir),
+        }
+    )
+    log.close()
+    print(f"fedlayer: finished; outputs in {log.dir}", flush=True)
+    return log.dir
+
+
+def _numbers(row: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
