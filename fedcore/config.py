@@ -38,9 +38,7 @@ def _kebab(name: str) -> str:
 class Section(BaseModel):
     """Base of every config section: kebab-case keys, unknown keys refused, values validated on assignment."""
 
-    model_config = ConfigDict(
-        alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True
-    )
+    model_config = ConfigDict(alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True)
 
 
 class ModelConfig(Section):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
@@ -118,7 +119,7 @@ def _frame_to_table(
     natural_column: str,
     task: str,
     source: str,
-    classes: list[str] | None = None,
+    classes: list[Any] | None = None,
     keep: tuple[str, ...] = (),
 ) -> datasets.Dataset:
     """Check and rename columns, drop incomplete rows, number labels; ``classes`` fixes the label order."""
@@ -169,6 +170,11 @@ def num_labels(ds: datasets.Dataset) -> int:
 def _take(ds: datasets.Dataset, rows: np.ndarray) -> datasets.Dataset:
     """Copy rows in the given order into a plain table: no indices mapping slowing later column reads."""
     return datasets.Dataset.from_dict(ds[rows.tolist()], features=ds.features)
+
+
+def _column(ds: datasets.Dataset, name: str) -> list[Any]:
+    """All values of one column in one batch read (row-by-row iteration of a column is slow)."""
+    return ds.select_columns([name])[:][name]
 
 
 def _split(ds: datasets.Dataset, n_test: int, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
@@ -259,7 +265,8 @@ def _natural(
             f"data.natural-column: column '{column}' not in the table; "
             f"columns: {', '.join(pool.column_names)}"
         )
-    values = sorted(set(pool[column]))
+    natural = _column(pool, column)
+    values = sorted(set(natural))
     if len(values) < num_partitions:
         raise DataError(
             f"data.natural-column: '{column}' has {len(values)} distinct values, fewer than the "
@@ -267,7 +274,7 @@ def _natural(
         )
     order = np.random.default_rng(seed).permutation(len(values))
     group = {values[j]: position % num_partitions for position, j in enumerate(order)}
-    grouped = pool.add_column(_GROUP, [group[v] for v in pool[column]])
+    grouped = pool.add_column(_GROUP, [group[v] for v in natural])
     return _load(NaturalIdPartitioner(partition_by=_GROUP), grouped, partition_id).remove_columns(_GROUP)
 
 
@@ -276,9 +283,10 @@ def label_divergence(parts: list[datasets.Dataset]) -> float:
 
     0 means every client sees the global label distribution; values near 1 mean near-disjoint labels.
     """
-    k = max(num_labels(p) for p in parts)
-    counts = [np.bincount(np.asarray(p["label"], dtype=np.int64), minlength=k) for p in parts if len(p)]
-    if not counts:
+    nonempty = [p for p in parts if len(p)]
+    if not nonempty:
         raise DataError("data: label divergence of empty partitions is undefined")
+    k = max(num_labels(p) for p in nonempty)
+    counts = [np.bincount(np.asarray(_column(p, "label"), dtype=np.int64), minlength=k) for p in nonempty]
     pooled = np.sum(counts, axis=0) / np.sum(counts)
     return float(np.mean([0.5 * np.abs(c / c.sum() - pooled).sum() for c in counts]))

@@ -47,7 +47,10 @@ def evaluate(model: nn.Module, batches: list[Batch], task: str, device: torch.de
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         targets = batch["labels"][:, 1:]
         nll = nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="sum"
+            logits[:, :-1].reshape(-1, logits.size(-1)),
+            targets.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
         )
         nll_sum += nll.item()
         tokens += int((targets != -100).sum())

@@ -82,7 +82,7 @@ def apply_tuning(model: nn.Module, mode: str, tuning: TuningConfig, task: str) -
     else:
         layer_map = LayerMap(model)
         tunable = []
-        for name, param in model.named_parameters():
+        for name, _ in model.named_parameters():
             group = layer_map.group_of(name)
             if group == EMBED:
                 continue
@@ -122,7 +122,9 @@ def load_tunable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None
             if name not in params:
                 raise KeyError(f"parameter '{name}' does not exist in this model")
             if params[name].shape != value.shape:
-                raise ValueError(f"parameter '{name}': shape {tuple(value.shape)} != {tuple(params[name].shape)}")
+                raise ValueError(
+                    f"parameter '{name}': shape {tuple(value.shape)} != {tuple(params[name].shape)}"
+                )
             params[name].copy_(value.to(params[name].dtype))
 
 

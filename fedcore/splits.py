@@ -37,7 +37,9 @@ def server_splits(cfg: DataConfig, task: str, seed: int) -> ServerSplits:
 
 
 @lru_cache(maxsize=4)
-def client_splits(cfg: DataConfig, task: str, seed: int, partition_id: int, num_partitions: int) -> ClientSplits:
+def client_splits(
+    cfg: DataConfig, task: str, seed: int, partition_id: int, num_partitions: int
+) -> ClientSplits:
     shared = server_splits(cfg, task, seed)
     part = data.partition(shared.pool, cfg, num_partitions, partition_id, seed)
     train, test = data.local_split(part, cfg.client_test_fraction, seed)

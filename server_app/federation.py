@@ -125,16 +125,24 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         plans = planner.plan(round_number, chosen)
         by_node = {c.node_id: c for c in chosen}
         messages = [train_message(c, plans[c.node_id], cfg, global_state) for c in chosen]
-        bytes_down = {m.metadata.dst_node_id: m.content.array_records[protocol.GLOBAL].count_bytes() for m in messages}
-        replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=cfg.round.timeout)}
+        bytes_down = {
+            m.metadata.dst_node_id: m.content.array_records[protocol.GLOBAL].count_bytes() for m in messages
+        }
+        replies = {
+            r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=cfg.round.timeout)
+        }
         outcomes = []
         for node_id, client in by_node.items():
             if node_id in replies:
                 outcome = collect_reply(replies[node_id], client, plans[node_id], expected, layer_map)
             else:
                 outcome = ClientOutcome(
-                    {"node_id": node_id, "partition_id": client.partition_id, "status": "timeout",
-                     "reason": f"no reply within round.timeout={cfg.round.timeout:.0f} s"},
+                    {
+                        "node_id": node_id,
+                        "partition_id": client.partition_id,
+                        "status": "timeout",
+                        "reason": f"no reply within round.timeout={cfg.round.timeout:.0f} s",
+                    },
                     None,
                 )
             outcome.row.update(kind="client", round=round_number)

@@ -21,8 +21,7 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout_s: float, poll_s: float = 1
             return node_ids
         if time.monotonic() > deadline:
             raise TimeoutError(
-                f"only {len(node_ids)} SuperNode(s) connected after {timeout_s:.0f} s; "
-                f"clients.min={minimum}"
+                f"only {len(node_ids)} SuperNode(s) connected after {timeout_s:.0f} s; clients.min={minimum}"
             )
         time.sleep(poll_s)
 
@@ -34,7 +33,8 @@ def query_clients(
     messages = [
         Message(
             RecordDict({protocol.RUN_CONFIG: dict_to_config(flat_config)}),
-            dst_node_id=node_id, message_type=f"{MessageType.QUERY}.{protocol.INFO_QUERY}",
+            dst_node_id=node_id,
+            message_type=f"{MessageType.QUERY}.{protocol.INFO_QUERY}",
         )
         for node_id in node_ids
     ]

@@ -13,9 +13,9 @@ from transformers import BertTokenizer
 from fedcore.config import RunConfig
 
 _WORDS = (
-    "the a an and or but not no is was are be this that it of to in on for with as by at from good bad "
-    "great awful film movie story acting plot fun boring best worst love hate funny dull fresh rotten"
-).split()
+    "the a an and or but not no is was are be this that it of to in on for with as by at from good bad great "
+    "awful film movie story acting plot fun boring best worst love hate funny dull fresh rotten"
+).split(" ")
 
 ARCHITECTURES = ["bert", "roberta", "deberta-v2", "gpt2", "llama", "qwen2"]
 
@@ -67,8 +67,10 @@ def make_tiny_model_dir(directory: Path, arch: str, layers: int = 4) -> Path:
     tokenizer = write_tokenizer(directory)
     torch.manual_seed(0)
     config = tiny_config(arch, len(tokenizer), layers)
-    model = transformers.AutoModelForCausalLM.from_config(config) if arch in ("gpt2", "llama", "qwen2") else (
-        transformers.AutoModel.from_config(config)
+    model = (
+        transformers.AutoModelForCausalLM.from_config(config)
+        if arch in ("gpt2", "llama", "qwen2")
+        else (transformers.AutoModel.from_config(config))
     )
     model.save_pretrained(directory)
     return directory

@@ -1,0 +1,72 @@
+"""Run config: defaults agree with pyproject.toml, and every bad value is refused naming its key."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from flwr.common.config import flatten_dict
+
+from fedcore.config import ConfigError, RunConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pyproject_defaults_match_config_defaults() -> None:
+    """Flower only accepts --run-config keys listed in pyproject, so both must list the same keys."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    declared = flatten_dict(pyproject["tool"]["flwr"]["app"]["config"])
+    assert declared == RunConfig().to_flat()
+
+
+def test_flat_round_trip() -> None:
+    cfg = RunConfig.from_flat({"method": "fedavg", "train.lr": 1e-4, "data.partition": "iid"})
+    assert RunConfig.from_flat(cfg.to_flat()) == cfg
+    assert cfg.tuning_mode == "full"
+    assert cfg.learning_rate == 1e-4
+
+
+def test_method_defaults() -> None:
+    assert RunConfig.from_flat({"method": "fedlora"}).learning_rate == 1e-3
+    assert RunConfig.from_flat({"method": "fedbitfit"}).tuning_mode == "bitfit"
+
+
+BAD_CONFIGS = [
+    ({"method": "fedsgd"}, "method"),
+    ({"rounds": 0}, "rounds"),
+    ({"seed": -1}, "seed"),
+    ({"unknown-key": 1}, "unknown-key"),
+    ({"model.nmae": "x"}, "model.nmae"),
+    ({"model.task": "translation"}, "model.task"),
+    ({"model.max-length": 2}, "model.max-length"),
+    ({"tuning.mode": "prefix"}, "tuning.mode"),
+    ({"method": "fedlora", "tuning.mode": "full"}, "tuning.mode"),
+    ({"tuning.lora-r": 0}, "tuning.lora-r"),
+    ({"tuning.lora-dropout": 1.0}, "tuning.lora-dropout"),
+    ({"data.partition": "by-user"}, "data.partition"),
+    ({"data.partition": "natural"}, "data.natural-column"),
+    ({"data.dirichlet-alpha": 0}, "data.dirichlet-alpha"),
+    ({"data.test-fraction": 1.0}, "data.test-fraction"),
+    ({"data.client-test-fraction": -0.1}, "data.client-test-fraction"),
+    ({"clients.min": 0}, "clients.min"),
+    ({"clients.per-round": -2}, "clients.per-round"),
+    ({"train.lr": 2.0}, "train.lr"),
+    ({"train.batch-size": 0}, "train.batch-size"),
+    ({"train.local-steps": -1}, "train.local-steps"),
+    ({"train.local-epochs": 0}, "train.local-epochs"),
+    ({"train.warmup-fraction": 1.0}, "train.warmup-fraction"),
+    ({"train.clip-norm": -1.0}, "train.clip-norm"),
+    ({"round.timeout": 0}, "round.timeout"),
+    ({"eval.batch-size": 0}, "eval.batch-size"),
+    ({"train.batch-size": "big"}, "train.batch-size"),
+    ({"model": 3}, "model"),
+    ({"model.name.sub": "x"}, "model.name"),
+]
+
+
+@pytest.mark.parametrize(("flat", "key"), BAD_CONFIGS, ids=[key for _, key in BAD_CONFIGS])
+def test_bad_config_is_refused_naming_the_key(flat: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        RunConfig.from_flat(flat)
+    assert key in str(error.value)
