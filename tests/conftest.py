@@ -12,10 +12,52 @@ from transformers import BertTokenizer
 
 from fedcore.config import RunConfig
 
-_WORDS = (
-    "the a an and or but not no is was are be this that it of to in on for with as by at from good bad great "
-    "awful film movie story acting plot fun boring best worst love hate funny dull fresh rotten"
-).split(" ")
+_WORDS = [
+    "the",
+    "a",
+    "an",
+    "and",
+    "or",
+    "but",
+    "not",
+    "no",
+    "is",
+    "was",
+    "are",
+    "be",
+    "this",
+    "that",
+    "it",
+    "of",
+    "to",
+    "in",
+    "on",
+    "for",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "good",
+    "bad",
+    "great",
+    "awful",
+    "film",
+    "movie",
+    "story",
+    "acting",
+    "plot",
+    "fun",
+    "boring",
+    "best",
+    "worst",
+    "love",
+    "hate",
+    "funny",
+    "dull",
+    "fresh",
+    "rotten",
+]
 
 ARCHITECTURES = ["bert", "roberta", "deberta-v2", "gpt2", "llama", "qwen2"]
 
