@@ -1,7 +1,7 @@
 """The generic client: execute one LayerPlan on this node's data and produce the reply content.
 
 Every method (baselines, DropPEFT, LEFF) arrives here as a plan; nothing in this file knows which
-method is running.
+method is running. Personal layers (PTLS) live in the node's persistent state between rounds.
 """
 
 from __future__ import annotations
@@ -10,18 +10,25 @@ import time
 from typing import Any
 
 import torch
-from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from fedcore import protocol
 from fedcore.batching import make_batches
 from fedcore.config import RunConfig
+from fedcore.devices import profile_for
+from fedcore.layers import LayerMap
+from fedcore.metrics import evaluate
 from fedcore.model import build_model, load_tunable_state
 from fedcore.plan import LayerPlan
+from fedcore.ptls import choose_personal_groups, group_update_norms
 from fedcore.records import arrays_to_state, config_to_dict, state_to_arrays
 from fedcore.splits import ClientSplits, client_splits
 from fedcore.train import train_plan
+
+#: key of the personal parameters in the node's persistent state (context.state)
+PERSONAL_STATE = "fedlayer.personal"
 
 _model_cache: dict[tuple, tuple[nn.Module, PreTrainedTokenizerBase]] = {}
 
@@ -63,39 +70,81 @@ def device() -> torch.device:
 
 
 def node_info(node_config: dict[str, Any], cfg: RunConfig) -> RecordDict:
-    """Answer the server's info query: who this client is and how much data it holds."""
+    """Answer the server's info query: who this client is, how much data and what device it has."""
     partition_id, splits = local_data(cfg, node_config)
+    profile = profile_for(partition_id, cfg.devices.profiles, node_config)
     info = {k: v for k, v in node_config.items() if isinstance(v, (int, float, str, bool))}
+    info.update(profile.as_config())
     info.update({protocol.NODE_PARTITION_ID: partition_id, "num-examples": len(splits.train)})
     return RecordDict({protocol.NODE_INFO: ConfigRecord(info)})
 
 
-def execute_train(content: RecordDict, node_config: dict[str, Any]) -> RecordDict:
+def execute_train(content: RecordDict, node_config: dict[str, Any], state: RecordDict) -> RecordDict:
     began = time.perf_counter()
     cfg = RunConfig.from_flat(config_to_dict(content.config_records[protocol.RUN_CONFIG]))
     plan = LayerPlan.from_dict(config_to_dict(content.config_records[protocol.PLAN]))
     global_arrays = content.array_records[protocol.GLOBAL]
-    _, splits = local_data(cfg, node_config)
+    partition_id, splits = local_data(cfg, node_config)
+    profile = profile_for(partition_id, cfg.devices.profiles, node_config)
     model, tokenizer = cached_model(cfg, splits.num_labels)
-    load_tunable_state(model, arrays_to_state(global_arrays))
-    batches = make_batches(
-        splits.train, tokenizer, cfg.model.task, cfg.model.max_length, cfg.train.batch_size, plan.seed
-    )
+    layer_map = LayerMap(model)
+    received = arrays_to_state(global_arrays)
+    personal = arrays_to_state(state.array_records[PERSONAL_STATE]) if PERSONAL_STATE in state else {}
+    load_tunable_state(model, received)
+    load_tunable_state(model, personal)
+
+    def batches(table: Any, shuffle_seed: int | None, batch_size: int) -> list:
+        return make_batches(table, tokenizer, cfg.model.task, cfg.model.max_length, batch_size, shuffle_seed)
+
+    metrics: dict[str, float] = {}
+    held_out = splits.test if len(splits.test) else splits.train
+    if plan.evaluate_local:
+        local_test = held_out.select(range(min(len(held_out), cfg.eval.max_examples or len(held_out))))
+        local = evaluate(model, batches(local_test, None, cfg.eval.batch_size), cfg.model.task, device())
+        metrics.update({f"personal_{k}": v for k, v in local.items()})
+    probe_table = held_out.select(range(min(len(held_out), plan.probe_examples)))
+    probe = batches(probe_table, None, cfg.eval.batch_size)
+    if probe:
+        metrics["probe_loss_before"] = evaluate(model, probe, cfg.model.task, device())["loss"]
+
     outcome = train_plan(
         model,
-        batches,
+        batches(splits.train, plan.seed, cfg.train.batch_size),
         plan,
         weight_decay=cfg.train.weight_decay,
         warmup_fraction=cfg.train.warmup_fraction,
         clip_norm=cfg.train.clip_norm,
         device=device(),
     )
-    update = state_to_arrays(outcome.update)
-    metrics = dict(outcome.metrics)
+    if probe:
+        metrics["probe_loss_after"] = evaluate(model, probe, cfg.model.task, device())["loss"]
+
+    norms = group_update_norms(outcome.update, layer_map.group_of)
+    keep = set(choose_personal_groups(norms, plan.personal_fraction))
+    params = dict(model.named_parameters())
+    new_personal = {n: params[n].detach().cpu() for n in outcome.update if layer_map.group_of(n) in keep}
+    state[PERSONAL_STATE] = ArrayRecord({n: t.clone() for n, t in new_personal.items()})
+    # Uploads are relative to the global value received, also where a personal value was trained from.
+    upload = {
+        name: delta + (personal[name] - received[name] if name in personal else 0.0)
+        for name, delta in outcome.update.items()
+        if layer_map.group_of(name) not in keep
+    }
+    update = state_to_arrays(upload)
+    metrics.update(outcome.metrics)
     metrics.update(
         examples=len(splits.train),
+        personal_blocks=len(keep),
+        device_time_s=outcome.metrics["compute_time_s"] / profile.speed,
         bytes_down=global_arrays.count_bytes(),
         bytes_up=update.count_bytes(),
         wall_time_s=time.perf_counter() - began,
     )
-    return RecordDict({protocol.UPDATE: update, protocol.TRAIN_METRICS: MetricRecord(metrics)})
+    report = {"device": profile.name, "personal-groups": sorted(keep) or [""]}
+    return RecordDict(
+        {
+            protocol.UPDATE: update,
+            protocol.TRAIN_METRICS: MetricRecord(metrics),
+            protocol.TRAIN_REPORT: ConfigRecord(report),
+        }
+    )

@@ -36,9 +36,9 @@ def validate_update(
     max_norm: float = 0.0,
 ) -> None:
     """Refuse anything that could poison the aggregate; a client may omit whole groups (personal layers)."""
-    if not isinstance(examples, (int, float)) or not math.isfinite(examples):
+    if isinstance(examples, bool) or not isinstance(examples, (int, float)) or not math.isfinite(examples):
         raise UpdateRejected(f"example count is not a number: {examples!r}")
-    if not 0 < examples <= max_examples:
+    if not 1 <= examples <= max_examples:
         raise UpdateRejected(f"absurd example count {examples} (allowed 1..{max_examples})")
     if not update:
         raise UpdateRejected("empty update")

@@ -110,6 +110,64 @@ class EvalConfig(Section):
     batch_size: int = Field(64, ge=1)
 
 
+class DropConfig(Section):
+    """Stochastic transformer layer dropout (DropPEFT's STLD) and its online configurator."""
+
+    mode: Literal["auto", "off", "fixed", "bandit"] = Field(
+        "auto", description="'auto': bandit for droppeft, off otherwise."
+    )
+    mean_rate: float = Field(0.5, ge=0, lt=1, description="Mean drop rate for mode=fixed.")
+    shape: Literal["uniform", "incremental"] = "incremental"
+    rates: str = Field("0,0.2,0.35,0.5,0.65", description="Bandit arms: comma-separated mean rates.")
+    shapes: str = Field("uniform,incremental", description="Bandit arms: comma-separated shapes.")
+    exploration: float = Field(1.0, ge=0, description="UCB exploration weight.")
+    discount: float = Field(1.0, gt=0, le=1, description="1 = UCB1; < 1 = discounted UCB.")
+    probe_examples: int = Field(
+        64, ge=0, description="Held-out local examples for the bandit's loss-drop reward (0 = off)."
+    )
+
+    @model_validator(mode="after")
+    def _arms_parse(self) -> DropConfig:
+        rates = self.rate_grid()
+        if not rates or any(not 0 <= r < 1 for r in rates):
+            raise ValueError(f"drop.rates must be comma-separated numbers in [0, 1) (got '{self.rates}')")
+        bad = [s for s in self.shape_grid() if s not in ("uniform", "incremental")]
+        if bad or not self.shape_grid():
+            raise ValueError(f"drop.shapes must be from 'uniform', 'incremental' (got '{self.shapes}')")
+        return self
+
+    def rate_grid(self) -> list[float]:
+        try:
+            return [float(r) for r in self.rates.split(",") if r.strip()]
+        except ValueError:
+            return [-1.0]
+
+    def shape_grid(self) -> list[str]:
+        return [s.strip() for s in self.shapes.split(",") if s.strip()]
+
+
+class PtlsConfig(Section):
+    """Personal layers (DropPEFT's PTLS)."""
+
+    fraction: float | Literal["auto"] = Field(
+        "auto", description="Share of trained blocks kept personal; 'auto': 0.25 for droppeft, else 0."
+    )
+
+    @model_validator(mode="after")
+    def _fraction_range(self) -> PtlsConfig:
+        if self.fraction != "auto" and not 0 <= self.fraction < 1:
+            raise ValueError(f"ptls.fraction must be 'auto' or in [0, 1) (got {self.fraction})")
+        return self
+
+
+class DevicesConfig(Section):
+    profiles: str = Field(
+        "",
+        description="Comma-separated device profiles assigned round-robin to partitions in simulation "
+        "(e.g. 'jetson-orin,workstation'); empty = every node is a workstation.",
+    )
+
+
 class OutputConfig(Section):
     dir: str = Field("outputs", description="Parent directory of run directories.")
     save_model: bool = True
@@ -126,6 +184,9 @@ class RunConfig(Section):
     train: TrainConfig = TrainConfig()
     round: RoundConfig = RoundConfig()
     eval: EvalConfig = EvalConfig()
+    drop: DropConfig = DropConfig()
+    ptls: PtlsConfig = PtlsConfig()
+    devices: DevicesConfig = DevicesConfig()
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")
@@ -143,6 +204,18 @@ class RunConfig(Section):
         """The tuning actually used: the explicit mode, or the method's own."""
         mode = self.tuning.mode
         return METHOD_TUNING[self.method] if mode == "auto" else mode
+
+    @property
+    def drop_mode(self) -> str:
+        if self.drop.mode == "auto":
+            return "bandit" if self.method == "droppeft" else "off"
+        return self.drop.mode
+
+    @property
+    def personal_fraction(self) -> float:
+        if self.ptls.fraction == "auto":
+            return 0.25 if self.method == "droppeft" else 0.0
+        return self.ptls.fraction
 
     @property
     def learning_rate(self) -> float:

@@ -25,6 +25,10 @@ class LayerPlan:
     epochs: int = 1
     lr: float = 1e-3
     seed: int = 0
+    #: held-out local examples whose full-model loss is measured before and after training (0 = off)
+    probe_examples: int = 0
+    #: evaluate the client's personalised model on its local test split before training
+    evaluate_local: bool = False
     #: free-form label of the planner's choice for this client (e.g. a bandit arm), for the logs
     label: str = ""
 

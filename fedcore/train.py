@@ -35,7 +35,7 @@ def learning_rate(plan: LayerPlan, step: int, steps: int, warmup_fraction: float
     position = (plan.round - 1) * steps + step
     warmup = warmup_fraction * total
     if position < warmup:
-        return plan.lr * (position + 1) / warmup
+        return plan.lr * min(1.0, (position + 1) / warmup)
     return plan.lr * (total - position) / (total - warmup)
 
 
@@ -64,7 +64,10 @@ def train_plan(
     if not batches:
         raise ValueError("no training data on this client")
     device = device or torch.device("cpu")
+    model.to(device).train()
     layer_map = LayerMap(model)
+    if plan.drop_rates and len(plan.drop_rates) != layer_map.num_blocks:
+        raise ValueError(f"plan has {len(plan.drop_rates)} drop rates for {layer_map.num_blocks} blocks")
     params = trained_parameters(model, layer_map, plan)
     if not params:
         raise ValueError(f"plan trains no tunable parameter (groups {list(plan.train_groups)})")
@@ -73,7 +76,6 @@ def train_plan(
     steps = plan.steps or plan.epochs * len(batches)
     generator = torch.Generator().manual_seed(plan.seed)
     meter = ActivationMeter(model)
-    model.to(device).train()
     losses: list[float] = []
     blocks_run = 0
     began = time.perf_counter()

@@ -128,7 +128,11 @@ def _expected_tunable(model: nn.Module, method: str, task: str) -> set[str]:
             if {"lora_A", "lora_B"} & set(n.split("."))
             or (task == "seq-cls" and "modules_to_save" in n.split("."))
         }
-    return {n for n, g in groups.items() if g != EMBED and (n.endswith(".bias") or (task == "seq-cls" and g == HEAD))}
+    return {
+        n
+        for n, g in groups.items()
+        if g != EMBED and (n.endswith(".bias") or (task == "seq-cls" and g == HEAD))
+    }
 
 
 @pytest.mark.parametrize(("arch", "method", "task"), TUNING_CASES)
