@@ -63,7 +63,7 @@ class DropConfig:
                 return (max_rate,) * num_blocks
             scale = (total - clipped * max_rate) / (free * (free + 1) / 2)
             if scale * free <= max_rate:
-                return tuple(scale * (l + 1) for l in range(free)) + (max_rate,) * clipped
+                return tuple(scale * (block + 1) for block in range(free)) + (max_rate,) * clipped
             clipped += 1
 
     @property
@@ -183,7 +183,7 @@ class DropoutBandit:
         return self.exploration * math.sqrt(2.0 * math.log(total) / stats.counts[i])
 
     def select(self, device: str) -> DropConfig:
-        """Untried unpruned arms first in grid order, then the highest UCB index (first in grid order on ties)."""
+        """Untried unpruned arms first in grid order, then the highest UCB index (grid order breaks ties)."""
         stats = self._devices.get(device)
         if stats is None:
             return self._arms[0]
@@ -214,7 +214,7 @@ class DropoutBandit:
             self._prune(stats)
 
     def _prune(self, stats: _DeviceStats) -> None:
-        """Eliminate arms whose upper bound is below the best lower bound; the argmax of LCB always survives."""
+        """Drop arms whose upper bound is below the best lower bound; the best-LCB arm always survives."""
         eligible = [
             i
             for i in range(len(self._arms))
@@ -229,7 +229,7 @@ class DropoutBandit:
                 stats.pruned[i] = True
 
     def summary(self, device: str) -> dict[str, dict[str, Any]]:
-        """Per-arm pulls, discounted count, mean raw reward (None if untried) and pruned flag, for the run log."""
+        """Per-arm pulls, discounted count, mean raw reward (None if untried) and pruned flag, for logs."""
         stats = self._devices.get(device) or _DeviceStats.empty(len(self._arms))
         return {
             arm.label: {
@@ -242,7 +242,7 @@ class DropoutBandit:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable snapshot; floats survive json round-trips exactly, so choices replay identically."""
+        """JSON-serialisable snapshot; floats survive JSON exactly, so a restored bandit replays exactly."""
         return {
             "version": STATE_VERSION,
             "arms": [arm.label for arm in self._arms],
@@ -312,12 +312,9 @@ def progress_reward(loss_before: float, loss_after: float, wall_time_s: float) -
     Our choice of reward: it trades how much a configuration helps against how long it keeps the device busy,
     which is what time-to-accuracy rewards. It can be negative when a round made the model worse.
     """
-    for name, value in (
-        ("loss_before", loss_before),
-        ("loss_after", loss_after),
-        ("wall_time_s", wall_time_s),
-    ):
-        _check_finite(name, value)
+    _check_finite("loss_before", loss_before)
+    _check_finite("loss_after", loss_after)
+    _check_finite("wall_time_s", wall_time_s)
     if wall_time_s <= 0.0:
         raise ValueError(f"wall_time_s must be > 0, got {wall_time_s!r}")
     return (loss_before - loss_after) / wall_time_s

@@ -110,7 +110,7 @@ class EvalConfig(Section):
     batch_size: int = Field(64, ge=1)
 
 
-class DropConfig(Section):
+class LayerDropConfig(Section):
     """Stochastic transformer layer dropout (DropPEFT's STLD) and its online configurator."""
 
     mode: Literal["auto", "off", "fixed", "bandit"] = Field(
@@ -127,7 +127,7 @@ class DropConfig(Section):
     )
 
     @model_validator(mode="after")
-    def _arms_parse(self) -> DropConfig:
+    def _arms_parse(self) -> LayerDropConfig:
         rates = self.rate_grid()
         if not rates or any(not 0 <= r < 1 for r in rates):
             raise ValueError(f"drop.rates must be comma-separated numbers in [0, 1) (got '{self.rates}')")
@@ -184,7 +184,7 @@ class RunConfig(Section):
     train: TrainConfig = TrainConfig()
     round: RoundConfig = RoundConfig()
     eval: EvalConfig = EvalConfig()
-    drop: DropConfig = DropConfig()
+    drop: LayerDropConfig = LayerDropConfig()
     ptls: PtlsConfig = PtlsConfig()
     devices: DevicesConfig = DevicesConfig()
     output: OutputConfig = OutputConfig()
