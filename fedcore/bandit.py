@@ -1,11 +1,11 @@
 """Server-side multi-armed bandit that picks a layer-dropout configuration per device (paper-inspired).
 
 DropPEFT states that per-device dropout ratios matter and are assigned online by an exploration-exploitation
-strategy; the details below are our choices (see docs/notes): an arm is a (mean drop rate, shape) pair, each
-device key has its own independent arm statistics, selection is UCB1 (or discounted UCB for devices whose
-speed drifts), and the reward is training progress per second of that device's round.
+strategy. Everything else here is our choice (project notes, DropPEFT section): an arm is a (mean drop rate,
+shape) pair, each device key has its own independent arm statistics, selection is UCB1 (or discounted UCB for
+devices whose speed drifts), and the reward is training progress per second of that device's round.
 
-Everything here is pure Python and deterministic: the same updates in the same order give the same choices,
+This module is pure Python and deterministic: the same updates in the same order give the same choices,
 and `state_dict` captures all of it, so a restarted server continues exactly where it stopped.
 """
 
@@ -168,19 +168,15 @@ class DropoutBandit:
             self._devices[device] = _DeviceStats.empty(len(self._arms))
         return self._devices[device]
 
-    def _normalised_mean(self, stats: _DeviceStats, i: int) -> float:
-        mean = stats.sums[i] / stats.counts[i]
-        assert stats.low is not None and stats.high is not None
-        if stats.high == stats.low:
-            return 0.5
-        return (mean - stats.low) / (stats.high - stats.low)
-
-    def _radius(self, stats: _DeviceStats, i: int) -> float:
-        """UCB1 confidence radius sqrt(2 ln N / n_a) on (discounted) counts, scaled by `exploration`."""
+    def _bounds(self, stats: _DeviceStats, i: int) -> tuple[float, float]:
+        """Normalised mean and UCB1 radius exploration * sqrt(2 ln N / n_a), on discounted counts."""
         if stats.counts[i] <= 0.0:  # a long-unplayed arm's discounted count can underflow to zero
-            return math.inf
+            return 0.5, math.inf
+        assert stats.low is not None and stats.high is not None  # set by the update that made counts > 0
+        mean = stats.sums[i] / stats.counts[i]
+        normalised = 0.5 if stats.high == stats.low else (mean - stats.low) / (stats.high - stats.low)
         total = max(sum(stats.counts), 1.0)
-        return self.exploration * math.sqrt(2.0 * math.log(total) / stats.counts[i])
+        return normalised, self.exploration * math.sqrt(2.0 * math.log(total) / stats.counts[i])
 
     def select(self, device: str) -> DropConfig:
         """Untried unpruned arms first in grid order, then the highest UCB index (grid order breaks ties)."""
@@ -191,7 +187,7 @@ class DropoutBandit:
         for i in live:
             if stats.pulls[i] == 0:
                 return self._arms[i]
-        best = max(live, key=lambda i: (self._normalised_mean(stats, i) + self._radius(stats, i), -i))
+        best = max(live, key=lambda i: (sum(self._bounds(stats, i)), -i))
         return self._arms[best]
 
     def update(self, device: str, arm: DropConfig, reward: float) -> None:
@@ -218,11 +214,11 @@ class DropoutBandit:
         eligible = [
             i
             for i in range(len(self._arms))
-            if not stats.pruned[i] and stats.pulls[i] >= self.min_pulls_to_prune and stats.counts[i] > 0.0
+            if not stats.pruned[i] and stats.pulls[i] >= self.min_pulls_to_prune
         ]
         if len(eligible) < 2:
             return
-        bounds = {i: (self._normalised_mean(stats, i), self._radius(stats, i)) for i in eligible}
+        bounds = {i: self._bounds(stats, i) for i in eligible}
         best_lower = max(mean - radius for mean, radius in bounds.values())
         for i, (mean, radius) in bounds.items():
             if mean + radius < best_lower:

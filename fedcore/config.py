@@ -118,9 +118,11 @@ class LayerDropConfig(Section):
     )
     mean_rate: float = Field(0.5, ge=0, lt=1, description="Mean drop rate for mode=fixed.")
     shape: Literal["uniform", "incremental"] = "incremental"
-    rates: str = Field("0,0.2,0.35,0.5,0.65", description="Bandit arms: comma-separated mean rates.")
-    shapes: str = Field("uniform,incremental", description="Bandit arms: comma-separated shapes.")
-    exploration: float = Field(1.0, ge=0, description="UCB exploration weight.")
+    rates: str = Field("0.3,0.5,0.7", description="Bandit arms: comma-separated mean rates.")
+    shapes: str = Field("incremental", description="Bandit arms: comma-separated shapes.")
+    exploration: float = Field(
+        0.2, ge=0, description="UCB exploration weight (rewards are normalised to [0, 1] per device)."
+    )
     discount: float = Field(1.0, gt=0, le=1, description="1 = UCB1; < 1 = discounted UCB.")
     probe_examples: int = Field(
         64, ge=0, description="Held-out local examples for the bandit's loss-drop reward (0 = off)."

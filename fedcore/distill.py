@@ -99,7 +99,7 @@ def init_student(teacher_blocks: Sequence[nn.Module], depth: int) -> tuple[nn.Mo
             for value in vars(module).values()
             if isinstance(value, PretrainedConfig)
         }
-        students.append(copy.deepcopy(block, memo=shared))
+        students.append(copy.deepcopy(block))
     return nn.ModuleList(students), sources
 
 
