@@ -179,6 +179,7 @@ class RunConfig(Section):
     method: Method = "fedlora"
     seed: int = Field(0, ge=0)
     rounds: int = Field(3, ge=1, le=100000)
+    resume_from: str = Field("", description="A run directory whose last checkpoint this run continues.")
     model: ModelConfig = ModelConfig()
     tuning: TuningConfig = TuningConfig()
     data: DataConfig = DataConfig()

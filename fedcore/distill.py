@@ -99,7 +99,7 @@ def init_student(teacher_blocks: Sequence[nn.Module], depth: int) -> tuple[nn.Mo
             for value in vars(module).values()
             if isinstance(value, PretrainedConfig)
         }
-        students.append(copy.deepcopy(block))
+        students.append(copy.deepcopy(block, memo=shared))
     return nn.ModuleList(students), sources
 
 
@@ -338,7 +338,8 @@ def distill_segment(
 
         mse_before = mean_mse()
         student.requires_grad_(True)
-        optimizer = torch.optim.AdamW(student.parameters(), lr=lr)
+        # no weight decay: the student should fit its teacher, not drift towards zero weights
+        optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
         generator = torch.Generator().manual_seed(seed)
         order: list[int] = []
         for _ in range(steps):

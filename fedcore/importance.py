@@ -116,7 +116,8 @@ def choose_window(
     """Start block of the window one client trains this round.
 
     "importance" samples from window_probabilities (the paper's method), "random" draws uniformly and
-    "round-robin" steps by one window width per round and per client (the paper's ablation baselines).
+    "round-robin" tiles the depth, one window width further per round and per client, so every block
+    is trained within ceil(L / width) steps (the paper's ablation baselines).
     """
     scores = window_scores(importance, width)
     if strategy == "importance":
@@ -124,5 +125,6 @@ def choose_window(
     if strategy == "random":
         return int(rng.integers(len(scores)))
     if strategy == "round-robin":
-        return (round_number - 1 + client_index) * width % len(scores)
+        num_blocks = len(importance)
+        return min((round_number - 1 + client_index) * width % num_blocks, num_blocks - width)
     raise ValueError(f"unknown window strategy '{strategy}'; allowed: {', '.join(STRATEGIES)}")

@@ -75,6 +75,7 @@ def train_plan(
     optimizer = torch.optim.AdamW(params.values(), lr=plan.lr, weight_decay=weight_decay)
     steps = plan.steps or plan.epochs * len(batches)
     generator = torch.Generator().manual_seed(plan.seed)
+    torch.manual_seed(plan.seed)  # dropout inside the model: a round replays identically (resume)
     meter = ActivationMeter(model)
     losses: list[float] = []
     blocks_run = 0

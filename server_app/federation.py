@@ -1,4 +1,4 @@
-"""The federation loop: plan, send, collect, validate, aggregate layer-wise, evaluate, record.
+"""The federation loop: plan, send, collect, validate, aggregate layer-wise, evaluate, record, checkpoint.
 
 Built directly on Flower's Message API (``grid.send_and_receive``) because every client gets its own
 plan and payload and replies carry different parameter subsets, which Flower's stock strategies
@@ -9,27 +9,30 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
+from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from fedcore import protocol
 from fedcore.aggregate import ClientUpdate, UpdateRejected, aggregate_layerwise, validate_update
-from fedcore.batching import make_batches
+from fedcore.batching import Batch, make_batches
 from fedcore.config import RunConfig
 from fedcore.layers import LayerMap
 from fedcore.metrics import evaluate
 from fedcore.model import build_model, load_tunable_state, tunable_state
 from fedcore.plan import LayerPlan
-from fedcore.planners import ClientInfo, ClientResult, make_planner
+from fedcore.planners import ClientInfo, ClientResult, Planner, make_planner
 from fedcore.records import arrays_to_state, dict_to_config, state_to_arrays
 from fedcore.seeding import derive_seed
 from fedcore.splits import server_splits
 from server_app import console
+from server_app.checkpoint import Checkpoint, check_compatible, load_checkpoint, save_checkpoint
 from server_app.nodes import query_clients, wait_for_nodes
 from server_app.run_log import RunLog, new_run_dir
 
@@ -38,6 +41,22 @@ from server_app.run_log import RunLog, new_run_dir
 class ClientOutcome:
     row: dict[str, Any]
     update: ClientUpdate | None
+
+
+@dataclass
+class ServerState:
+    """What the server holds between rounds (and what a checkpoint restores)."""
+
+    cfg: RunConfig
+    model: nn.Module
+    layer_map: LayerMap
+    global_state: dict[str, torch.Tensor]
+    planner: Planner
+    eval_batches: list[Batch]
+    first_round: int = 1
+    best_accuracy: float | None = None
+    elapsed_before_s: float = 0.0
+    shapes: dict[str, torch.Size] = field(default_factory=dict)
 
 
 def sample_clients(clients: list[ClientInfo], cfg: RunConfig, round_number: int) -> list[ClientInfo]:
@@ -85,29 +104,108 @@ def collect_reply(
     return ClientOutcome(row, ClientUpdate(client.node_id, int(metrics["examples"]), update))
 
 
-def run_federation(grid: Grid, cfg: RunConfig) -> Path:
-    """Run every round of one federation; returns the run directory."""
-    log = RunLog(new_run_dir(cfg.output.dir, cfg.method), cfg.to_flat())
+def prepare(cfg: RunConfig) -> tuple[ServerState, RunLog, PreTrainedTokenizerBase]:
+    """Build the global model, evaluation data and planner; restore a checkpoint if resuming."""
     task = cfg.model.task
     splits = server_splits(cfg.data, task, cfg.seed)
     model, tokenizer = build_model(cfg, splits.num_labels)
     layer_map = LayerMap(model)
     global_state = tunable_state(model)
-    expected = {name: tensor.shape for name, tensor in global_state.items()}
     test = splits.test
     if cfg.eval.max_examples:
         test = test.select(range(min(cfg.eval.max_examples, len(test))))
-    eval_batches = make_batches(test, tokenizer, task, cfg.model.max_length, cfg.eval.batch_size)
     groups = {layer_map.group_of(name) for name in global_state}
-    planner = make_planner(cfg, [g for g in layer_map.all_groups() if g in groups], layer_map.num_blocks)
+    state = ServerState(
+        cfg=cfg,
+        model=model,
+        layer_map=layer_map,
+        global_state=global_state,
+        planner=make_planner(cfg, [g for g in layer_map.all_groups() if g in groups], layer_map.num_blocks),
+        eval_batches=make_batches(test, tokenizer, task, cfg.model.max_length, cfg.eval.batch_size),
+        shapes={name: tensor.shape for name, tensor in global_state.items()},
+    )
+    if not cfg.resume_from:
+        return state, RunLog(new_run_dir(cfg.output.dir, cfg.method), cfg.to_flat()), tokenizer
+    run_dir = Path(cfg.resume_from).expanduser().resolve()
+    checkpoint = load_checkpoint(run_dir)
+    check_compatible(checkpoint, cfg, global_state)
+    state.global_state = {name: checkpoint.global_state[name] for name in global_state}
+    load_tunable_state(model, state.global_state)
+    state.planner.load_state_dict(checkpoint.planner_state)
+    state.first_round = checkpoint.round + 1
+    state.best_accuracy = checkpoint.best_accuracy
+    state.elapsed_before_s = checkpoint.elapsed_s
+    log = RunLog(run_dir, cfg.to_flat())
+    log.truncate_after(checkpoint.round)
+    return state, log, tokenizer
 
+
+def run_round(
+    grid: Grid, state: ServerState, clients: list[ClientInfo], round_number: int
+) -> list[ClientOutcome]:
+    """One round: plans out, replies in, layer-wise aggregate of the sound replies."""
+    cfg = state.cfg
+    chosen = sample_clients(clients, cfg, round_number)
+    plans = state.planner.plan(round_number, chosen)
+    messages = [train_message(c, plans[c.node_id], cfg, state.global_state) for c in chosen]
+    bytes_down = {
+        m.metadata.dst_node_id: m.content.array_records[protocol.GLOBAL].count_bytes() for m in messages
+    }
+    replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=cfg.round.timeout)}
+    outcomes = []
+    for client in chosen:
+        if client.node_id in replies:
+            outcome = collect_reply(
+                replies[client.node_id], client, plans[client.node_id], state.shapes, state.layer_map
+            )
+        else:
+            reason = f"no reply within round.timeout={cfg.round.timeout:g} s"
+            row = {"node_id": client.node_id, "partition_id": client.partition_id, "status": "timeout"}
+            outcome = ClientOutcome({**row, "reason": reason}, None)
+        outcome.row.update(kind="client", round=round_number)
+        outcome.row.setdefault("bytes_down", bytes_down[client.node_id])
+        outcomes.append(outcome)
+    good = [o.update for o in outcomes if o.update is not None]
+    if len(good) >= cfg.clients.min:
+        state.global_state = aggregate_layerwise(state.global_state, good)
+        load_tunable_state(state.model, state.global_state)
+    state.planner.observe(
+        round_number,
+        [ClientResult(o.row["partition_id"], o.update is not None, _numbers(o.row)) for o in outcomes],
+    )
+    return outcomes
+
+
+def global_row(state: ServerState, round_number: int, outcomes: list[ClientOutcome]) -> dict[str, Any]:
+    ok_rows = [o.row for o in outcomes if o.update is not None]
+    return {
+        "kind": "global",
+        "round": round_number,
+        **evaluate(state.model, state.eval_batches, state.cfg.model.task),
+        "aggregated": len(ok_rows) >= state.cfg.clients.min,
+        "bytes_down": sum(o.row.get("bytes_down", 0) for o in outcomes),
+        "bytes_up": sum(r.get("bytes_up", 0) for r in ok_rows),
+        "max_client_peak_rss_mb": max((r["peak_rss_mb"] for r in ok_rows), default=None),
+        "clients_ok": len(ok_rows),
+        "clients_failed": len(outcomes) - len(ok_rows),
+        "planner": state.planner.state_dict(),
+    }
+
+
+def run_federation(grid: Grid, cfg: RunConfig) -> Path:
+    """Run (or continue) one federation; returns the run directory."""
+    state, log, tokenizer = prepare(cfg)
+    task = cfg.model.task
     print(f"fedlayer: method={cfg.method} model={cfg.model.name} run dir {log.dir}", flush=True)
     print(console.header(task), flush=True)
-    began = time.perf_counter()
-    baseline = {"kind": "global", "round": 0, **evaluate(model, eval_batches, task)}
-    baseline.update(elapsed_s=0.0, round_wall_time_s=time.perf_counter() - began, clients_ok=0)
-    log.row(baseline)
-    print(console.line(baseline, task), flush=True)
+    last: dict[str, Any] = {}
+    if state.first_round == 1:
+        began = time.perf_counter()
+        last = {"kind": "global", "round": 0, **evaluate(state.model, state.eval_batches, task)}
+        last.update(elapsed_s=0.0, round_wall_time_s=time.perf_counter() - began, clients_ok=0)
+        state.best_accuracy = last.get("accuracy")
+        log.row(last)
+        print(console.line(last, task), flush=True)
 
     node_ids = wait_for_nodes(grid, cfg.clients.min, cfg.round.timeout)
     clients, unreachable = query_clients(grid, node_ids, cfg.to_flat(), cfg.round.timeout)
@@ -116,76 +214,40 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     if len(clients) < cfg.clients.min:
         raise RuntimeError(f"only {len(clients)} client(s) answered; clients.min={cfg.clients.min}")
 
-    began = time.perf_counter()
-    last = baseline
-    best = baseline.get("accuracy")
-    for round_number in range(1, cfg.rounds + 1):
+    began = time.perf_counter() - state.elapsed_before_s
+    for round_number in range(state.first_round, cfg.rounds + 1):
         round_began = time.perf_counter()
-        chosen = sample_clients(clients, cfg, round_number)
-        plans = planner.plan(round_number, chosen)
-        by_node = {c.node_id: c for c in chosen}
-        messages = [train_message(c, plans[c.node_id], cfg, global_state) for c in chosen]
-        bytes_down = {
-            m.metadata.dst_node_id: m.content.array_records[protocol.GLOBAL].count_bytes() for m in messages
-        }
-        replies = {
-            r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=cfg.round.timeout)
-        }
-        outcomes = []
-        for node_id, client in by_node.items():
-            if node_id in replies:
-                outcome = collect_reply(replies[node_id], client, plans[node_id], expected, layer_map)
-            else:
-                outcome = ClientOutcome(
-                    {
-                        "node_id": node_id,
-                        "partition_id": client.partition_id,
-                        "status": "timeout",
-                        "reason": f"no reply within round.timeout={cfg.round.timeout:.0f} s",
-                    },
-                    None,
-                )
-            outcome.row.update(kind="client", round=round_number)
-            outcome.row.setdefault("bytes_down", bytes_down[node_id])
-            outcomes.append(outcome)
-        good = [o.update for o in outcomes if o.update is not None]
-        if len(good) >= cfg.clients.min:
-            global_state = aggregate_layerwise(global_state, good)
-            load_tunable_state(model, global_state)
-        planner.observe(
-            round_number,
-            [ClientResult(o.row["partition_id"], o.update is not None, _numbers(o.row)) for o in outcomes],
+        outcomes = run_round(grid, state, clients, round_number)
+        last = global_row(state, round_number, outcomes)
+        last.update(
+            elapsed_s=time.perf_counter() - began, round_wall_time_s=time.perf_counter() - round_began
         )
         for outcome in outcomes:
             log.row(outcome.row)
-        ok_rows = [o.row for o in outcomes if o.update is not None]
-        last = {
-            "kind": "global",
-            "round": round_number,
-            **evaluate(model, eval_batches, task),
-            "aggregated": len(good) >= cfg.clients.min,
-            "elapsed_s": time.perf_counter() - began,
-            "round_wall_time_s": time.perf_counter() - round_began,
-            "bytes_down": sum(o.row.get("bytes_down", 0) for o in outcomes),
-            "bytes_up": sum(r.get("bytes_up", 0) for r in ok_rows),
-            "max_client_peak_rss_mb": max((r["peak_rss_mb"] for r in ok_rows), default=None),
-            "clients_ok": len(ok_rows),
-            "clients_failed": len(outcomes) - len(ok_rows),
-            "planner": planner.state_dict(),
-        }
         log.row(last)
         print(console.line(last, task), flush=True)
         if last.get("accuracy") is not None:
-            best = max(best or 0.0, last["accuracy"])
+            state.best_accuracy = max(state.best_accuracy or 0.0, last["accuracy"])
+        save_checkpoint(
+            log.dir,
+            Checkpoint(
+                round=round_number,
+                global_state=state.global_state,
+                planner_state=state.planner.state_dict(),
+                best_accuracy=state.best_accuracy,
+                elapsed_s=last["elapsed_s"],
+                config=cfg.to_flat(),
+            ),
+        )
 
     if cfg.output.save_model:
-        log.save_model(model, tokenizer)
+        log.save_model(state.model, tokenizer)
     log.summary(
         {
             "method": cfg.method,
             "rounds_completed": cfg.rounds,
             "final": last,
-            "best_accuracy": best,
+            "best_accuracy": state.best_accuracy,
             "total_wall_time_s": time.perf_counter() - began,
             "run_dir": str(log.dir),
         }

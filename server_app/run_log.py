@@ -48,6 +48,20 @@ class RunLog:
         self._metrics.write(json.dumps(row, sort_keys=True, default=float) + "\n")
         self._metrics.flush()
 
+    def truncate_after(self, round_number: int) -> None:
+        """Drop rows of rounds after a checkpoint (written before a crash, then redone on resume)."""
+        self._metrics.close()
+        path = self.dir / "metrics.jsonl"
+        kept = [
+            line
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("round", 0) <= round_number
+        ]
+        tmp = path.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, path)
+        self._metrics = path.open("a", encoding="utf-8")
+
     def summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.dir / "summary.json", summary)
 

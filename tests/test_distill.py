@@ -7,7 +7,6 @@ shallower student closer to its segment, and the server's model must come back e
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +30,6 @@ from fedcore.layers import find_blocks
 from fedcore.model import build_model
 
 DECODERS = ("gpt2", "llama", "qwen2")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models on a shared 2-core CPU run ~20x faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -40,3 +40,7 @@ class Planner(Protocol):
     def state_dict(self) -> dict[str, Any]:
         """JSON-able state, for logs and checkpoints."""
         ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpointed state_dict."""
+        ...

@@ -64,3 +64,6 @@ class AllLayersPlanner:
 
     def state_dict(self) -> dict[str, Any]:
         return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

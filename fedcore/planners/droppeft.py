@@ -69,3 +69,8 @@ class DropPeftPlanner:
             "rewards": self.rewards,
             "bandit": self.bandit.state_dict(),
         }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.bandit.load_state_dict(state["bandit"])
+        self.choices = {int(k.split("-")[1]): DropConfig.from_label(v) for k, v in state["choices"].items()}
+        self.rewards = dict(state["rewards"])
