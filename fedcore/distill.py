@@ -35,7 +35,7 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from fedcore.batching import Batch
-from fedcore.layers import find_blocks
+from fedcore.layers import find_blocks, swap_blocks
 
 #: ceil(n * r) tolerance so that float products such as 10 * 0.3 = 3.0000000000000004 give 3, not 4
 _CEIL_SLACK = 1e-9
@@ -101,19 +101,6 @@ def init_student(teacher_blocks: Sequence[nn.Module], depth: int) -> tuple[nn.Mo
         }
         students.append(copy.deepcopy(block, memo=shared))
     return nn.ModuleList(students), sources
-
-
-@contextmanager
-def swap_blocks(model: nn.Module, blocks: nn.ModuleList) -> Iterator[None]:
-    """Temporarily run the model with another block list (e.g. from compressed_block_list)."""
-    path, original = find_blocks(model)
-    parent_path, _, attr = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, attr, blocks)
-    try:
-        yield
-    finally:
-        setattr(parent, attr, original)
 
 
 def compressed_block_list(

@@ -9,7 +9,8 @@ Llama, Qwen2, Mistral and their PEFT-wrapped forms without a per-architecture ta
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -35,6 +36,19 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     if best is None:
         raise ValueError(f"{type(model).__name__} has no nn.ModuleList of transformer blocks")
     return best
+
+
+@contextmanager
+def swap_blocks(model: nn.Module, blocks: nn.ModuleList) -> Iterator[None]:
+    """Temporarily run the model with another block list (a subset, or students around a window)."""
+    path, original = find_blocks(model)
+    parent_path, _, attr = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, attr, blocks)
+    try:
+        yield
+    finally:
+        setattr(parent, attr, original)
 
 
 def num_blocks(model: nn.Module) -> int:

@@ -8,13 +8,13 @@ never enters this context and always runs the full depth.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
 import torch
 from torch import nn
 
-from fedcore.layers import find_blocks
+from fedcore.layers import find_blocks, swap_blocks
 
 
 def sample_active_blocks(drop_rates: Sequence[float], generator: torch.Generator) -> list[int]:
@@ -30,14 +30,7 @@ def sample_active_blocks(drop_rates: Sequence[float], generator: torch.Generator
     return active
 
 
-@contextmanager
-def only_blocks(model: nn.Module, active: Sequence[int]) -> Iterator[None]:
+def only_blocks(model: nn.Module, active: Sequence[int]) -> AbstractContextManager[None]:
     """Temporarily replace the model's block list by the active blocks (in their original order)."""
-    path, blocks = find_blocks(model)
-    parent_path, _, attr = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, attr, nn.ModuleList([blocks[i] for i in sorted(active)]))
-    try:
-        yield
-    finally:
-        setattr(parent, attr, blocks)
+    _, blocks = find_blocks(model)
+    return swap_blocks(model, nn.ModuleList([blocks[i] for i in sorted(active)]))

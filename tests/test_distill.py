@@ -24,9 +24,8 @@ from fedcore.distill import (
     init_student,
     segments_outside,
     student_depth,
-    swap_blocks,
 )
-from fedcore.layers import find_blocks
+from fedcore.layers import find_blocks, swap_blocks
 from fedcore.model import build_model
 
 DECODERS = ("gpt2", "llama", "qwen2")
