@@ -6,6 +6,7 @@ method is running. Personal layers (PTLS) live in the node's persistent state be
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -19,8 +20,9 @@ from fedcore.batching import make_batches
 from fedcore.config import RunConfig
 from fedcore.devices import profile_for
 from fedcore.layers import LayerMap
+from fedcore.layout import build_layout_model, local_groups, to_global, to_local
 from fedcore.metrics import evaluate
-from fedcore.model import build_model, load_tunable_state
+from fedcore.model import build_model, load_tokenizer, load_tunable_state
 from fedcore.plan import LayerPlan
 from fedcore.ptls import choose_personal_groups, group_update_norms
 from fedcore.records import arrays_to_state, config_to_dict, state_to_arrays
@@ -52,16 +54,19 @@ def local_data(cfg: RunConfig, node_config: dict[str, Any]) -> tuple[int, Client
     return partition_id, splits
 
 
-def cached_model(cfg: RunConfig, num_labels: int) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """Reuse the built model across rounds within one process (a Ray actor serves many rounds).
+def cached_model(cfg: RunConfig, num_labels: int, depth: int) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """The full model (depth 0) or a LEFF layout of ``depth`` blocks, reused across rounds in one process.
 
-    Safe because every round overwrites all tunable parameters with the server's values and nothing
-    else is ever modified.
+    Reuse is safe because every round overwrites all tunable parameters with the server's values and
+    nothing else is ever modified (a Ray actor serves many rounds; a deployed ClientApp only one).
     """
-    key = (cfg.model, cfg.tuning, cfg.tuning_mode, cfg.seed, num_labels)
+    key = (cfg.model, cfg.tuning, cfg.tuning_mode, cfg.seed, num_labels, depth)
     if key not in _model_cache:
         _model_cache.clear()
-        _model_cache[key] = build_model(cfg, num_labels)
+        if depth:
+            _model_cache[key] = (build_layout_model(cfg, num_labels, depth), load_tokenizer(cfg.model))
+        else:
+            _model_cache[key] = build_model(cfg, num_labels)
     return _model_cache[key]
 
 
@@ -86,12 +91,17 @@ def execute_train(content: RecordDict, node_config: dict[str, Any], state: Recor
     global_arrays = content.array_records[protocol.GLOBAL]
     partition_id, splits = local_data(cfg, node_config)
     profile = profile_for(partition_id, cfg.devices.profiles, node_config)
-    model, tokenizer = cached_model(cfg, splits.num_labels)
+    model, tokenizer = cached_model(cfg, splits.num_labels, len(plan.block_sources))
     layer_map = LayerMap(model)
+    # Below, tensors carry the client model's own (local) names; personal layers are stored and uploads
+    # are sent under global names. The two differ only for LEFF layouts.
+    sources = plan.block_sources or tuple(range(layer_map.num_blocks))
     received = arrays_to_state(global_arrays)
-    personal = arrays_to_state(state.array_records[PERSONAL_STATE]) if PERSONAL_STATE in state else {}
+    stored = arrays_to_state(state.array_records[PERSONAL_STATE]) if PERSONAL_STATE in state else {}
+    personal = to_local(stored, layer_map, sources)
     load_tunable_state(model, received)
     load_tunable_state(model, personal)
+    local_plan = dataclasses.replace(plan, train_groups=local_groups(plan.train_groups, sources))
 
     def batches(table: Any, shuffle_seed: int | None, batch_size: int) -> list:
         return make_batches(table, tokenizer, cfg.model.task, cfg.model.max_length, batch_size, shuffle_seed)
@@ -110,7 +120,7 @@ def execute_train(content: RecordDict, node_config: dict[str, Any], state: Recor
     outcome = train_plan(
         model,
         batches(splits.train, plan.seed, cfg.train.batch_size),
-        plan,
+        local_plan,
         weight_decay=cfg.train.weight_decay,
         warmup_fraction=cfg.train.warmup_fraction,
         clip_norm=cfg.train.clip_norm,
@@ -122,25 +132,30 @@ def execute_train(content: RecordDict, node_config: dict[str, Any], state: Recor
     norms = group_update_norms(outcome.update, layer_map.group_of)
     keep = set(choose_personal_groups(norms, plan.personal_fraction))
     params = dict(model.named_parameters())
-    new_personal = {n: params[n].detach().cpu() for n in outcome.update if layer_map.group_of(n) in keep}
-    state[PERSONAL_STATE] = ArrayRecord({n: t.clone() for n, t in new_personal.items()})
+    new_personal = {
+        n: params[n].detach().cpu().clone() for n in outcome.update if layer_map.group_of(n) in keep
+    }
+    global_personal = to_global(new_personal, layer_map, sources)
+    state[PERSONAL_STATE] = ArrayRecord(global_personal)
     # Uploads are relative to the global value received, also where a personal value was trained from.
     upload = {
         name: delta + (personal[name] - received[name] if name in personal else 0.0)
         for name, delta in outcome.update.items()
         if layer_map.group_of(name) not in keep
     }
-    update = state_to_arrays(upload)
+    update = state_to_arrays(to_global(upload, layer_map, sources))
     metrics.update(outcome.metrics)
     metrics.update(
         examples=len(splits.train),
         personal_blocks=len(keep),
+        model_blocks=layer_map.num_blocks,
         device_time_s=outcome.metrics["compute_time_s"] / profile.speed,
         bytes_down=global_arrays.count_bytes(),
         bytes_up=update.count_bytes(),
         wall_time_s=time.perf_counter() - began,
     )
-    report = {"device": profile.name, "personal-groups": sorted(keep) or [""]}
+    personal_groups = sorted({layer_map.group_of(name) for name in global_personal})
+    report = {"device": profile.name, "personal-groups": personal_groups or [""]}
     return RecordDict(
         {
             protocol.UPDATE: update,

@@ -22,7 +22,8 @@ def make_batches(
     """Tokenize once, then pad each batch only to its longest example (short texts stay cheap).
 
     For causal LM the labels are the input ids with padding masked out (-100), so padding never
-    contributes to the loss or the perplexity.
+    contributes to the loss or the perplexity. A classification table without a ``label`` column
+    (unlabelled proxy text) gives batches without labels.
     """
     if len(table) == 0:
         return []
@@ -30,15 +31,15 @@ def make_batches(
     order = list(range(len(table)))
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(order)
-    labels = table["label"] if task == "seq-cls" else None
+    labels = table["label"] if task == "seq-cls" and "label" in table.column_names else None
     batches = []
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         features = [{"input_ids": encoded["input_ids"][i]} for i in rows]
         batch = dict(tokenizer.pad(features, return_tensors="pt"))
-        if labels is not None:
-            batch["labels"] = torch.tensor([labels[i] for i in rows], dtype=torch.long)
-        else:
+        if task == "causal-lm":
             batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        elif labels is not None:
+            batch["labels"] = torch.tensor([labels[i] for i in rows], dtype=torch.long)
         batches.append(batch)
     return batches

@@ -162,6 +162,20 @@ class PtlsConfig(Section):
         return self
 
 
+class LeffConfig(Section):
+    """LEFF: importance-sampled windows of blocks, the rest distilled into frozen students."""
+
+    window: Literal["importance", "random", "round-robin"] = "importance"
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature over normalised window scores.")
+    importance_every: int = Field(1, ge=1, description="Recompute block importance every R rounds.")
+    compression: float = Field(0.5, gt=0, le=1, description="Student depth = ceil(unselected blocks * r).")
+    distill_alpha: float = Field(0.0, ge=0, le=1, description="Weight of the attention-map KL term.")
+    distill_steps: int = Field(20, ge=0, description="Distillation steps per compressed segment.")
+    distill_lr: float = Field(1e-4, gt=0, lt=1)
+    proxy: str = Field("embedded:proxy-text", description="Unlabelled text: embedded asset or local file.")
+    proxy_examples: int = Field(128, ge=1, description="Proxy examples for importance and distillation.")
+
+
 class DevicesConfig(Section):
     profiles: str = Field(
         "",
@@ -189,6 +203,7 @@ class RunConfig(Section):
     eval: EvalConfig = EvalConfig()
     drop: LayerDropConfig = LayerDropConfig()
     ptls: PtlsConfig = PtlsConfig()
+    leff: LeffConfig = LeffConfig()
     devices: DevicesConfig = DevicesConfig()
     output: OutputConfig = OutputConfig()
 
@@ -200,6 +215,8 @@ class RunConfig(Section):
                 f"tuning.mode={self.tuning.mode} contradicts method={self.method}, which always uses "
                 f"'{METHOD_TUNING[self.method]}' (use 'auto')"
             )
+        if self.method == "leff" and self.tuning_mode != "full":
+            raise ValueError("method=leff trains whole blocks: tuning.mode must be 'auto' or 'full'")
         return self
 
     @property

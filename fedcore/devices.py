@@ -10,7 +10,7 @@ The numbers below are this project's illustrative classes, not measurements of t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 
@@ -33,6 +33,12 @@ class DeviceProfile:
 
     def as_config(self) -> dict[str, Any]:
         return {f"device-{k.replace('_', '-')}": v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_config(cls, values: dict[str, Any]) -> DeviceProfile:
+        """Inverse of as_config (what a client reported in its info reply); unknown keys are ignored."""
+        known = {f"device-{f.name.replace('_', '-')}": f.name for f in fields(cls)}
+        return cls(**{known[k]: v for k, v in values.items() if k in known})
 
 
 PROFILES: dict[str, DeviceProfile] = {

@@ -72,6 +72,18 @@ class LayerMap:
             return EMBED
         return HEAD
 
+    def block_index(self, param_name: str) -> int | None:
+        match = self._block_re.match(param_name)
+        return int(match.group(1)) if match else None
+
+    def with_block_index(self, param_name: str, index: int) -> str:
+        """The same parameter name in block ``index`` (e.g. block 3's query weight -> block 0's)."""
+        return self._block_re.sub(f"{self.blocks_path}.{index}.", param_name, count=1)
+
+    def block_param_name(self, index: int, inner_name: str) -> str:
+        """Full name of a parameter named ``inner_name`` inside block ``index``."""
+        return f"{self.blocks_path}.{index}.{inner_name}"
+
     def all_groups(self) -> list[str]:
         return [EMBED, *(block_group(i) for i in range(self.num_blocks)), HEAD]
 

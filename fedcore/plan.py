@@ -17,6 +17,9 @@ class LayerPlan:
     rounds: int
     #: groups the client trains this round ("head", "block.3"...); the rest stay frozen
     train_groups: tuple[str, ...]
+    #: the client's block layout (LEFF): for each local block, the global block it is, or -1 for a
+    #: frozen student block; empty = the client holds the full model
+    block_sources: tuple[int, ...] = ()
     #: per-block probability of skipping the block in a training step (empty = never skip)
     drop_rates: tuple[float, ...] = ()
     #: share of trained blocks the client keeps personal (never uploaded, never overwritten)

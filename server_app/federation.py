@@ -67,13 +67,13 @@ def sample_clients(clients: list[ClientInfo], cfg: RunConfig, round_number: int)
 
 
 def train_message(
-    client: ClientInfo, plan: LayerPlan, cfg: RunConfig, global_state: dict[str, torch.Tensor]
+    client: ClientInfo, plan: LayerPlan, cfg: RunConfig, payload: dict[str, torch.Tensor]
 ) -> Message:
     content = RecordDict(
         {
             protocol.PLAN: dict_to_config(plan.to_dict()),
             protocol.RUN_CONFIG: dict_to_config(cfg.to_flat()),
-            protocol.GLOBAL: state_to_arrays(global_state),
+            protocol.GLOBAL: state_to_arrays(payload),
         }
     )
     return Message(content, dst_node_id=client.node_id, message_type=MessageType.TRAIN)
@@ -114,13 +114,12 @@ def prepare(cfg: RunConfig) -> tuple[ServerState, RunLog, PreTrainedTokenizerBas
     test = splits.test
     if cfg.eval.max_examples:
         test = test.select(range(min(cfg.eval.max_examples, len(test))))
-    groups = {layer_map.group_of(name) for name in global_state}
     state = ServerState(
         cfg=cfg,
         model=model,
         layer_map=layer_map,
         global_state=global_state,
-        planner=make_planner(cfg, [g for g in layer_map.all_groups() if g in groups], layer_map.num_blocks),
+        planner=make_planner(cfg, model, tokenizer),
         eval_batches=make_batches(test, tokenizer, task, cfg.model.max_length, cfg.eval.batch_size),
         shapes={name: tensor.shape for name, tensor in global_state.items()},
     )
@@ -147,7 +146,10 @@ def run_round(
     cfg = state.cfg
     chosen = sample_clients(clients, cfg, round_number)
     plans = state.planner.plan(round_number, chosen)
-    messages = [train_message(c, plans[c.node_id], cfg, state.global_state) for c in chosen]
+    messages = [
+        train_message(c, plans[c.node_id], cfg, state.planner.payload(c.node_id, state.global_state))
+        for c in chosen
+    ]
     bytes_down = {
         m.metadata.dst_node_id: m.content.array_records[protocol.GLOBAL].count_bytes() for m in messages
     }

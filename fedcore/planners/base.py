@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import torch
+
 from fedcore.plan import LayerPlan
 
 
@@ -31,6 +33,10 @@ class ClientResult:
 class Planner(Protocol):
     def plan(self, round_number: int, clients: list[ClientInfo]) -> dict[int, LayerPlan]:
         """One plan per client, keyed by node id."""
+        ...
+
+    def payload(self, node_id: int, global_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The tensors this client receives with its plan (every tunable parameter its model holds)."""
         ...
 
     def observe(self, round_number: int, results: list[ClientResult]) -> None:

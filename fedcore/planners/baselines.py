@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from fedcore.bandit import DropConfig
 from fedcore.config import RunConfig
 from fedcore.plan import LayerPlan
@@ -58,6 +60,9 @@ class AllLayersPlanner:
             c.node_id: base_plan(self.cfg, round_number, c, self.tunable_groups, self.num_blocks, self.drop)
             for c in clients
         }
+
+    def payload(self, node_id: int, global_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return global_state
 
     def observe(self, round_number: int, results: list[ClientResult]) -> None:
         pass

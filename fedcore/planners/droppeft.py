@@ -15,7 +15,7 @@ from fedcore.bandit import DropConfig, DropoutBandit, arm_grid, progress_reward
 from fedcore.config import RunConfig
 from fedcore.plan import LayerPlan
 from fedcore.planners.base import ClientInfo, ClientResult
-from fedcore.planners.baselines import base_plan, fixed_drop
+from fedcore.planners.baselines import AllLayersPlanner, base_plan
 
 
 def device_key(partition_id: int) -> str:
@@ -23,12 +23,11 @@ def device_key(partition_id: int) -> str:
     return f"client-{partition_id}"
 
 
-class DropPeftPlanner:
+class DropPeftPlanner(AllLayersPlanner):
+    """The baselines' plan (all tunable groups, same payload) with a bandit-chosen dropout configuration."""
+
     def __init__(self, cfg: RunConfig, tunable_groups: list[str], num_blocks: int) -> None:
-        self.cfg = cfg
-        self.tunable_groups = tunable_groups
-        self.num_blocks = num_blocks
-        self.fixed = fixed_drop(cfg)
+        super().__init__(cfg, tunable_groups, num_blocks)
         self.bandit = DropoutBandit(
             arm_grid(cfg.drop.rate_grid(), cfg.drop.shape_grid()),
             exploration=cfg.drop.exploration,
@@ -40,17 +39,17 @@ class DropPeftPlanner:
     def plan(self, round_number: int, clients: list[ClientInfo]) -> dict[int, LayerPlan]:
         plans = {}
         for client in clients:
-            arm = self.fixed or self.bandit.select(device_key(client.partition_id))
+            arm = self.drop or self.bandit.select(device_key(client.partition_id))
             self.choices[client.partition_id] = arm
             plan = base_plan(self.cfg, round_number, client, self.tunable_groups, self.num_blocks, arm)
-            if self.fixed is None:
+            if self.drop is None:
                 plan = dataclasses.replace(plan, probe_examples=self.cfg.drop.probe_examples)
             plans[client.node_id] = plan
         return plans
 
     def observe(self, round_number: int, results: list[ClientResult]) -> None:
         self.rewards = {}
-        if self.fixed is not None:
+        if self.drop is not None:
             return
         for result in results:
             metrics = result.metrics
