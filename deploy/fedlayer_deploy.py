@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -124,7 +125,7 @@ def load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
     data = _read(path, "public key")
     try:
         key = serialization.load_ssh_public_key(data)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise DeployError(f"{path} is not an OpenSSH public key ({exc}); create keys with `keys`") from None
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise DeployError(f"{path} is not an ECDSA key: SuperNode auth needs NIST EC keys (from `keys`)")
@@ -136,7 +137,7 @@ def load_private_key(path: Path) -> None:
     data = _read(path, "private key")
     try:
         key = serialization.load_ssh_private_key(data, None)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise DeployError(f"{path} is not an unencrypted OpenSSH private key ({exc})") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise DeployError(f"{path} is not an ECDSA private key; create keys with `keys`")
@@ -258,12 +259,12 @@ def write_connection(
     return path
 
 
-def register_keys(connection: str, keys: Sequence[Path], home: Path | None) -> dict[str, int]:
-    """``flwr supernode register`` for each key; returns {key file: node id}."""
+def register_keys(connection: str, keys: Sequence[Path], home: Path | None) -> dict[str, str]:
+    """``flwr supernode register`` for each key; returns {key file: node id or "already registered"}."""
     for key in keys:
         load_public_key(key)  # all keys are checked before the first one is registered
     env = dict(os.environ, FLWR_DISABLE_UPDATE_CHECK="1", FLWR_HOME=str(flwr_home(home)))
-    node_ids = {}
+    outcome = {}
     for key in keys:
         command = [_flower_bin("flwr"), "supernode", "register", str(key), connection, "--format", "json"]
         command += ["--name", key.name.removesuffix(".pub")]
@@ -272,11 +273,15 @@ def register_keys(connection: str, keys: Sequence[Path], home: Path | None) -> d
             reply = json.loads(result.stdout[result.stdout.find("{") :])
         except json.JSONDecodeError:
             reply = {}
-        if result.returncode != 0 or not reply.get("success"):
-            detail = reply.get("error-message") or (result.stderr or result.stdout).strip()
-            raise DeployError(f"registering {key} with '{connection}' failed: {detail}")
-        node_ids[str(key)] = int(reply["node-id"])
-    return node_ids
+        if result.returncode == 0 and reply.get("success"):
+            outcome[str(key)] = f"node {reply['node-id']}"
+            continue
+        detail = " ".join(str(reply.get("error-message") or result.stderr or result.stdout).split())
+        if "already in use" in detail:  # re-running after adding a node must not fail on the old ones
+            outcome[str(key)] = "already registered"
+            continue
+        raise DeployError(f"registering {key} with '{connection}' failed: {detail}")
+    return outcome
 
 
 # ------------------------------------------------------------------------------------------ daemons
@@ -287,7 +292,7 @@ def superlink_command(args: argparse.Namespace) -> list[str]:
     if args.insecure:
         command.append("--insecure")
     else:
-        certs = args.certs
+        certs = args.certs.expanduser().resolve()
         for name in (CA_CERT, SERVER_CERT, SERVER_KEY):
             _read(certs / name, "TLS file")
         require_san(certs / SERVER_CERT, [LOOPBACK, *args.advertise])
@@ -333,10 +338,10 @@ def supernode_command(args: argparse.Namespace) -> list[str]:
         command.append("--insecure")
     else:
         _read(args.root_certificates, "CA certificate")
-        command += ["--root-certificates", str(args.root_certificates)]
+        command += ["--root-certificates", str(args.root_certificates.expanduser().resolve())]
         if args.key is not None:
             load_private_key(args.key)
-            command += ["--auth-supernode-private-key", str(args.key)]
+            command += ["--auth-supernode-private-key", str(args.key.expanduser().resolve())]
     command += ["--isolation", args.isolation, "--host", "127.0.0.1", "--port", str(args.port)]
     command += ["--node-config", node_config(args)]
     if args.max_wait_time is not None:
@@ -438,8 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             home = flwr_home(args.flwr_home)
             print(write_connection(home, args.name, args.address, args.root_certificates, args.default))
         elif args.command == "register":
-            for key, node_id in register_keys(args.connection, args.keys, args.flwr_home).items():
-                print(f"{key}: node {node_id}")
+            for key, outcome in register_keys(args.connection, args.keys, args.flwr_home).items():
+                print(f"{key}: {outcome}")
         elif args.command == "superlink":
             return start(superlink_command(args), args.dry_run)
         else:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fedcore.config import RunConfig
+from server_app.run_log import replace_dir
 
 CHECKPOINT_DIR = "checkpoint"
 FORMAT_VERSION = 1
@@ -65,12 +65,7 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
         "fingerprint": fingerprint(state),
     }
     (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-    old = run_dir / f".{CHECKPOINT_DIR}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, final)
 
 
 def load_checkpoint(run_dir: Path) -> Checkpoint:

@@ -23,6 +23,16 @@ def write_json_atomic(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a fully written directory into place; the previous version is removed only afterwards."""
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def new_run_dir(parent: str, method: str) -> Path:
     root = Path(parent).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -72,7 +82,7 @@ class RunLog:
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, final)
+        replace_dir(tmp, final)
         return final
 
     def close(self) -> None:

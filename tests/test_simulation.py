@@ -7,35 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import Context
-from flwr.serverapp import Grid, ServerApp
-from flwr.simulation import run_simulation
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
-from client_app.app import app as client_app
-from fedcore.config import RunConfig
-from server_app.federation import run_federation
 from tests.conftest import tiny_run_config
-
-
-def simulate(cfg: RunConfig, supernodes: int) -> Path:
-    """Run one federation on Ray; returns its run directory."""
-    run_dirs: list[Path] = []
-    server = ServerApp()
-
-    @server.main()
-    def main(grid: Grid, context: Context) -> None:
-        run_dirs.append(run_federation(grid, cfg))
-
-    run_simulation(
-        server,
-        client_app,
-        num_supernodes=supernodes,
-        backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}},
-    )
-    return run_dirs[0]
+from tests.simulate import simulate
 
 
 def rows(run_dir: Path) -> list[dict]:

@@ -1,0 +1,394 @@
+"""Deployment end to end: real SuperLink, SuperNodes and SuperExecs on 127.0.0.1, the app run with `flwr run`.
+
+What simulation cannot show is tested here: the edge link is gRPC, TLS and node authentication keep an
+unregistered device out, the docker-compose commands are valid 1.39 command lines that really federate,
+and a device dying mid-round costs the run one reply, not the run.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+
+from tests.conftest import make_tiny_model_dir
+from tests.deployment_helpers import (
+    BIN,
+    DEPLOY_TOOL,
+    REPO_ROOT,
+    Daemons,
+    flower_env,
+    metrics_rows,
+    nodes_online,
+    run_app,
+    run_config_string,
+    wait_for,
+)
+
+COMPOSE = REPO_ROOT / "docker-compose.yml"
+RUN_TIMEOUT_S = 240
+
+
+def tool(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*DEPLOY_TOOL, *map(str, args)], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("deploy-model") / "bert", "bert")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CA + server certificate (SAN: superlink, 127.0.0.1) and two SuperNode key pairs, from our tool."""
+    root = tmp_path_factory.mktemp("pki")
+    ok(tool("certs", "--out", root / "certs", "--host", "superlink"))
+    ok(tool("keys", "--out", root / "keys", "--count", "2"))
+    return root
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Daemons]:
+    started = Daemons(tmp_path / "logs", flower_env(tmp_path / "flwr-home"))
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def tiny_run(model: Path, output_dir: Path, **overrides: object) -> str:
+    """The CI-sized run of tests/conftest.py's tiny_run_config, as a --run-config string."""
+    values: dict[str, object] = {
+        "model.name": str(model),
+        "model.max-length": 32,
+        "data.max-examples": 300,
+        "data.partition": "iid",
+        "train.local-steps": 2,
+        "train.batch-size": 8,
+        "eval.max-examples": 64,
+        "tuning.lora-r": 4,
+        "rounds": 1,
+        "clients.min": 2,
+        "round.timeout": 120.0,
+        "output.dir": str(output_dir),
+    }
+    values.update(overrides)
+    return run_config_string(values)
+
+
+def client_rows(rows: list[dict[str, Any]]) -> dict[tuple[int, int], str]:
+    return {(r["round"], r["partition_id"]): r["status"] for r in rows if r["kind"] == "client"}
+
+
+def start_superlink(daemons: Daemons, *tls: str | Path) -> tuple[int, int]:
+    """Our tool's SuperLink on free loopback ports; returns (fleet port, control port) once both serve."""
+    fleet, control = daemons.port(), daemons.port()
+    argv = [*DEPLOY_TOOL, "superlink", *map(str, tls), "--fleet-address", f"127.0.0.1:{fleet}"]
+    argv += ["--control-port", str(control), "--database", str(daemons.log_dir.parent / "superlink.db")]
+    daemons.start("superlink", argv)
+    daemons.wait_log("superlink", rf"Starting Fleet API \(gRPC-rere\) on 127\.0\.0\.1:{fleet}", 60)
+    daemons.wait_log("superlink", rf"Uvicorn running on https?://127\.0\.0\.1:{control}", 60)
+    return fleet, control
+
+
+def start_supernode(daemons: Daemons, name: str, fleet: int, partition: int, *tls: str | Path) -> None:
+    argv = [*DEPLOY_TOOL, "supernode", "--superlink", f"127.0.0.1:{fleet}", *map(str, tls)]
+    argv += ["--partition-id", str(partition), "--num-partitions", "2", "--port", str(daemons.port())]
+    daemons.start(name, argv)
+
+
+def connect(daemons: Daemons, name: str, control: int, *tls: str | Path) -> None:
+    home = daemons.env["FLWR_HOME"]
+    ok(tool("connection", name, "--address", f"127.0.0.1:{control}", *tls, "--flwr-home", home))
+
+
+def wait_nodes(daemons: Daemons, connection: str, count: int) -> None:
+    try:
+        wait_for(lambda: nodes_online(daemons.env, connection) >= count, 90, f"{count} SuperNodes online")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n{daemons.logs_tail()}") from None
+
+
+# -------------------------------------------------------------------------------------------- tooling
+
+
+def test_tool_fails_with_one_clear_line_on_bad_input(pki: Path, tmp_path: Path) -> None:
+    def one_error_line(result: subprocess.CompletedProcess[str], expected: str) -> None:
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("fedlayer_deploy: error:"), result.stderr
+        assert expected in lines[0]
+
+    no_openssl = {"PATH": str(tmp_path)}  # an empty directory: no openssl to find
+    one_error_line(tool("certs", "--out", tmp_path / "c", "--host", "x", env=no_openssl), "openssl not found")
+    assert not (tmp_path / "c").exists()
+
+    one_error_line(tool("register", "local", tmp_path / "missing.pub"), "cannot read public key")
+    (tmp_path / "junk.pub").write_text("not a key\n")
+    one_error_line(tool("register", "local", tmp_path / "junk.pub"), "is not an OpenSSH public key")
+    one_error_line(
+        tool("supernode", "--superlink", "127.0.0.1:1", "--root-certificates", pki / "certs" / "ca.crt",
+             "--key", tmp_path / "junk.pub", "--partition-id", "0", "--num-partitions", "2", "--dry-run"),
+        "is not an unencrypted OpenSSH private key",
+    )  # fmt: skip
+
+    # an existing certificate is never silently reused for a host it does not cover
+    one_error_line(
+        tool("certs", "--out", pki / "certs", "--host", "edge.example"), "does not cover edge.example"
+    )
+    one_error_line(
+        tool("superlink", "--certs", pki / "certs", "--advertise", "10.9.8.7", "--dry-run"),
+        "does not cover 10.9.8.7",
+    )
+    ok(tool("superlink", "--certs", pki / "certs", "--advertise", "superlink", "--dry-run"))
+
+
+def test_tool_writes_a_connection_next_to_existing_ones(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text(
+        '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
+    )
+    ok(tool("connection", "edge", "--address", "10.0.0.1:9093", "--insecure", "--flwr-home", tmp_path))
+    config = (tmp_path / "config.toml").read_text()
+    assert 'address = ":local:"' in config and 'default = "local"' in config
+    assert '[superlink.edge]\naddress = "10.0.0.1:9093"\ninsecure = true' in config
+
+
+# ------------------------------------------------------------------------------------- docker-compose
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def help_flags(binary: str) -> set[str]:
+    """The long options a Flower 1.39 binary accepts, from its --help."""
+    out = subprocess.run(
+        [str(BIN / binary), "--help"], capture_output=True, text=True, timeout=60, check=True
+    )
+    return set(re.findall(r"(--[a-z][a-z0-9-]*)", out.stdout))
+
+
+def test_compose_file_is_consistent_and_every_flag_exists_in_flower_1_39() -> None:
+    spec = compose()
+    services = spec["services"]
+    entry = {name: s["entrypoint"][0] for name, s in services.items()}
+    supernodes = sorted(n for n, e in entry.items() if e == "flower-supernode")
+    superexecs = [n for n, e in entry.items() if e == "flower-superexec"]
+    assert [n for n, e in entry.items() if e == "flower-superlink"] == ["superlink"]
+    assert len(supernodes) == 2 and len(superexecs) == 1 + len(supernodes)
+
+    flags = {b: help_flags(b) for b in ("flower-superlink", "flower-supernode", "flower-superexec")}
+    for name, service in services.items():
+        for arg in service.get("command", []):
+            if entry[name] in flags and arg.startswith("--"):
+                assert arg.split("=")[0] in flags[entry[name]], f"{name}: {arg} is not a 1.39 flag"
+        for secret in service.get("secrets", []):
+            assert secret in spec["secrets"], f"{name}: undeclared secret {secret}"
+        image = service.get("image", "")
+        assert image.startswith("fedlayer-") or image.endswith(":1.39.0"), f"{name}: unpinned image {image}"
+
+    link = services["superlink"]
+    assert set(link["ports"]) == {"9092:9092", "127.0.0.1:9093:9093"}  # gRPC public, control private
+    assert {
+        "--enable-supernode-auth",
+        "--isolation=process",
+        "--disable-runtime-dependency-installation",
+    } <= set(link["command"])
+    runtime_targets = sorted(
+        a.split("=")[1] for n in superexecs for a in services[n]["command"] if a.startswith("--runtime-api")
+    )
+    assert runtime_targets == sorted(["superlink:9093", *(f"{n}:9094" for n in supernodes)])
+    configs = [a for n in supernodes for a in services[n]["command"] if a.startswith("--node-config=")]
+    assert [re.search(r"partition-id=(\d+)", c)[1] for c in configs] == ["0", "1"]
+    assert all("num-partitions=2" in c for c in configs)
+
+    for dockerfile in ("cpu", "cuda", "jetson"):
+        text = (REPO_ROOT / "deploy" / "docker" / f"{dockerfile}.Dockerfile").read_text()
+        assert 'ENTRYPOINT ["flower-superexec"]' in text and "install-app.sh" in text
+    assert "ARG TORCH_VERSION=2.13.0" in (REPO_ROOT / "deploy" / "docker" / "cpu.Dockerfile").read_text()
+    assert '"flwr==1.39.0"' in (REPO_ROOT / "deploy" / "docker" / "install-app.sh").read_text()
+
+
+class LocalCompose:
+    """The compose services as local processes: service names -> 127.0.0.1, container ports -> free
+    ports, mounted paths -> temporary directories. Everything else stays as written in the file."""
+
+    def __init__(self, daemons: Daemons, pki: Path, cache: Path) -> None:
+        self.spec = compose()
+        self.daemons = daemons
+        self.ports: dict[tuple[str, int], int] = {}
+        self.paths = {"/app/cache": cache}
+        self.secrets = {
+            name: pki / Path(s["file"]).relative_to("deploy") for name, s in self.spec["secrets"].items()
+        }
+
+    def _port(self, service: str, port: int) -> int:
+        return self.ports.setdefault((service, port), self.daemons.port())
+
+    def _path(self, target: str) -> Path:
+        return self.paths.setdefault(
+            target, self.daemons.log_dir.parent / target.strip("/").replace("/", "-")
+        )
+
+    def _arg(self, service: str, arg: str) -> str:
+        services = self.spec["services"]
+
+        def address(match: re.Match[str]) -> str:
+            host = service if match[1] == "0.0.0.0" else match[1]
+            return f"127.0.0.1:{self._port(host, int(match[2]))}"
+
+        arg = re.sub(r"\b(0\.0\.0\.0|[a-z][a-z0-9-]*):(\d+)\b", lambda m: address(m) if m[1] in services or
+                     m[1] == "0.0.0.0" else m[0], arg)  # fmt: skip
+        arg = re.sub(r"^--port=(\d+)$", lambda m: f"--port={self._port(service, int(m[1]))}", arg)
+        arg = arg.replace("--host=0.0.0.0", "--host=127.0.0.1")
+        arg = re.sub(r"/run/secrets/([\w.-]+)", lambda m: str(self.secrets[m[1]]), arg)
+        for volume in self.spec["services"][service].get("volumes", []):
+            target = volume.split(":")[1]
+            arg = arg.replace(target, str(self._path(target)))
+        return arg
+
+    def start(self, service: str) -> subprocess.Popen[bytes]:
+        spec = self.spec["services"][service]
+        entrypoint = spec["entrypoint"]
+        binary = sys.executable if entrypoint[0] == "python" else str(BIN / entrypoint[0])
+        argv = [binary, *(self._arg(service, a) for a in [*entrypoint[1:], *spec.get("command", [])])]
+        env = dict(self.daemons.env)
+        env.update({k: self._arg(service, str(v)) for k, v in spec.get("environment", {}).items()})
+        for volume in spec.get("volumes", []):
+            self._path(volume.split(":")[1]).mkdir(parents=True, exist_ok=True)
+        return self.daemons.start(service, argv, env)
+
+
+def test_compose_services_federate_as_local_processes_with_tls_and_node_auth(
+    daemons: Daemons, pki: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """Every compose command line, run locally: 2 registered nodes federate, a stranger is refused."""
+    from fedcore.assets import cache_root
+
+    local = LocalCompose(daemons, pki, cache_root())
+    local.start("superlink")
+    fleet, control = local.ports[("superlink", 9092)], local.ports[("superlink", 9093)]
+    daemons.wait_log("superlink", rf"Uvicorn running on https://127\.0\.0\.1:{control}", 60)
+    assert local.start("assets").wait(timeout=120) == 0, daemons.log("assets")
+    connect(daemons, "compose", control, "--root-certificates", pki / "certs" / "ca.crt")
+    ok(tool("register", "compose", pki / "keys" / "supernode-1.pub", pki / "keys" / "supernode-2.pub",
+            "--flwr-home", daemons.env["FLWR_HOME"]))  # fmt: skip
+    for service in local.spec["services"]:
+        if service not in ("superlink", "assets"):
+            local.start(service)
+    wait_nodes(daemons, "compose", 2)
+
+    ok(tool("keys", "--out", tmp_path / "stranger", "--count", "1"))
+    stranger = (
+        "--root-certificates",
+        pki / "certs" / "ca.crt",
+        "--key",
+        tmp_path / "stranger" / "supernode-1",
+    )
+    start_supernode(daemons, "stranger", fleet, 0, *stranger)
+    assert daemons.procs["stranger"].wait(timeout=60) != 0
+    assert "Failed to activate SuperNode" in daemons.log("stranger")
+
+    out = tmp_path / "outputs"
+    run_id, status = run_app(daemons.env, "compose", tiny_run(tiny_model, out), RUN_TIMEOUT_S)
+    assert status == "finished:completed", daemons.logs_tail()
+    assert client_rows(metrics_rows(out)) == {(1, 0): "ok", (1, 1): "ok"}
+    assert nodes_online(daemons.env, "compose") == 2
+
+
+# -------------------------------------------------------------------------------- insecure + gRPC link
+
+
+def http_reply(port: int) -> bytes:
+    """What a port answers to a plain HTTP/1.1 request (b"" if it just closes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        try:
+            return sock.recv(64)
+        except (TimeoutError, ConnectionResetError):
+            return b""
+
+
+def test_insecure_deployment_runs_the_app_over_grpc(
+    daemons: Daemons, tiny_model: Path, tmp_path: Path
+) -> None:
+    fleet, control = start_superlink(daemons, "--insecure")
+    for partition in (0, 1):
+        start_supernode(daemons, f"supernode-{partition}", fleet, partition, "--insecure")
+    connect(daemons, "local-deploy", control, "--insecure")
+    wait_nodes(daemons, "local-deploy", 2)
+
+    # the edge link is gRPC: an established TCP connection to the Fleet port, which does not speak HTTP/1.1
+    for partition in (0, 1):
+        connections = psutil.Process(daemons.procs[f"supernode-{partition}"].pid).net_connections("tcp")
+        assert any(c.raddr and c.raddr.port == fleet and c.status == "ESTABLISHED" for c in connections)
+    assert not http_reply(fleet).startswith(b"HTTP/")
+    assert http_reply(control).startswith(b"HTTP/1.1")  # the control port is the HTTP one
+
+    out = tmp_path / "outputs"
+    run_id, status = run_app(daemons.env, "local-deploy", tiny_run(tiny_model, out, rounds=2), RUN_TIMEOUT_S)
+    assert status == "finished:completed", daemons.logs_tail()
+    rows = metrics_rows(out)
+    assert client_rows(rows) == {(r, p): "ok" for r in (1, 2) for p in (0, 1)}
+    assert all(r["bytes_up"] > 0 for r in rows if r["kind"] == "client")
+
+
+# ---------------------------------------------------------------------------------- a node dies mid-round
+
+
+def clientapp_running(proc: subprocess.Popen[bytes]) -> bool:
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return False
+    return any("flwr-clientapp" in " ".join(c.cmdline()) for c in children if c.is_running())
+
+
+def test_supernode_killed_mid_round_costs_one_reply_not_the_run(
+    daemons: Daemons, pki: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    fleet, control = start_superlink(daemons, "--certs", pki / "certs")
+    connect(daemons, "tls", control, "--root-certificates", pki / "certs" / "ca.crt")
+    ok(tool("register", "tls", pki / "keys" / "supernode-1.pub", pki / "keys" / "supernode-2.pub",
+            "--flwr-home", daemons.env["FLWR_HOME"]))  # fmt: skip
+    for partition in (0, 1):
+        key = pki / "keys" / f"supernode-{partition + 1}"
+        tls = ("--root-certificates", pki / "certs" / "ca.crt", "--key", key)
+        start_supernode(daemons, f"supernode-{partition}", fleet, partition, *tls)
+    wait_nodes(daemons, "tls", 2)
+
+    out = tmp_path / "outputs"
+    config = tiny_run(tiny_model, out, rounds=2, **{"clients.min": 1, "round.timeout": 60.0})
+    victim = daemons.procs["supernode-1"]
+    with ThreadPoolExecutor(1) as pool:  # the run goes on in the background while the victim is killed
+        run = pool.submit(run_app, daemons.env, "tls", config, RUN_TIMEOUT_S + 120)
+        daemons.wait_log("supernode-1", r"Receiving: train message", 180)
+        wait_for(lambda: clientapp_running(victim), 60, "round 1's ClientApp on the victim")
+        victim.send_signal(signal.SIGKILL)
+        run_id, status = run.result(timeout=RUN_TIMEOUT_S + 150)
+    assert victim.wait(timeout=10) == -signal.SIGKILL
+    assert status == "finished:completed", daemons.logs_tail()
+    rows = metrics_rows(out)
+    statuses = client_rows(rows)
+    assert statuses[(1, 0)] == "ok" and statuses[(1, 1)] in ("timeout", "failed")
+    assert statuses[(2, 0)] == "ok"
+    rounds = {r["round"]: r for r in rows if r["kind"] == "global"}
+    assert rounds[1]["aggregated"] and rounds[1]["clients_ok"] == 1
+    assert rounds[2]["aggregated"] and rounds[2]["clients_ok"] == 1
