@@ -70,3 +70,16 @@ def test_bad_config_is_refused_naming_the_key(flat: dict, key: str) -> None:
     with pytest.raises(ConfigError) as error:
         RunConfig.from_flat(flat)
     assert key in str(error.value)
+
+
+def test_readme_documents_every_key_with_its_default() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for key, value in RunConfig().to_flat().items():
+        shown = (
+            str(value).lower()
+            if isinstance(value, bool)
+            else f'"{value}"'
+            if isinstance(value, str)
+            else value
+        )
+        assert f"| `{key}` | `{shown}` |" in readme, key
