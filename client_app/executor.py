@@ -135,8 +135,10 @@ def execute_train(content: RecordDict, node_config: dict[str, Any], state: Recor
     new_personal = {
         n: params[n].detach().cpu().clone() for n in outcome.update if layer_map.group_of(n) in keep
     }
+    # Blocks trained this round are personal only if kept now; untrained ones keep their personal value.
     global_personal = to_global(new_personal, layer_map, sources)
-    state[PERSONAL_STATE] = ArrayRecord(global_personal)
+    carried = {n: t for n, t in stored.items() if layer_map.group_of(n) not in plan.train_groups}
+    state[PERSONAL_STATE] = ArrayRecord({**carried, **global_personal})
     # Uploads are relative to the global value received, also where a personal value was trained from.
     upload = {
         name: delta + (personal[name] - received[name] if name in personal else 0.0)
@@ -154,7 +156,7 @@ def execute_train(content: RecordDict, node_config: dict[str, Any], state: Recor
         bytes_up=update.count_bytes(),
         wall_time_s=time.perf_counter() - began,
     )
-    personal_groups = sorted({layer_map.group_of(name) for name in global_personal})
+    personal_groups = sorted({layer_map.group_of(name) for name in {**carried, **global_personal}})
     report = {"device": profile.name, "personal-groups": personal_groups or [""]}
     return RecordDict(
         {
