@@ -64,8 +64,8 @@ def stop_superlink(flwr_home: Path, grace_s: float = 10.0) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def latest_run_status(env: dict[str, str]) -> tuple[int, str]:
-    """(run id, status) of the newest run on the local SuperLink."""
+def latest_run_status(env: dict[str, str]) -> tuple[int, str] | None:
+    """(run id, status) of the newest run on the local SuperLink; None if no run was submitted."""
     out = subprocess.run(
         ["flwr", "ls", _CONNECTION, "--format", "json"], env=env, capture_output=True, text=True, check=False
     )
@@ -74,7 +74,7 @@ def latest_run_status(env: dict[str, str]) -> tuple[int, str]:
     except (json.JSONDecodeError, KeyError):
         raise RuntimeError(f"cannot read run status from `flwr ls`: {out.stdout or out.stderr}") from None
     if not runs:
-        raise RuntimeError("`flwr ls` lists no run: the run was never submitted")
+        return None
     newest = max(runs, key=lambda r: int(r["run-id"]))
     return int(newest["run-id"]), str(newest["status"])
 
@@ -92,15 +92,19 @@ def simulate(app_dir: Path, flwr_home: Path, supernodes: int, cpus: float, run_c
         _CONNECTION,
         "--stream",
         "--federation-config",
-        f"num-supernodes={supernodes} client-resources-num-cpus={cpus}",
+        f"num-supernodes={supernodes} client-resources-num-cpus={cpus:g}",
     ]
     if run_config:
         command += ["--run-config", run_config]
     try:
         subprocess.run(command, env=env, check=False)
-        run_id, status = latest_run_status(env)
+        latest = latest_run_status(env)
     finally:
         stop_superlink(flwr_home)
+    if latest is None:
+        print("fedlayer: the run was never submitted (see flwr's error above)", file=sys.stderr)
+        return 1
+    run_id, status = latest
     if status != "finished:completed":
         print(f"fedlayer: run {run_id} ended as '{status}'", file=sys.stderr)
         return 1

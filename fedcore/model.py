@@ -16,12 +16,18 @@ from transformers import (
     AutoTokenizer,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as transformers_logging
 
 from fedcore import assets
 from fedcore.config import ModelConfig, RunConfig, TuningConfig
 from fedcore.layers import EMBED, HEAD, LayerMap
 
 _TUNABLE_ATTR = "fedlayer_tunable"
+
+# Every client loads the model each round: per-load reports ("classifier newly initialised", progress
+# bars) would drown the federation's own output. Errors still surface as exceptions.
+transformers_logging.set_verbosity_error()
+transformers_logging.disable_progress_bar()
 
 
 class ModelLoadError(ValueError):
