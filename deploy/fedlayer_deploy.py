@@ -299,7 +299,6 @@ def superlink_command(args: argparse.Namespace) -> list[str]:
         command += ["--ssl-ca-certfile", str(certs / CA_CERT), "--ssl-certfile", str(certs / SERVER_CERT)]
         command += ["--ssl-keyfile", str(certs / SERVER_KEY), "--enable-supernode-auth"]
     database = args.database.expanduser().resolve()
-    database.parent.mkdir(parents=True, exist_ok=True)
     command += [
         "--disable-runtime-dependency-installation",
         "--isolation", args.isolation,
@@ -365,7 +364,8 @@ def start(command: list[str], dry_run: bool) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedlayer_deploy.py",
-        description=__doc__.splitlines()[0],
+        description=__doc__.split("\n\n")[0],
+        epilog="examples:\n" + __doc__.split("\n\n")[-1],
         formatter_class=argparse.RawTextHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -446,7 +446,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for key, outcome in register_keys(args.connection, args.keys, args.flwr_home).items():
                 print(f"{key}: {outcome}")
         elif args.command == "superlink":
-            return start(superlink_command(args), args.dry_run)
+            command = superlink_command(args)
+            if not args.dry_run:
+                args.database.expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+            return start(command, args.dry_run)
         else:
             return start(supernode_command(args), args.dry_run)
     except DeployError as exc:

@@ -188,8 +188,8 @@ def run_app(env: dict[str, str], connection: str, run_config: str, timeout_s: fl
 
 
 def run_config_string(values: dict[str, object]) -> str:
-    """`--run-config` syntax: TOML values, strings quoted."""
-    return " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in values.items())
+    """`--run-config` syntax: TOML values (strings quoted, booleans lower-case)."""
+    return " ".join(f"{k}={json.dumps(v) if isinstance(v, str | bool) else v}" for k, v in values.items())
 
 
 def metrics_rows(output_dir: Path) -> list[dict[str, Any]]:

@@ -21,7 +21,8 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import make_tiny_model_dir
+from fedcore.config import RunConfig
+from tests.conftest import make_tiny_model_dir, tiny_run_config
 from tests.deployment_helpers import (
     BIN,
     DEPLOY_TOOL,
@@ -74,23 +75,14 @@ def daemons(tmp_path: Path) -> Iterator[Daemons]:
 
 
 def tiny_run(model: Path, output_dir: Path, **overrides: object) -> str:
-    """The CI-sized run of tests/conftest.py's tiny_run_config, as a --run-config string."""
-    values: dict[str, object] = {
-        "model.name": str(model),
-        "model.max-length": 32,
-        "data.max-examples": 300,
-        "data.partition": "iid",
-        "train.local-steps": 2,
-        "train.batch-size": 8,
-        "eval.max-examples": 64,
-        "tuning.lora-r": 4,
-        "rounds": 1,
-        "clients.min": 2,
-        "round.timeout": 120.0,
-        "output.dir": str(output_dir),
-    }
-    values.update(overrides)
-    return run_config_string(values)
+    """tests/conftest.py's CI-sized run as a --run-config string: only what differs from the app defaults."""
+    defaults = RunConfig.from_flat({}).to_flat()
+    flat = tiny_run_config(model, output_dir, **{"round.timeout": 120.0, **overrides}).to_flat()
+    return run_config_string({k: v for k, v in flat.items() if defaults.get(k) != v})
+
+
+def public_keys(pki: Path) -> list[Path]:
+    return sorted((pki / "keys").glob("supernode-*.pub"))
 
 
 def client_rows(rows: list[dict[str, Any]]) -> dict[tuple[int, int], str]:
@@ -143,11 +135,9 @@ def test_tool_fails_with_one_clear_line_on_bad_input(pki: Path, tmp_path: Path) 
     one_error_line(tool("register", "local", tmp_path / "missing.pub"), "cannot read public key")
     (tmp_path / "junk.pub").write_text("not a key\n")
     one_error_line(tool("register", "local", tmp_path / "junk.pub"), "is not an OpenSSH public key")
-    one_error_line(
-        tool("supernode", "--superlink", "127.0.0.1:1", "--root-certificates", pki / "certs" / "ca.crt",
-             "--key", tmp_path / "junk.pub", "--partition-id", "0", "--num-partitions", "2", "--dry-run"),
-        "is not an unencrypted OpenSSH private key",
-    )  # fmt: skip
+    node = ["supernode", "--superlink", "127.0.0.1:1", "--partition-id", "0", "--num-partitions", "2"]
+    node += ["--root-certificates", pki / "certs" / "ca.crt", "--dry-run"]
+    one_error_line(tool(*node, "--key", tmp_path / "junk.pub"), "is not an unencrypted OpenSSH private key")
 
     # an existing certificate is never silently reused for a host it does not cover
     one_error_line(
@@ -251,11 +241,11 @@ class LocalCompose:
         services = self.spec["services"]
 
         def address(match: re.Match[str]) -> str:
+            """HOST:PORT of a service (or this service's 0.0.0.0) -> its local port on loopback."""
             host = service if match[1] == "0.0.0.0" else match[1]
-            return f"127.0.0.1:{self._port(host, int(match[2]))}"
+            return f"127.0.0.1:{self._port(host, int(match[2]))}" if host in services else match[0]
 
-        arg = re.sub(r"\b(0\.0\.0\.0|[a-z][a-z0-9-]*):(\d+)\b", lambda m: address(m) if m[1] in services or
-                     m[1] == "0.0.0.0" else m[0], arg)  # fmt: skip
+        arg = re.sub(r"\b(0\.0\.0\.0|[a-z][a-z0-9-]*):(\d+)\b", address, arg)
         arg = re.sub(r"^--port=(\d+)$", lambda m: f"--port={self._port(service, int(m[1]))}", arg)
         arg = arg.replace("--host=0.0.0.0", "--host=127.0.0.1")
         arg = re.sub(r"/run/secrets/([\w.-]+)", lambda m: str(self.secrets[m[1]]), arg)
@@ -288,26 +278,22 @@ def test_compose_services_federate_as_local_processes_with_tls_and_node_auth(
     daemons.wait_log("superlink", rf"Uvicorn running on https://127\.0\.0\.1:{control}", 60)
     assert local.start("assets").wait(timeout=120) == 0, daemons.log("assets")
     connect(daemons, "compose", control, "--root-certificates", pki / "certs" / "ca.crt")
-    ok(tool("register", "compose", pki / "keys" / "supernode-1.pub", pki / "keys" / "supernode-2.pub",
-            "--flwr-home", daemons.env["FLWR_HOME"]))  # fmt: skip
+    ok(tool("register", "compose", *public_keys(pki), "--flwr-home", daemons.env["FLWR_HOME"]))
     for service in local.spec["services"]:
         if service not in ("superlink", "assets"):
             local.start(service)
     wait_nodes(daemons, "compose", 2)
 
     ok(tool("keys", "--out", tmp_path / "stranger", "--count", "1"))
-    stranger = (
-        "--root-certificates",
-        pki / "certs" / "ca.crt",
-        "--key",
-        tmp_path / "stranger" / "supernode-1",
+    stranger_key = tmp_path / "stranger" / "supernode-1"
+    start_supernode(
+        daemons, "stranger", fleet, 0, "--root-certificates", pki / "certs" / "ca.crt", "--key", stranger_key
     )
-    start_supernode(daemons, "stranger", fleet, 0, *stranger)
     assert daemons.procs["stranger"].wait(timeout=60) != 0
     assert "Failed to activate SuperNode" in daemons.log("stranger")
 
     out = tmp_path / "outputs"
-    run_id, status = run_app(daemons.env, "compose", tiny_run(tiny_model, out), RUN_TIMEOUT_S)
+    _, status = run_app(daemons.env, "compose", tiny_run(tiny_model, out, rounds=1), RUN_TIMEOUT_S)
     assert status == "finished:completed", daemons.logs_tail()
     assert client_rows(metrics_rows(out)) == {(1, 0): "ok", (1, 1): "ok"}
     assert nodes_online(daemons.env, "compose") == 2
@@ -331,19 +317,19 @@ def test_insecure_deployment_runs_the_app_over_grpc(
 ) -> None:
     fleet, control = start_superlink(daemons, "--insecure")
     for partition in (0, 1):
-        start_supernode(daemons, f"supernode-{partition}", fleet, partition, "--insecure")
+        start_supernode(daemons, f"node-{partition}", fleet, partition, "--insecure")
     connect(daemons, "local-deploy", control, "--insecure")
     wait_nodes(daemons, "local-deploy", 2)
 
     # the edge link is gRPC: an established TCP connection to the Fleet port, which does not speak HTTP/1.1
     for partition in (0, 1):
-        connections = psutil.Process(daemons.procs[f"supernode-{partition}"].pid).net_connections("tcp")
+        connections = psutil.Process(daemons.procs[f"node-{partition}"].pid).net_connections("tcp")
         assert any(c.raddr and c.raddr.port == fleet and c.status == "ESTABLISHED" for c in connections)
     assert not http_reply(fleet).startswith(b"HTTP/")
     assert http_reply(control).startswith(b"HTTP/1.1")  # the control port is the HTTP one
 
     out = tmp_path / "outputs"
-    run_id, status = run_app(daemons.env, "local-deploy", tiny_run(tiny_model, out, rounds=2), RUN_TIMEOUT_S)
+    _, status = run_app(daemons.env, "local-deploy", tiny_run(tiny_model, out), RUN_TIMEOUT_S)
     assert status == "finished:completed", daemons.logs_tail()
     rows = metrics_rows(out)
     assert client_rows(rows) == {(r, p): "ok" for r in (1, 2) for p in (0, 1)}
@@ -366,23 +352,25 @@ def test_supernode_killed_mid_round_costs_one_reply_not_the_run(
 ) -> None:
     fleet, control = start_superlink(daemons, "--certs", pki / "certs")
     connect(daemons, "tls", control, "--root-certificates", pki / "certs" / "ca.crt")
-    ok(tool("register", "tls", pki / "keys" / "supernode-1.pub", pki / "keys" / "supernode-2.pub",
-            "--flwr-home", daemons.env["FLWR_HOME"]))  # fmt: skip
+    ok(tool("register", "tls", *public_keys(pki), "--flwr-home", daemons.env["FLWR_HOME"]))
     for partition in (0, 1):
         key = pki / "keys" / f"supernode-{partition + 1}"
         tls = ("--root-certificates", pki / "certs" / "ca.crt", "--key", key)
-        start_supernode(daemons, f"supernode-{partition}", fleet, partition, *tls)
+        start_supernode(daemons, f"node-{partition}", fleet, partition, *tls)
     wait_nodes(daemons, "tls", 2)
 
     out = tmp_path / "outputs"
-    config = tiny_run(tiny_model, out, rounds=2, **{"clients.min": 1, "round.timeout": 60.0})
-    victim = daemons.procs["supernode-1"]
-    with ThreadPoolExecutor(1) as pool:  # the run goes on in the background while the victim is killed
+    config = tiny_run(tiny_model, out, **{"clients.min": 1, "round.timeout": 60.0})
+    victim = daemons.procs["node-1"]
+    pool = ThreadPoolExecutor(1)  # the run goes on in the background while the victim is killed
+    try:
         run = pool.submit(run_app, daemons.env, "tls", config, RUN_TIMEOUT_S + 120)
-        daemons.wait_log("supernode-1", r"Receiving: train message", 180)
+        daemons.wait_log("node-1", r"Receiving: train message", 180)
         wait_for(lambda: clientapp_running(victim), 60, "round 1's ClientApp on the victim")
         victim.send_signal(signal.SIGKILL)
-        run_id, status = run.result(timeout=RUN_TIMEOUT_S + 150)
+        _, status = run.result(timeout=RUN_TIMEOUT_S + 150)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # on failure: the daemons' teardown ends the polling
     assert victim.wait(timeout=10) == -signal.SIGKILL
     assert status == "finished:completed", daemons.logs_tail()
     rows = metrics_rows(out)
