@@ -66,6 +66,7 @@ class Setting:
     fixed_active: list[int] | None = None
     generator: torch.Generator = dataclasses.field(default_factory=torch.Generator)
     times: list[float] = dataclasses.field(default_factory=list)
+    cpu_times: list[float] = dataclasses.field(default_factory=list)
     activation_mb: list[float] = dataclasses.field(default_factory=list)
     active_blocks: list[int] = dataclasses.field(default_factory=list)
 
@@ -101,10 +102,13 @@ def step(
     params: list[nn.Parameter],
     optimizer: torch.optim.Optimizer,
     clip_norm: float,
-) -> tuple[float, float]:
-    """One training step exactly as in train_plan's loop; returns (seconds, activation MB)."""
+) -> tuple[float, float, float]:
+    """One training step exactly as in train_plan's loop; returns (wall s, CPU s, activation MB).
+
+    CPU time (all threads) is kept next to wall time: on a shared machine it is the steadier of the two.
+    """
     meter = ActivationMeter(model)
-    began = time.perf_counter()
+    began, began_cpu = time.perf_counter(), time.process_time()
     with meter.step(), only_blocks(model, active):
         loss = model(**batch).loss
     loss.backward()
@@ -113,7 +117,7 @@ def step(
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     loss.item()
-    return time.perf_counter() - began, meter.peak_mb
+    return time.perf_counter() - began, time.process_time() - began_cpu, meter.peak_mb
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -143,9 +147,10 @@ def benchmark(
         batch = batches[i % len(batches)]
         for s in settings[i % len(settings) :] + settings[: i % len(settings)]:
             active = s.next_active(num_blocks)
-            seconds, mb = step(model, batch, active, params, optimizer, base.train.clip_norm)
+            seconds, cpu, mb = step(model, batch, active, params, optimizer, base.train.clip_norm)
             if i >= args.warmup:
                 s.times.append(seconds)
+                s.cpu_times.append(cpu)
                 s.activation_mb.append(mb)
                 s.active_blocks.append(len(active))
         print(f"  step {i + 1}/{args.warmup + args.steps} ({time.perf_counter() - began:.0f} s)", flush=True)
@@ -166,6 +171,7 @@ def summarise(
 ) -> dict[str, Any]:
     """f from the all-blocks and one-block medians, then speedup vs ideal and activation ratios per p."""
     median = {s.name: statistics.median(s.times) for s in settings}
+    cpu_full = statistics.median(settings[0].cpu_times)
     t_full, t_one = median["p=0.0"], median[ONE_BLOCK]
     per_block = (t_full - t_one) / (num_blocks - 1)
     f = num_blocks * per_block / t_full
@@ -183,6 +189,7 @@ def summarise(
                 "median_step_s": median[s.name],
                 "iqr_over_median": (quantile(s.times, 0.75) - quantile(s.times, 0.25)) / median[s.name],
                 "speedup": speedup,
+                "cpu_speedup": cpu_full / statistics.median(s.cpu_times),
                 "ideal_speedup": ideal,
                 "measured_over_ideal": speedup / ideal,
                 # the ideal for the blocks actually sampled (at least one block always runs)
@@ -202,7 +209,10 @@ def summarise(
         "per_block_s": per_block,
         "block_share_f": f,
         "rows": rows,
-        "raw": {s.name: {"times_s": s.times, "activation_mb": s.activation_mb} for s in settings},
+        "raw": {
+            s.name: {"times_s": s.times, "cpu_times_s": s.cpu_times, "activation_mb": s.activation_mb}
+            for s in settings
+        },
     }
 
 
@@ -213,6 +223,7 @@ def render(result: dict[str, Any]) -> str:
         "median s/step",
         "IQR/med",
         "speedup",
+        "CPU-time speedup",
         "ideal 1/(1-pf)",
         "meas/ideal",
         "ideal (sampled)",
@@ -228,6 +239,7 @@ def render(result: dict[str, Any]) -> str:
             r["median_step_s"],
             f"{r['iqr_over_median']:.0%}",
             f"{r['speedup']:.2f}x",
+            f"{r['cpu_speedup']:.2f}x",
             f"{r['ideal_speedup']:.2f}x",
             f"{r['measured_over_ideal']:.2f}",
             f"{r['ideal_speedup_sampled']:.2f}x",
@@ -258,9 +270,11 @@ How to read: `speedup` = median step time at p=0 / at p (same batches, steps int
 full step time and per-block time = (t(all blocks) - t(1 block)) / (L - 1). `meas/ideal` near 1 means
 dropped blocks cost nothing; below 1 means overhead that does not shrink with depth. `ideal (sampled)`
 uses the mean number of blocks actually run (at least one block always runs, which matters at p=0.75
-with few blocks). `act MB` is the mean per step of the bytes saved for backward (ActivationMeter, exact);
-`act ratio` is relative to p=0. `train_plan s/step` is a short `train_plan` round per p (its own AdamW,
-not interleaved): it should agree with the median loop step, confirming the loop is the real training step.
+with few blocks). `CPU-time speedup` is the same ratio of process CPU time (all threads): on a quiet
+machine it matches `speedup`; on a shared one it is the steadier. `act MB` is the mean per step of the
+bytes saved for backward (ActivationMeter, exact); `act ratio` is relative to p=0. `train_plan s/step`
+is a short `train_plan` round per p (its own AdamW, not interleaved): it should agree with the median
+loop step, confirming the loop is the real training step.
 """
 
 

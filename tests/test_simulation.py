@@ -11,7 +11,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
-from tests.conftest import tiny_run_config
+from tests.conftest import make_tiny_model_dir, tiny_run_config
 from tests.simulate import simulate
 
 
@@ -62,3 +62,26 @@ def test_full_tuning_changes_blocks_and_keeps_embeddings(
     assert embeddings and blocks
     assert all(torch.equal(before[k], after[k]) for k in embeddings)
     assert all(not torch.equal(before[k], after[k]) for k in blocks)
+
+
+def test_leff_with_heterogeneous_capacities(tmp_path: Path) -> None:
+    """Two device classes train windows of different widths; only trained blocks change globally."""
+    model_dir = make_tiny_model_dir(tmp_path / "bert8", "bert", layers=8)
+    cfg = tiny_run_config(
+        model_dir,
+        tmp_path / "out",
+        method="leff",
+        **{"devices.profiles": "jetson-orin,workstation", "leff.distill-steps": 2, "rounds": 2},
+    )
+    run_dir = simulate(cfg, supernodes=2)
+    log = rows(run_dir)
+    clients = [r for r in log if r["kind"] == "client"]
+    assert all(r["status"] == "ok" for r in clients) and len(clients) == 4
+    windows = [r["planner"]["windows"] for r in log if r["kind"] == "global" and r["round"] > 0]
+    widths = {client: width for round_windows in windows for client, (_, width) in round_windows.items()}
+    assert widths == {"client-0": 1, "client-1": 4}  # capacities 0.17 and 0.5 of 8 blocks
+    held = {r["partition_id"]: r["model_blocks"] for r in clients}
+    assert held[0] < 8 and held[1] < 8, "LEFF clients hold fewer blocks than the global model"
+    assert all(
+        r["planner"]["cache_hit_rate"] is not None for r in log if r["kind"] == "global" and r["round"]
+    )
