@@ -1,22 +1,27 @@
 """Text data for federated runs: load one table, hold out a server test set, partition the rest.
 
 Every source becomes a ``datasets.Dataset`` with a ``text`` column, a ``label`` ClassLabel column for
-classification, and the natural-partition column under its own name when one is configured. All
+classification, and the natural-partition column under its own name when one is configured. Chat tables
+also carry ``prompt`` and ``response``, which batching renders in the model's own chat format. All
 randomness comes from the run seed, so every client that computes the same partition gets the same rows.
 """
 
 from __future__ import annotations
 
+import itertools
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
 import pandas as pd
+import yaml
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner, Partitioner
 
 from fedcore import assets
+from fedcore.chat import format_chat
 from fedcore.config import DataConfig
 
 #: Helper column holding each row's natural group while partitioning; never returned.
@@ -25,6 +30,8 @@ _RESERVED = ("text", "label")
 _CSV_SUFFIXES = (".csv", ".csv.bz2", ".csv.gz")
 _JSON_SUFFIXES = (".jsonl", ".json")
 _SUFFIXES = (*_CSV_SUFFIXES, *_JSON_SUFFIXES, ".parquet")
+#: Embedded unlabelled text for language modelling (each is also the name of its asset).
+_LM_EMBEDDED = ("austen", "chatterbot")
 
 
 class DataError(ValueError):
@@ -34,8 +41,10 @@ class DataError(ValueError):
 def load_dataset_table(cfg: DataConfig, task: str, seed: int) -> datasets.Dataset:
     """Load ``cfg.name`` as a table of ``text`` (+ ``label`` for seq-cls, + the natural column).
 
-    Sources: ``embedded:rotten-tomatoes`` (its own columns; ``data.text-column``/``data.label-column``
-    do not apply), a local .csv/.csv.bz2/.csv.gz/.jsonl/.json/.parquet file, or a hub dataset id.
+    Sources: ``embedded:rotten-tomatoes``, and for causal-lm ``embedded:austen`` (natural column
+    ``book``) or ``embedded:chatterbot`` (``topic``), all with their own columns
+    (``data.text-column``/``data.label-column`` do not apply); a local
+    .csv/.csv.bz2/.csv.gz/.jsonl/.json/.parquet file; or a hub dataset id.
     Rows missing a used column are dropped. Labels are numbered in sorted order of their values.
     ``cfg.max_examples`` keeps a seed-determined subset, taken after label numbering so ids stay stable.
     """
@@ -63,8 +72,12 @@ def load_dataset_table(cfg: DataConfig, task: str, seed: int) -> datasets.Datase
 
 
 def _load_embedded(name: str, cfg: DataConfig, task: str) -> datasets.Dataset:
+    if name in _LM_EMBEDDED:
+        return _load_embedded_lm(name, cfg, task)
     if name != "rotten-tomatoes":
-        raise DataError(f"data.name: unknown embedded dataset '{name}'; known: rotten-tomatoes")
+        raise DataError(
+            f"data.name: unknown embedded dataset '{name}'; known: rotten-tomatoes, {', '.join(_LM_EMBEDDED)}"
+        )
     path = assets.asset_path("rotten-tomatoes")
     frame = pd.read_csv(path)
     frame = frame[frame["category"].isin(["rotten", "fresh"])].drop_duplicates(subset="text", keep="first")
@@ -78,6 +91,79 @@ def _load_embedded(name: str, cfg: DataConfig, task: str) -> datasets.Dataset:
         classes=["rotten", "fresh"],
         keep=("movie_name",),
     )
+
+
+def _load_embedded_lm(name: str, cfg: DataConfig, task: str) -> datasets.Dataset:
+    """Austen: chunks with their ``book``; ChatterBot: pairs with their ``topic``. Neither has labels."""
+    if task != "causal-lm":
+        raise DataError(
+            f"data.name: embedded:{name} is unlabelled text for language modelling; set model.task=causal-lm"
+        )
+    path = assets.asset_path(name)
+    frame = austen_chunks(pd.read_parquet(path)) if name == "austen" else chat_pairs(path)
+    keep = tuple(column for column in frame.columns if column != "text")
+    return _frame_to_table(frame, "text", "", cfg.natural_column, task, str(path), keep=keep)
+
+
+def austen_chunks(lines: pd.DataFrame) -> pd.DataFrame:
+    """Columns (book, line), books in order -> (text, book): each book's lines cut by ``chunk_lines``."""
+    rows = [
+        (chunk, book)
+        for book, group in lines.groupby("book", sort=False)
+        for chunk in chunk_lines(group["line"].tolist())
+    ]
+    return pd.DataFrame(rows, columns=["text", "book"])
+
+
+def chunk_lines(lines: Iterable[str], min_words: int = 60, max_words: int = 120) -> list[str]:
+    """Consecutive non-empty lines joined into passages of about ``min_words`` to ``max_words`` words.
+
+    A passage ends at a paragraph end (an empty line) once it has ``min_words``, or before a line that
+    would take it past ``max_words``: whole paragraphs where they fit, so each passage reads naturally
+    and fits a short context. Lines of one paragraph are joined by spaces, paragraphs by newlines.
+    """
+    chunks: list[str] = []
+    paragraphs: list[list[str]] = [[]]
+    words = 0
+    for raw in lines:
+        line = raw.strip()
+        n = len(line.split())
+        if words and (words + n > max_words or (n == 0 and words >= min_words)):
+            chunks.append(_join_paragraphs(paragraphs))
+            paragraphs, words = [[]], 0
+        if n == 0:
+            if paragraphs[-1]:
+                paragraphs.append([])
+        else:
+            paragraphs[-1].append(line)
+            words += n
+    if words:
+        chunks.append(_join_paragraphs(paragraphs))
+    return chunks
+
+
+def _join_paragraphs(paragraphs: list[list[str]]) -> str:
+    return "\n".join(" ".join(lines) for lines in paragraphs if lines)
+
+
+def chat_pairs(directory: Path) -> pd.DataFrame:
+    """(prompt, response, topic, text) from every ``<topic>.yml`` in ChatterBot's corpus format.
+
+    Each conversation is a list of statements, each answering the one before, so n statements give
+    n - 1 pairs. Repeated pairs are dropped (first kept): a copy must not sit in both training and test
+    data. ``text`` is the plain "User:/Assistant:" layout, since the table cannot know the model.
+    """
+    rows = []
+    for path in sorted(directory.glob("*.yml")):
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for conversation in document.get("conversations") or []:
+            statements = [str(statement).strip() for statement in conversation]
+            rows += [(prompt, response, path.stem) for prompt, response in itertools.pairwise(statements)]
+    frame = pd.DataFrame(rows, columns=["prompt", "response", "topic"])
+    frame = frame.drop_duplicates(subset=["prompt", "response"], keep="first")
+    pairs = zip(frame["prompt"], frame["response"], strict=True)
+    frame["text"] = [format_chat(None, prompt, response).text for prompt, response in pairs]
+    return frame
 
 
 def _read_file(path: Path) -> pd.DataFrame:

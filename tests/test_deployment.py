@@ -113,7 +113,7 @@ def connect(daemons: Daemons, name: str, control: int, *tls: str | Path) -> None
 
 def wait_nodes(daemons: Daemons, connection: str, count: int) -> None:
     try:
-        wait_for(lambda: nodes_online(daemons.env, connection) >= count, 90, f"{count} SuperNodes online")
+        wait_for(lambda: nodes_online(daemons.env, connection) >= count, 90, f"{count} nodes online", 2.0)
     except TimeoutError as exc:
         raise AssertionError(f"{exc}\n{daemons.logs_tail()}") from None
 
@@ -293,7 +293,7 @@ def test_compose_services_federate_as_local_processes_with_tls_and_node_auth(
     assert "Failed to activate SuperNode" in daemons.log("stranger")
 
     out = tmp_path / "outputs"
-    _, status = run_app(daemons.env, "compose", tiny_run(tiny_model, out, rounds=1), RUN_TIMEOUT_S)
+    _, status = run_app(daemons.env, "compose", tiny_run(tiny_model, out, rounds=1), out, RUN_TIMEOUT_S)
     assert status == "finished:completed", daemons.logs_tail()
     assert client_rows(metrics_rows(out)) == {(1, 0): "ok", (1, 1): "ok"}
     assert nodes_online(daemons.env, "compose") == 2
@@ -329,7 +329,7 @@ def test_insecure_deployment_runs_the_app_over_grpc(
     assert http_reply(control).startswith(b"HTTP/1.1")  # the control port is the HTTP one
 
     out = tmp_path / "outputs"
-    _, status = run_app(daemons.env, "local-deploy", tiny_run(tiny_model, out), RUN_TIMEOUT_S)
+    _, status = run_app(daemons.env, "local-deploy", tiny_run(tiny_model, out), out, RUN_TIMEOUT_S)
     assert status == "finished:completed", daemons.logs_tail()
     rows = metrics_rows(out)
     assert client_rows(rows) == {(r, p): "ok" for r in (1, 2) for p in (0, 1)}
@@ -364,7 +364,7 @@ def test_supernode_killed_mid_round_costs_one_reply_not_the_run(
     victim = daemons.procs["node-1"]
     pool = ThreadPoolExecutor(1)  # the run goes on in the background while the victim is killed
     try:
-        run = pool.submit(run_app, daemons.env, "tls", config, RUN_TIMEOUT_S + 120)
+        run = pool.submit(run_app, daemons.env, "tls", config, out, RUN_TIMEOUT_S + 120)
         daemons.wait_log("node-1", r"Receiving: train message", 180)
         wait_for(lambda: clientapp_running(victim), 60, "round 1's ClientApp on the victim")
         victim.send_signal(signal.SIGKILL)
