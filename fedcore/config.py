@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedcore.presets import PRESETS, apply_preset
+
 Method = Literal["fedavg", "fedlora", "fedbitfit", "droppeft", "leff"]
 TuningMode = Literal["full", "lora", "bitfit"]
 
@@ -190,6 +192,9 @@ class OutputConfig(Section):
 
 
 class RunConfig(Section):
+    preset: str = Field(
+        "", description="A named bundle of settings (fedcore/presets.py); explicit values win."
+    )
     method: Method = "fedlora"
     seed: int = Field(0, ge=0)
     rounds: int = Field(3, ge=1, le=100000)
@@ -243,7 +248,11 @@ class RunConfig(Section):
 
     @classmethod
     def from_flat(cls, flat: dict[str, Any]) -> RunConfig:
-        """Validate a flat dotted-key dict; raise ConfigError naming the first bad key."""
+        """Validate a flat dotted-key dict (after applying its preset); raise ConfigError naming the bad key."""
+        try:
+            flat = apply_preset(flat, cls().to_flat())
+        except KeyError as unknown:
+            raise ConfigError(f"preset: unknown preset {unknown}; known: {sorted(PRESETS)}") from None
         tree: dict[str, Any] = {}
         for key, value in flat.items():
             node = tree

@@ -62,6 +62,13 @@ BAD_CONFIGS = [
     ({"train.batch-size": "big"}, "train.batch-size"),
     ({"model": 3}, "model"),
     ({"model.name.sub": "x"}, "model.name"),
+    ({"preset": "llm-huge"}, "preset"),
+    ({"leff.window": "best"}, "leff.window"),
+    ({"leff.compression": 0}, "leff.compression"),
+    ({"method": "leff", "tuning.mode": "lora"}, "tuning.mode"),
+    ({"drop.rates": "0.2,1.5"}, "drop.rates"),
+    ({"drop.mode": "always"}, "drop.mode"),
+    ({"ptls.fraction": 1.0}, "ptls.fraction"),
 ]
 
 
@@ -83,3 +90,10 @@ def test_readme_documents_every_key_with_its_default() -> None:
             else value
         )
         assert f"| `{key}` | `{shown}` |" in readme, key
+
+
+def test_preset_fills_defaults_but_explicit_values_win() -> None:
+    cfg = RunConfig.from_flat({"preset": "llm-austen", "train.local-steps": 4})
+    assert (cfg.model.task, cfg.data.natural_column, cfg.clients.num_partitions) == ("causal-lm", "book", 6)
+    assert cfg.train.local_steps == 4
+    assert RunConfig.from_flat({"preset": "llm-classifier"}).model.task == "seq-cls"
