@@ -248,7 +248,7 @@ class RunConfig(Section):
 
     @classmethod
     def from_flat(cls, flat: dict[str, Any]) -> RunConfig:
-        """Validate a flat dotted-key dict (after applying its preset); raise ConfigError naming the bad key."""
+        """Validate a flat dotted-key dict (its preset applied); raise ConfigError naming the bad key."""
         try:
             flat = apply_preset(flat, cls().to_flat())
         except KeyError as unknown:
