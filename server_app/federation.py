@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from datasets import Dataset
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from torch import nn
@@ -34,7 +35,8 @@ from fedcore.splits import server_splits
 from server_app import console
 from server_app.checkpoint import Checkpoint, check_compatible, load_checkpoint, save_checkpoint
 from server_app.nodes import query_clients, wait_for_nodes
-from server_app.run_log import RunLog, new_run_dir
+from server_app.run_log import RunLog, new_run_dir, write_json_atomic
+from server_app.samples import generate_samples
 
 
 @dataclass
@@ -53,6 +55,7 @@ class ServerState:
     global_state: dict[str, torch.Tensor]
     planner: Planner
     eval_batches: list[Batch]
+    test: Dataset
     first_round: int = 1
     best_accuracy: float | None = None
     elapsed_before_s: float = 0.0
@@ -121,6 +124,7 @@ def prepare(cfg: RunConfig) -> tuple[ServerState, RunLog, PreTrainedTokenizerBas
         global_state=global_state,
         planner=make_planner(cfg, model, tokenizer),
         eval_batches=make_batches(test, tokenizer, task, cfg.model.max_length, cfg.eval.batch_size),
+        test=test,
         shapes={name: tensor.shape for name, tensor in global_state.items()},
     )
     if not cfg.resume_from:
@@ -244,6 +248,8 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
 
     if cfg.output.save_model:
         log.save_model(state.model, tokenizer)
+    if task == "causal-lm":
+        write_json_atomic(log.dir / "samples.json", generate_samples(state.model, tokenizer, state.test))
     log.summary(
         {
             "method": cfg.method,

@@ -85,3 +85,23 @@ def test_leff_with_heterogeneous_capacities(tmp_path: Path) -> None:
     assert all(
         r["planner"]["cache_hit_rate"] is not None for r in log if r["kind"] == "global" and r["round"]
     )
+
+
+def test_causal_lm_perplexity_falls_and_samples_are_saved(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A decoder fine-tuned federatedly on a local text file: perplexity drops, samples are written."""
+    texts = [f"the film was {w} and the story was {w} too" for w in ("good", "bad", "fun", "dull") * 30]
+    data_file = tmp_path / "texts.jsonl"
+    data_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    cfg = tiny_run_config(
+        tiny_models["llama"],
+        tmp_path / "out",
+        method="fedavg",
+        **{"model.task": "causal-lm", "data.name": str(data_file), "train.lr": 0.01, "train.local-steps": 5},
+    )
+    run_dir = simulate(cfg, supernodes=2)
+    perplexity = [r["perplexity"] for r in rows(run_dir) if r["kind"] == "global"]
+    assert len(perplexity) == 3 and perplexity[0] > perplexity[1] > perplexity[2]
+    samples = json.loads((run_dir / "samples.json").read_text())
+    assert len(samples) == 3 and all(s["prompt"] and isinstance(s["continuation"], str) for s in samples)
