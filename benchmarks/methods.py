@@ -12,32 +12,18 @@ activation memory and bytes per client.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchlib import RESULTS, command_line, header, machine, write_results  # noqa: E402
+
 from fedcore.launch import simulate  # noqa: E402
 from fedcore.report import comparison_table, load_run, plot_runs, to_markdown  # noqa: E402
-
-
-def machine() -> str:
-    """CPU model, cores, memory and torch version: results are only comparable on the same machine."""
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), platform.processor()
-    )
-    meminfo = Path("/proc/meminfo").read_text().splitlines()
-    memory_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal"))
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {memory_kb / 2**20:.0f} GiB RAM, {gpu}, torch {torch.__version__}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="methods", help="results/<name>.md and results/<name>-*.png")
     args = parser.parse_args(argv)
 
+    info = machine()
     runs_root = ROOT / "benchmarks" / "runs" / time.strftime("%Y%m%d-%H%M%S")
-    results = ROOT / "benchmarks" / "results"
-    results.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     run_dirs = []
     for method in args.methods.split(","):
         out = runs_root / method
@@ -67,13 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     table = to_markdown(comparison_table(runs, target=args.target))
     plots = plot_runs(runs, runs_root)
     for plot in plots:
-        shutil.copy(plot, results / f"{args.name}-{plot.name}")
-    command = " ".join(["python", "benchmarks/methods.py", *(argv if argv is not None else sys.argv[1:])])
-    report = (
-        f"# {args.name}\n\nMachine: {machine()}\n\nDate: {time.strftime('%Y-%m-%d')}\n\n"
-        f"Command: `{command}`\n\nSupernodes: {args.supernodes}, CPUs per client: {args.cpus:g}\n\n{table}\n"
-    )
-    (results / f"{args.name}.md").write_text(report)
+        shutil.copy(plot, RESULTS / f"{args.name}-{plot.name}")
+    report = header(f"Methods side by side: {args.name}", info, command_line(), quick=False)
+    report += f"\nSupernodes: {args.supernodes}, CPUs per client: {args.cpus:g}\n\n{table}\n"
+    write_results(args.name, RESULTS, report, {"machine": info, "runs": [str(d) for d in run_dirs]})
     print(report)
     return 0 if len(runs) == len(args.methods.split(",")) else 1
 
