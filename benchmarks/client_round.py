@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -176,10 +177,20 @@ def measure(method: str, model_name: str, args: argparse.Namespace, root: Path) 
         "--threads",
         str(args.threads),
     ]
+    env = dict(os.environ)
+    if args.mmap_threshold_mb:
+        # a fixed threshold also stops glibc from raising it, so freed large tensors go back to the OS
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold_mb * 2**20)
     print(f"[{method}] server side done in {server['server_plan_s']:.1f} s; client round...", flush=True)
-    subprocess.run(command, check=True)
+    subprocess.run(command, check=True, env=env)
     result = json.loads((directory / "result.json").read_text())
     return {"method": method, "tuning": cfg.tuning_mode, **server, **result}
+
+
+def allocator(mmap_threshold_mb: int) -> str:
+    if mmap_threshold_mb:
+        return f"glibc, MALLOC_MMAP_THRESHOLD_={mmap_threshold_mb} MB (freed large tensors go back to the OS)"
+    return "glibc defaults (freed memory may stay in the process and count in RSS)"
 
 
 def ratio(value: float, base: float) -> str:
@@ -328,6 +339,12 @@ def main() -> None:
     parser.add_argument("--capacity", type=float, default=0.5, help="LEFF: share of blocks the client trains")
     parser.add_argument("--compression", type=float, default=0.5, help="LEFF: student depth ratio")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in the client (0 = default)")
+    parser.add_argument(
+        "--mmap-threshold-mb",
+        type=int,
+        default=0,
+        help="client MALLOC_MMAP_THRESHOLD_ in MB (0 = glibc default, which keeps freed memory)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 steps, 2 distillation steps")
     parser.add_argument("--out", type=Path, default=None, help="results directory")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
@@ -348,6 +365,8 @@ def main() -> None:
             label, name = f"BERT-{args.deep_layers} (random init)", f"client_round_deep{args.deep_layers}"
         else:
             model_name, label, name = MINILM, "MiniLM-L6 (all-MiniLM-L6-v2)", "client_round"
+        if args.mmap_threshold_mb:
+            name += f"_mmap{args.mmap_threshold_mb}mb"
         for method in methods:
             results.append(measure(method, model_name, args, root))
     body = render(results)
@@ -357,7 +376,8 @@ def main() -> None:
             header(f"Client round cost per method: {label}", info, command, args.quick),
             f"One round of {args.steps} steps, batch {args.batch_size}, partition {PARTITION} of "
             f"{args.partitions} (Rotten Tomatoes); droppeft: fixed drop, mean rate 0.5 (incremental shape), "
-            f"personal share 0.25; leff: capacity {args.capacity}, compression {args.compression}.",
+            f"personal share 0.25; leff: capacity {args.capacity}, compression {args.compression}. "
+            f"Allocator: {allocator(args.mmap_threshold_mb)}.",
             "",
             body,
             NOTES,

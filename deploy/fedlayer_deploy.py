@@ -156,7 +156,8 @@ def _openssl_bin() -> str:
 def _openssl(*args: str) -> None:
     result = subprocess.run([_openssl_bin(), *args], capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise DeployError(f"openssl {args[0]} failed: {result.stderr.strip().splitlines()[-1:]}")
+        last = (result.stderr.strip().splitlines() or ["no error output"])[-1]
+        raise DeployError(f"openssl {args[0]} failed: {last}")
 
 
 def make_certs(out: Path, hosts: Sequence[str], days: int, force: bool, owner: int | None) -> list[Path]:
@@ -288,6 +289,7 @@ def register_keys(connection: str, keys: Sequence[Path], home: Path | None) -> d
 
 
 def superlink_command(args: argparse.Namespace) -> list[str]:
+    """TLS always comes with node authentication: otherwise any device reaching 9092 could join."""
     command = [_flower_bin("flower-superlink")]
     if args.insecure:
         command.append("--insecure")
@@ -332,6 +334,7 @@ def node_config(args: argparse.Namespace) -> str:
 
 
 def supernode_command(args: argparse.Namespace) -> list[str]:
+    """The runtime API stays on 127.0.0.1: only this device's own ClientApp processes use it."""
     command = [_flower_bin("flower-supernode"), "--superlink", args.superlink]
     if args.insecure:
         command.append("--insecure")

@@ -60,7 +60,7 @@ class TuningConfig(Section):
     lora_alpha: float = Field(32.0, gt=0)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_targets: str = Field(
-        "", description="Comma-separated module names; empty = the architecture's default."
+        "", description="Comma-separated module names; empty = the architecture's default (model.py)."
     )
 
 
@@ -94,7 +94,7 @@ class ClientsConfig(Section):
 
 
 class TrainConfig(Section):
-    local_steps: int = Field(15, ge=0, description="Optimizer steps per round (0 = local-epochs).")
+    local_steps: int = Field(20, ge=0, description="Optimizer steps per round (0 = local-epochs).")
     local_epochs: int = Field(1, ge=1)
     batch_size: int = Field(32, ge=1, le=4096)
     lr: float = Field(0.0, ge=0, lt=1, description="Peak learning rate (0 = the tuning mode's default).")
@@ -197,7 +197,7 @@ class RunConfig(Section):
     )
     method: Method = "fedlora"
     seed: int = Field(0, ge=0)
-    rounds: int = Field(3, ge=1, le=100000)
+    rounds: int = Field(5, ge=1, le=100000)
     resume_from: str = Field("", description="A run directory whose last checkpoint this run continues.")
     model: ModelConfig = ModelConfig()
     tuning: TuningConfig = TuningConfig()

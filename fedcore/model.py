@@ -30,6 +30,20 @@ transformers_logging.set_verbosity_error()
 transformers_logging.disable_progress_bar()
 
 
+#: LoRA targets per architecture when tuning.lora-targets is empty: every attention projection and the
+#: dense layers (this project's default; peft's own default adapts only query and value, which learns
+#: markedly slower on the embedded task). Other architectures fall back to peft's default.
+DEFAULT_LORA_TARGETS: dict[str, list[str]] = {
+    "bert": ["query", "key", "value", "dense"],
+    "roberta": ["query", "key", "value", "dense"],
+    "deberta-v2": ["query_proj", "key_proj", "value_proj", "dense"],
+    "gpt2": ["c_attn", "c_proj"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+}
+
+
 class ModelLoadError(ValueError):
     """The configured model cannot be loaded; the message names model.name and the fix."""
 
@@ -72,7 +86,8 @@ def apply_tuning(model: nn.Module, mode: str, tuning: TuningConfig, task: str) -
     for param in model.parameters():
         param.requires_grad_(False)
     if mode == "lora":
-        targets = [t.strip() for t in tuning.lora_targets.split(",") if t.strip()] or None
+        targets = [t.strip() for t in tuning.lora_targets.split(",") if t.strip()]
+        targets = targets or DEFAULT_LORA_TARGETS.get(getattr(model.config, "model_type", ""))
         lora = LoraConfig(
             r=tuning.lora_r,
             lora_alpha=tuning.lora_alpha,

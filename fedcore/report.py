@@ -29,6 +29,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 BYTES_PER_MB = 1_000_000
 
@@ -98,7 +99,7 @@ class RunRecord:
 
     @property
     def label(self) -> str:
-        """Legend label: the directory name alone is ambiguous when several runs share a method."""
+        """Legend label: run directory names rarely say which method ran, so both are shown."""
         return f"{self.name} ({self.method})"
 
 
@@ -276,27 +277,34 @@ def comparison_table(runs: Sequence[RunRecord], target: float | None = None) -> 
     return df.drop(columns=[col for col in _DROP_WHEN_EMPTY if df[col].isna().all()])
 
 
-def _format_cell(value: Any) -> str:
+def _text(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return str(value).replace("|", "\\|").replace("\n", " ")
-    if isinstance(value, numbers.Integral) or float(value).is_integer():
-        return str(int(value))
-    value = float(value)
-    if abs(value) >= 100:
-        return f"{value:.1f}"
-    if abs(value) >= 1:
-        return f"{value:.2f}"
-    return f"{value:.4f}" if abs(value) >= 1e-4 else f"{value:.3g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _format_column(column: pd.Series) -> list[str]:
+    """One precision per column, chosen from its largest value, so numbers line up and compare at a glance."""
+    if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return [_text(v) for v in column]
+    values = column.dropna().astype(float)
+    if (values == values.round()).all():
+        decimals = 0
+    else:
+        largest = values.abs().max()
+        decimals = 1 if largest >= 100 else 2 if largest >= 1 else 4
+    return ["-" if pd.isna(v) else f"{float(v):.{decimals}f}" for v in column]
 
 
 def to_markdown(df: pd.DataFrame) -> str:
     """GitHub-flavoured Markdown table, padded so it also reads well printed to a terminal."""
-    headers = [_format_cell(str(col)) for col in df.columns]
-    rows = [[_format_cell(v) for v in row] for row in df.itertuples(index=False, name=None)]
+    if df.columns.empty:
+        return ""
+    headers = [_text(col) for col in df.columns]
+    columns = [_format_column(df[col]) for col in df.columns]
+    rows = [list(row) for row in zip(*columns, strict=True)] if columns else []
     numeric = [pd.api.types.is_numeric_dtype(df[col]) for col in df.columns]
-    widths = [max(3, len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    widths = [max(3, len(h), *(len(c) for c in cells)) for h, cells in zip(headers, columns, strict=True)]
 
     def line(cells: list[str]) -> str:
         padded = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric, strict=True)]
@@ -341,6 +349,8 @@ def _line_plot(runs: Sequence[RunRecord], x: str, x_label: str, title: str) -> F
                 ax.plot(points[x], points[metric], marker="o", label=run.label)
         ax.set_title(f"{metric.capitalize()} {title}")
         ax.set_xlabel(x_label)
+        if x == "round":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(
             "accuracy (fraction correct)" if metric == "accuracy" else "perplexity (lower is better)"
         )

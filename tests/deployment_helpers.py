@@ -187,8 +187,10 @@ def run_app(
         if not any(output_dir.glob("*/summary.json")) and time.monotonic() - last_read < 10:
             return None
         last_read = time.monotonic()
-        runs = flwr_json(env, "ls", connection, "--run-id", str(run_id)).get("runs", [])
-        status = str(runs[0]["status"]) if runs else ""
+        listed = flwr_json(env, "ls", connection, "--run-id", str(run_id))
+        if not listed.get("success"):  # e.g. the SuperLink is gone: stop polling at once
+            raise RuntimeError(f"flwr ls failed: {listed}")
+        status = str(listed["runs"][0]["status"])
         return status if status.startswith("finished") else None
 
     try:

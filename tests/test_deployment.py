@@ -340,11 +340,18 @@ def test_insecure_deployment_runs_the_app_over_grpc(
 
 
 def clientapp_running(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether a live flwr-clientapp process runs under this SuperNode (exited ones are skipped)."""
     try:
         children = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return False
-    return any("flwr-clientapp" in " ".join(c.cmdline()) for c in children if c.is_running())
+    for child in children:
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "flwr-clientapp" in " ".join(child.cmdline()):
+                return True
+        except psutil.Error:  # it exited while we looked
+            continue
+    return False
 
 
 def test_supernode_killed_mid_round_costs_one_reply_not_the_run(
