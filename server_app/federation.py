@@ -34,7 +34,7 @@ from fedcore.seeding import derive_seed
 from fedcore.splits import server_splits
 from server_app import console
 from server_app.checkpoint import Checkpoint, check_compatible, load_checkpoint, save_checkpoint
-from server_app.nodes import query_clients, wait_for_nodes
+from server_app.nodes import query_clients, replies_by_node, wait_for_nodes
 from server_app.run_log import RunLog, new_run_dir, write_json_atomic
 from server_app.samples import generate_samples
 
@@ -157,7 +157,7 @@ def run_round(
     bytes_down = {
         m.metadata.dst_node_id: m.content.array_records[protocol.GLOBAL].count_bytes() for m in messages
     }
-    replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=cfg.round.timeout)}
+    replies = replies_by_node(grid.send_and_receive(messages, timeout=cfg.round.timeout), messages)
     outcomes = []
     for client in chosen:
         if client.node_id in replies:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
@@ -26,6 +27,13 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout_s: float, poll_s: float = 1
         time.sleep(poll_s)
 
 
+def replies_by_node(replies: Iterable[Message], sent: list[Message]) -> dict[int, Message]:
+    """Replies keyed by the node each answers for: the SuperLink itself answers for an unreachable node
+    (its error reply comes from the SuperLink's id), so match on the message replied to."""
+    node_of = {message.metadata.message_id: message.metadata.dst_node_id for message in sent}
+    return {node_of.get(r.metadata.reply_to_message_id, r.metadata.src_node_id): r for r in replies}
+
+
 def query_clients(
     grid: Grid, node_ids: list[int], flat_config: dict, timeout_s: float
 ) -> tuple[list[ClientInfo], dict[int, str]]:
@@ -40,8 +48,9 @@ def query_clients(
     ]
     clients: list[ClientInfo] = []
     failures = {node_id: "no reply" for node_id in node_ids}
-    for reply in grid.send_and_receive(messages, timeout=timeout_s):
-        node_id = reply.metadata.src_node_id
+    for node_id, reply in replies_by_node(
+        grid.send_and_receive(messages, timeout=timeout_s), messages
+    ).items():
         if reply.has_error():
             failures[node_id] = f"error: {reply.error.reason}"
             continue

@@ -34,18 +34,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def flower_env(flwr_home: Path) -> dict[str, str]:
-    """A private FLWR_HOME, the venv's Flower binaries first on PATH, no update checks."""
-    env = dict(os.environ)
-    env.update(
-        FLWR_HOME=str(flwr_home),
-        FLWR_DISABLE_UPDATE_CHECK="1",
-        PYTHONUNBUFFERED="1",
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-    )
-    return env
-
-
 def wait_for(check: Callable[[], Any], timeout_s: float, what: str, poll_s: float = 0.5) -> Any:
     """Poll until check() is truthy; the error says what never happened."""
     deadline = time.monotonic() + timeout_s
