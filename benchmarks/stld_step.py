@@ -245,7 +245,7 @@ def render(result: dict[str, Any]) -> str:
     ]
     rows = [
         [
-            r["p"],
+            f"{r['p']:.2f}",
             f"{r['mean_active_blocks']:.2f}",
             r["median_step_s"],
             f"{r['iqr_over_median']:.0%}",

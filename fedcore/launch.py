@@ -75,7 +75,7 @@ def latest_run_status(env: dict[str, str]) -> tuple[int, str] | None:
         raise RuntimeError(f"cannot read run status from `flwr ls`: {out.stdout or out.stderr}") from None
     if not runs:
         return None
-    newest = max(runs, key=lambda r: int(r["run-id"]))
+    newest = max(runs, key=lambda r: str(r.get("pending-at", "")))  # run ids are random, not ordered
     return int(newest["run-id"]), str(newest["status"])
 
 
