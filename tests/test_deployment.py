@@ -22,13 +22,13 @@ import pytest
 import yaml
 
 from fedcore.config import RunConfig
+from fedcore.launch import flower_env
 from tests.conftest import make_tiny_model_dir, tiny_run_config
 from tests.deployment_helpers import (
     BIN,
     DEPLOY_TOOL,
     REPO_ROOT,
     Daemons,
-    flower_env,
     metrics_rows,
     nodes_online,
     run_app,
