@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -103,12 +103,15 @@ def build_layout_model(cfg: RunConfig, num_labels: int, depth: int) -> nn.Module
     loaded: set[str] = set()
     with torch.no_grad():
         for path in _checkpoint_files(location):
-            with safe_open(str(path), framework="pt") as checkpoint:
-                for key in checkpoint.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                    name = key if key in params else prefix + key
-                    if name in params and layer_map.group_of(name) == EMBED:
-                        params[name].copy_(checkpoint.get_tensor(key).to(params[name].dtype))
-                        loaded.add(name)
+            try:
+                with safe_open(str(path), framework="pt") as checkpoint:
+                    for key in checkpoint.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                        name = key if key in params else prefix + key
+                        if name in params and layer_map.group_of(name) == EMBED:
+                            params[name].copy_(checkpoint.get_tensor(key).to(params[name].dtype))
+                            loaded.add(name)
+            except (OSError, SafetensorError) as exc:
+                raise ModelLoadError(f"model.name: cannot read checkpoint {path}: {exc}") from None
     missing = [n for n in params if layer_map.group_of(n) == EMBED and n not in loaded]
     if missing:
         raise ModelLoadError(f"model.name: checkpoint {location} lacks embedding tensors {missing[:3]}")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fedcore.config import RunConfig
@@ -79,7 +80,7 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     try:
         meta = json.loads(meta_path.read_text())
         state = load_file(state_path)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise CheckpointError(f"resume-from: checkpoint {folder} is unreadable or corrupt: {exc}") from None
     if meta.get("format") != FORMAT_VERSION or not isinstance(meta.get("round"), int):
         raise CheckpointError(
