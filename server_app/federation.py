@@ -39,6 +39,10 @@ from server_app.run_log import RunLog, new_run_dir, write_json_atomic
 from server_app.samples import generate_samples
 
 
+#: the shortest wait for the clients' info replies at start-up, whatever round.timeout says
+QUERY_TIMEOUT_S = 120.0
+
+
 @dataclass
 class ClientOutcome:
     row: dict[str, Any]
@@ -214,7 +218,10 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         print(console.line(last, task), flush=True)
 
     node_ids = wait_for_nodes(grid, cfg.clients.min, cfg.round.timeout)
-    clients, unreachable = query_clients(grid, node_ids, cfg.to_flat(), cfg.round.timeout)
+    # Start-up answers come from freshly started client processes: allow at least QUERY_TIMEOUT_S.
+    clients, unreachable = query_clients(
+        grid, node_ids, cfg.to_flat(), max(cfg.round.timeout, QUERY_TIMEOUT_S)
+    )
     for node_id, reason in unreachable.items():
         log.row({"kind": "node", "node_id": node_id, "status": "unreachable", "reason": reason})
     if len(clients) < cfg.clients.min:

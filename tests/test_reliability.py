@@ -27,7 +27,9 @@ from tests.conftest import tiny_run_config
 from tests.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
-STALL_S = 25.0
+#: the straggler sleeps far past the deadline, which itself leaves good clients ample time on a busy CPU
+STALL_S = 90.0
+DEADLINE_S = 60.0
 
 
 def final_global_state(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -67,27 +69,18 @@ def test_bad_clients_are_recorded_and_do_not_touch_the_aggregate(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
     """The global model after a round with 5 bad clients equals the one from the 3 good clients alone."""
-    common = {"clients.num-partitions": 8, "clients.min": 3, "round.timeout": STALL_S - 10, "rounds": 2}
+    common = {"clients.num-partitions": 8, "clients.min": 3, "round.timeout": DEADLINE_S, "rounds": 1}
     faulty_cfg = tiny_run_config(tiny_models["bert"], tmp_path / "faulty", **common)
     faulty = simulate(faulty_cfg, supernodes=8, client_app=faulty_client)
     good_only = simulate(tiny_run_config(tiny_models["bert"], tmp_path / "good", **common), supernodes=3)
 
-    statuses = {
-        (r["round"], r["partition_id"]): (r["status"], r["reason"])
-        for r in rows(faulty)
-        if r["kind"] == "client"
-    }
-    for round_number in (1, 2):
-        assert [statuses[(round_number, p)][0] for p in range(3)] == ["ok"] * 3
-        assert (
-            statuses[(round_number, 3)][0] == "failed"
-            and "injected client crash" in statuses[(round_number, 3)][1]
-        )
-        assert statuses[(round_number, 4)] == ("rejected", statuses[(round_number, 4)][1])
-        assert "NaN" in statuses[(round_number, 4)][1]
-        assert "shape" in statuses[(round_number, 5)][1]
-        assert "malformed" in statuses[(round_number, 6)][1]
-        assert statuses[(round_number, 7)][0] == "timeout"
+    status = {r["partition_id"]: (r["status"], r["reason"]) for r in rows(faulty) if r["kind"] == "client"}
+    assert [status[p][0] for p in range(3)] == ["ok"] * 3
+    assert status[3][0] == "failed" and "injected client crash" in status[3][1]
+    assert status[4][0] == "rejected" and "NaN" in status[4][1]
+    assert status[5][0] == "rejected" and "shape" in status[5][1]
+    assert status[6][0] == "rejected" and "malformed" in status[6][1]
+    assert status[7][0] == "timeout"
     expected = final_global_state(good_only)
     actual = final_global_state(faulty)
     assert expected.keys() == actual.keys()
