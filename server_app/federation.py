@@ -38,7 +38,6 @@ from server_app.nodes import query_clients, replies_by_node, wait_for_nodes
 from server_app.run_log import RunLog, new_run_dir, write_json_atomic
 from server_app.samples import generate_samples
 
-
 #: the shortest wait for the clients' info replies at start-up, whatever round.timeout says
 QUERY_TIMEOUT_S = 120.0
 
