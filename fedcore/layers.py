@@ -9,10 +9,9 @@ Llama, Qwen2, Mistral and their PEFT-wrapped forms without a per-architecture ta
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 
-import torch
 from torch import nn
 
 EMBED = "embed"
@@ -51,10 +50,6 @@ def swap_blocks(model: nn.Module, blocks: nn.ModuleList) -> Iterator[None]:
         setattr(parent, attr, original)
 
 
-def num_blocks(model: nn.Module) -> int:
-    return len(find_blocks(model)[1])
-
-
 class LayerMap:
     """Maps parameter names of one model (plain or PEFT-wrapped) to layer groups."""
 
@@ -86,19 +81,3 @@ class LayerMap:
 
     def all_groups(self) -> list[str]:
         return [EMBED, *(block_group(i) for i in range(self.num_blocks)), HEAD]
-
-    def group_state(self, state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-        """Split a state dict by group."""
-        grouped: dict[str, dict[str, torch.Tensor]] = {}
-        for name, tensor in state.items():
-            grouped.setdefault(self.group_of(name), {})[name] = tensor
-        return grouped
-
-    def select(self, state: Mapping[str, torch.Tensor], groups: Iterable[str]) -> dict[str, torch.Tensor]:
-        """The part of a state dict that belongs to the given groups."""
-        wanted = set(groups)
-        return {name: t for name, t in state.items() if self.group_of(name) in wanted}
-
-
-def state_bytes(state: Mapping[str, torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in state.values())

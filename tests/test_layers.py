@@ -162,28 +162,3 @@ def test_bitfit_refused_without_biases(tiny_models: dict[str, Path], tmp_path: P
     cfg = tiny_run_config(tiny_models["llama"], tmp_path, method="fedbitfit", **{"model.task": task})
     with pytest.raises(ModelLoadError, match="bitfit.*no bias"):
         build_model(cfg, num_labels=2)
-
-
-@pytest.mark.parametrize(("arch", "method"), [("bert", "fedavg"), ("qwen2", "fedlora")])
-def test_select_and_group_state_partition_a_state(build: Builder, arch: str, method: str) -> None:
-    """group_state and select split a state dict into disjoint parts whose union is the original."""
-    model = build(arch, method)
-    layer_map = LayerMap(model)
-    state = model.state_dict()
-    grouped = layer_map.group_state(state)
-    assert set(grouped) <= set(layer_map.all_groups())
-    assert sum(len(part) for part in grouped.values()) == len(state)
-    merged = {name: t for part in grouped.values() for name, t in part.items()}
-    assert merged.keys() == state.keys()
-    assert all(merged[name] is state[name] for name in state)
-    for group, part in grouped.items():
-        assert layer_map.select(state, [group]).keys() == part.keys()
-    chosen = ["block.1", HEAD]
-    rest = [g for g in layer_map.all_groups() if g not in chosen]
-    picked, others = layer_map.select(state, chosen), layer_map.select(state, rest)
-    assert picked and others
-    assert not picked.keys() & others.keys()
-    assert picked.keys() | others.keys() == state.keys()
-    assert layer_map.select(state, layer_map.all_groups()).keys() == state.keys()
-    assert layer_map.select(state, []) == {}
-    assert all(picked[name] is state[name] for name in picked)
