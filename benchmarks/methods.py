@@ -7,11 +7,17 @@ activation memory and bytes per client.
 
     python benchmarks/methods.py --methods fedlora,fedavg,fedbitfit,droppeft,leff --target 0.75 \
         --run-config "rounds=5 data.dirichlet-alpha=1.0"
+
+Ablations run as named variants of a method, each with its own overrides on top of the shared ones:
+
+    python benchmarks/methods.py --methods fedlora,droppeft \
+        --variant "droppeft-no-ptls=method='droppeft' ptls.fraction=0"
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -21,9 +27,27 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchlib import RESULTS, command_line, header, machine, write_results  # noqa: E402
+from flwr.common.config import parse_config_args  # noqa: E402
 
 from fedcore.launch import simulate  # noqa: E402
 from fedcore.report import comparison_table, load_run, plot_runs, to_markdown  # noqa: E402
+
+
+def merge_overrides(*parts: str) -> str:
+    """One ``--run-config`` string from several; a later part's key wins (Flower refuses repeated keys)."""
+    merged: dict[str, object] = {}
+    for part in parts:
+        if part.strip():
+            merged.update(parse_config_args([part]))
+    return " ".join(f"{key}={_toml_value(value)}" for key, value in merged.items())
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string
+    return repr(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,21 +58,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-config", default="", help="shared overrides for every method")
     parser.add_argument("--target", type=float, default=0.75, help="accuracy for 'time to target'")
     parser.add_argument("--name", default="methods", help="results/<name>.md and results/<name>-*.png")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=OVERRIDES",
+        help="an extra run named NAME with these run-config overrides (repeatable; give method= in them)",
+    )
     args = parser.parse_args(argv)
+    runs_wanted = [(m, f"method='{m}'") for m in args.methods.split(",") if m]
+    for variant in args.variant:
+        name, sep, overrides = variant.partition("=")
+        if not sep or not name.strip() or "/" in name:
+            parser.error(f"--variant {variant!r}: expected NAME=OVERRIDES")
+        runs_wanted.append((name.strip(), overrides))
 
     info = machine()
     runs_root = ROOT / "benchmarks" / "runs" / time.strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(parents=True, exist_ok=True)
     run_dirs = []
-    for method in args.methods.split(","):
-        out = runs_root / method
-        overrides = f"method='{method}' output.dir='{out}' {args.run_config}"
+    for name, run_overrides in runs_wanted:
+        out = runs_root / name
+        overrides = merge_overrides(args.run_config, run_overrides, f"output.dir='{out}'")
         code = simulate(ROOT, ROOT / ".flwr", args.supernodes, args.cpus, overrides)
         found = sorted(out.glob("*/metrics.jsonl"))
         if code != 0 or not found:
-            print(f"benchmarks: {method} did not complete; see the log above", file=sys.stderr)
+            print(f"benchmarks: {name} did not complete; see the log above", file=sys.stderr)
             continue
-        run_dirs.append(found[-1].parent)
+        # The run directory is renamed after the variant so tables and legends say which run is which.
+        stamp = found[-1].parent.name.rsplit("-", 1)[0]
+        run_dir = found[-1].parent.rename(runs_root / f"{stamp}-{name}")
+        run_dirs.append(run_dir)
     runs = [load_run(d) for d in run_dirs]
     table = to_markdown(comparison_table(runs, target=args.target))
     plots = plot_runs(runs, runs_root)
@@ -58,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     report += f"\nSupernodes: {args.supernodes}, CPUs per client: {args.cpus:g}\n\n{table}\n"
     write_results(args.name, RESULTS, report, {"machine": info, "runs": [str(d) for d in run_dirs]})
     print(report)
-    return 0 if len(runs) == len(args.methods.split(",")) else 1
+    return 0 if len(runs) == len(runs_wanted) else 1
 
 
 if __name__ == "__main__":

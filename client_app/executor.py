@@ -145,7 +145,7 @@ def execute_train(content: RecordDict, node_config: dict[str, Any], state: Recor
         for name, delta in outcome.update.items()
         if layer_map.group_of(name) not in keep
     }
-    update = state_to_arrays(to_global(upload, layer_map, sources))
+    update = state_to_arrays(to_global(upload, layer_map, sources), cfg.round.wire_dtype)
     metrics.update(outcome.metrics)
     metrics.update(
         examples=len(splits.train),

@@ -105,6 +105,9 @@ class TrainConfig(Section):
 
 class RoundConfig(Section):
     timeout: float = Field(900.0, gt=0, description="Seconds to wait for replies in one round.")
+    wire_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="Precision of the tensors sent to and from clients (float16 halves traffic)."
+    )
 
 
 class EvalConfig(Section):

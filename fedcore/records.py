@@ -16,8 +16,15 @@ WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 def state_to_arrays(state: Mapping[str, torch.Tensor], wire_dtype: str = "float32") -> ArrayRecord:
+    """Tensors in the wire precision; a value fp16 cannot hold is refused rather than sent as inf."""
     dtype = WIRE_DTYPES[wire_dtype]
-    return ArrayRecord({name: t.detach().to("cpu", dtype).contiguous() for name, t in state.items()})
+    arrays = {}
+    for name, tensor in state.items():
+        wire = tensor.detach().to("cpu", dtype).contiguous()
+        if dtype != tensor.dtype and not torch.isfinite(wire).all() and torch.isfinite(tensor).all():
+            raise ValueError(f"{name}: values exceed the range of {wire_dtype}; use round.wire-dtype=float32")
+        arrays[name] = wire
+    return ArrayRecord(arrays)
 
 
 def arrays_to_state(record: ArrayRecord) -> dict[str, torch.Tensor]:

@@ -70,6 +70,7 @@ COL_ROUNDS = "rounds"
 COL_FINAL_ACC = "final accuracy"
 COL_BEST_ACC = "best accuracy"
 COL_F1 = "final macro-F1"
+COL_PERSONAL_ACC = "final personal accuracy"
 COL_PPL = "final perplexity"
 COL_WALL = "wall time (s)"
 COL_RSS_MEAN = "mean client peak RSS (MB)"
@@ -78,7 +79,7 @@ COL_ACT = "mean activation (MB)"
 COL_DOWN = "MB down / client-round"
 COL_UP = "MB up / client-round"
 COL_FAILED = "failed/rejected replies"
-_DROP_WHEN_EMPTY = (COL_FINAL_ACC, COL_BEST_ACC, COL_F1, COL_PPL, COL_ACT)
+_DROP_WHEN_EMPTY = (COL_FINAL_ACC, COL_BEST_ACC, COL_F1, COL_PERSONAL_ACC, COL_PPL, COL_ACT)
 
 
 class ReportError(ValueError):
@@ -238,6 +239,17 @@ def _peak_rss(run: RunRecord) -> tuple[float, float]:
     return _mean(per_round), _max(per_round)
 
 
+def _personal_accuracy(run: RunRecord) -> float:
+    """Mean over the clients of the last round that reported one: PTLS's own quality measure."""
+    if "personal_accuracy" not in run.client_rows:
+        return math.nan
+    rows = run.client_rows.dropna(subset=["personal_accuracy"])
+    if not len(rows):
+        return math.nan
+    last = rows[rows["round"] == rows["round"].max()]
+    return float(pd.to_numeric(last["personal_accuracy"]).mean())
+
+
 def _failed_replies(run: RunRecord) -> int:
     if len(run.client_rows):
         return int((run.client_rows["status"] != "ok").sum())
@@ -257,6 +269,7 @@ def comparison_table(runs: Sequence[RunRecord], target: float | None = None) -> 
             COL_FINAL_ACC: _last(g["accuracy"]),
             COL_BEST_ACC: _max(g["accuracy"]),
             COL_F1: _last(g["macro_f1"]),
+            COL_PERSONAL_ACC: _personal_accuracy(run),
             COL_PPL: _last(g["perplexity"]),
             COL_WALL: _wall_time(run),
         }

@@ -79,7 +79,7 @@ def train_message(
         {
             protocol.PLAN: dict_to_config(plan.to_dict()),
             protocol.RUN_CONFIG: dict_to_config(cfg.to_flat()),
-            protocol.GLOBAL: state_to_arrays(payload),
+            protocol.GLOBAL: state_to_arrays(payload, cfg.round.wire_dtype),
         }
     )
     return Message(content, dst_node_id=client.node_id, message_type=MessageType.TRAIN)

@@ -121,3 +121,27 @@ def test_leff_client_holds_window_and_students_and_uploads_only_the_window(
         assert changed == (name in update and bool(update[name].abs().sum() > 0)), name
         if layer_map.group_of(name) not in ("block.2", "block.3", "head"):
             assert new_state[name] is before
+
+
+def test_float16_wire_halves_the_upload_and_keeps_the_update(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    plan = LayerPlan(round=1, rounds=1, train_groups=("block.1", "head"), steps=2, lr=1e-2)
+    replies = {}
+    for wire in ("float32", "float16"):
+        cfg = tiny_run_config(
+            tiny_models["bert"], tmp_path / wire, method="fedavg", **{"round.wire-dtype": wire}
+        )
+        server_model, _ = build_model(cfg, num_labels=2)
+        replies[wire] = call_client(cfg, plan, tunable_state(server_model), node_context())
+    full, half = (replies[w].array_records[protocol.UPDATE] for w in ("float32", "float16"))
+    assert half.count_bytes() < 0.55 * full.count_bytes()
+    assert {a.dtype for a in half.values()} == {"float16"}
+    # Same seed, same start: the half-precision update is the full one rounded.
+    for name, delta in arrays_to_state(full).items():
+        torch.testing.assert_close(arrays_to_state(half)[name], delta.half().float(), rtol=0, atol=0)
+
+
+def test_float16_wire_refuses_values_it_cannot_hold() -> None:
+    with pytest.raises(ValueError, match="huge.*float16"):
+        state_to_arrays({"huge": torch.tensor([1e6])}, "float16")

@@ -15,6 +15,7 @@ from fedcore.report import (
     COL_F1,
     COL_FAILED,
     COL_FINAL_ACC,
+    COL_PERSONAL_ACC,
     COL_PPL,
     COL_ROUNDS,
     COL_RSS_MAX,
@@ -144,6 +145,19 @@ def test_table_values(run_a: Path, run_b: Path) -> None:
     assert b[COL_DOWN] == pytest.approx(20 / 3)
     assert (a[COL_FAILED], b[COL_FAILED]) == (1, 1)
     assert COL_PPL not in table.columns
+    assert COL_PERSONAL_ACC not in table.columns  # no run reported personalised accuracy
+
+
+def test_personal_accuracy_is_last_round_client_mean(tmp_path: Path) -> None:
+    rows = [
+        {**_client(1, 0, 900.0, 1, 1), "personal_accuracy": 0.2},
+        {**_client(2, 0, 900.0, 1, 1), "personal_accuracy": 0.9},
+        {**_client(2, 1, 900.0, 1, 1), "personal_accuracy": 0.7},
+        _client(2, 2, 900.0, 1, 1),  # a client without personal layers does not count as 0
+        _global(2, 10.0, 0.6),
+    ]
+    run = load_run(_write_run(tmp_path / "ptls", "droppeft", rows))
+    assert comparison_table([run]).iloc[0][COL_PERSONAL_ACC] == pytest.approx(0.8)
 
 
 def test_target_column_omitted_without_target(run_a: Path) -> None:
