@@ -11,6 +11,7 @@ memory (bytes saved for backward, counted exactly) is reported next to it.
 
     python benchmarks/client_round.py                 # MiniLM, writes benchmarks/results/client_round.*
     python benchmarks/client_round.py --model deep    # 24-block random BERT: client_round_deep24.*
+    python benchmarks/client_round.py --model smollm2 --batch-size 8   # SmolLM2-135M classifier, 30 blocks
     python benchmarks/client_round.py --quick         # smoke test, writes benchmarks/results/quick/
 """
 
@@ -53,11 +54,14 @@ from fedcore.devices import DeviceProfile
 from fedcore.model import build_model, tunable_state
 from fedcore.plan import LayerPlan
 from fedcore.planners import ClientInfo, make_planner
+from fedcore.presets import PRESETS
 from fedcore.records import dict_to_config, state_to_arrays
 from fedcore.splits import client_splits, server_splits
 
 METHODS = ("fedavg", "fedlora", "fedbitfit", "droppeft", "leff")
 NODE_ID = 1
+CAPACITY = 0.5
+SMOLLM2 = "embedded:smollm2-135m-instruct"
 PARTITION = 0
 METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
     "droppeft": {"drop.mode": "fixed", "drop.mean-rate": 0.5},
@@ -78,6 +82,8 @@ def run_config(method: str, model_name: str, args: argparse.Namespace) -> RunCon
         "leff.compression": args.compression,
         **METHOD_OVERRIDES.get(method, {}),
     }
+    if model_name == SMOLLM2:
+        flat["tuning.lora-targets"] = PRESETS["llm-classifier"]["tuning.lora-targets"]
     if args.quick:
         flat.update({"leff.distill-steps": 2, "eval.max-examples": 64})
     return RunConfig.from_flat(flat)
@@ -331,12 +337,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
-    parser.add_argument("--model", choices=("minilm", "deep"), default="minilm")
+    parser.add_argument("--model", choices=("minilm", "deep", "smollm2"), default="minilm")
     parser.add_argument("--deep-layers", type=int, default=24)
     parser.add_argument("--steps", type=int, default=10, help="local steps of the round (K)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--capacity", type=float, default=0.5, help="LEFF: share of blocks the client trains")
+    parser.add_argument("--capacity", type=float, default=CAPACITY, help="LEFF: share of blocks trained")
     parser.add_argument("--compression", type=float, default=0.5, help="LEFF: student depth ratio")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in the client (0 = default)")
     parser.add_argument(
@@ -363,8 +369,13 @@ def main() -> None:
         if args.model == "deep":
             model_name = str(save_deep_model(root / "model", args.deep_layers))
             label, name = f"BERT-{args.deep_layers} (random init)", f"client_round_deep{args.deep_layers}"
+        elif args.model == "smollm2":
+            model_name, label = SMOLLM2, "SmolLM2-135M-Instruct classifier (30 blocks)"
+            name = "client_round_smollm2"
         else:
             model_name, label, name = MINILM, "MiniLM-L6 (all-MiniLM-L6-v2)", "client_round"
+        if args.capacity != CAPACITY:
+            name += f"_capacity{args.capacity:g}"
         if args.mmap_threshold_mb:
             name += f"_mmap{args.mmap_threshold_mb}mb"
         for method in methods:
