@@ -124,6 +124,8 @@ def execute_train(content: RecordDict, node_config: dict[str, Any], state: Recor
         weight_decay=cfg.train.weight_decay,
         warmup_fraction=cfg.train.warmup_fraction,
         clip_norm=cfg.train.clip_norm,
+        precision=cfg.train.precision,
+        start=received | personal,  # the values the model was just loaded with: no extra copy
         device=device(),
     )
     if probe:

@@ -101,6 +101,9 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.01, ge=0, lt=1)
     warmup_fraction: float = Field(0.1, ge=0, lt=1, description="Share of all steps spent warming up.")
     clip_norm: float = Field(1.0, ge=0, description="Gradient clipping (0 = off).")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Training compute precision; 'auto' = bf16 on GPUs that support it, else fp32."
+    )
 
 
 class RoundConfig(Section):
@@ -183,9 +186,9 @@ class LeffConfig(Section):
 
 class DevicesConfig(Section):
     profiles: str = Field(
-        "",
-        description="Comma-separated device profiles assigned round-robin to partitions in simulation "
-        "(e.g. 'jetson-orin,workstation'); empty = every node is a workstation.",
+        "workstation,cpu-box,jetson-orin",
+        description="Device profiles cycled over partitions for nodes whose node config names no device "
+        "(simulation): heterogeneous by default; empty = every such node is a workstation.",
     )
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -51,6 +53,20 @@ def trained_parameters(model: nn.Module, layer_map: LayerMap, plan: LayerPlan) -
     return params
 
 
+def compute_precision(precision: str, device: torch.device) -> AbstractContextManager[object]:
+    """The autocast context of a training step: bf16 where asked for or (auto) where the GPU supports it.
+
+    Parameters, gradients and optimizer state stay fp32; matrix products run in bf16 and keep their
+    saved inputs in bf16, which cuts activation memory and speeds up GPUs with bf16 units (Jetson Orin).
+    """
+    if precision == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        precision = "bf16" if bf16 else "fp32"
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 def train_plan(
     model: nn.Module,
     batches: list[Batch],
@@ -59,8 +75,12 @@ def train_plan(
     weight_decay: float = 0.01,
     warmup_fraction: float = 0.1,
     clip_norm: float = 1.0,
+    precision: str = "fp32",
+    start: Mapping[str, torch.Tensor] | None = None,
     device: torch.device | None = None,
 ) -> TrainOutcome:
+    """Train the plan's groups; ``start`` may hold the trained parameters' current values (on the CPU)
+    when the caller keeps them anyway, which spares a copy of every trained parameter."""
     if not batches:
         raise ValueError("no training data on this client")
     device = device or torch.device("cpu")
@@ -71,7 +91,7 @@ def train_plan(
     params = trained_parameters(model, layer_map, plan)
     if not params:
         raise ValueError(f"plan trains no tunable parameter (groups {list(plan.train_groups)})")
-    start = {name: p.detach().clone() for name, p in params.items()}
+    start = {name: _start_value(p, (start or {}).get(name)) for name, p in params.items()}
     optimizer = torch.optim.AdamW(params.values(), lr=plan.lr, weight_decay=weight_decay)
     steps = plan.steps or plan.epochs * len(batches)
     generator = torch.Generator().manual_seed(plan.seed)
@@ -91,7 +111,7 @@ def train_plan(
                 else list(range(layer_map.num_blocks))
             )
             blocks_run += len(active)
-            with meter.step(), only_blocks(model, active):
+            with meter.step(), only_blocks(model, active), compute_precision(precision, device):
                 loss = model(**batch).loss
             loss.backward()
             if clip_norm > 0:
@@ -103,7 +123,7 @@ def train_plan(
     model.eval()
     if not all(math.isfinite(v) for v in losses):
         raise FloatingPointError(f"training loss became non-finite (last {losses[-1]})")
-    update = {name: (p.detach() - start[name]).cpu() for name, p in params.items()}
+    update = {name: p.detach().cpu() - start[name].cpu() for name, p in params.items()}
     return TrainOutcome(
         update=update,
         metrics={
@@ -117,3 +137,10 @@ def train_plan(
             "mean_active_blocks": blocks_run / steps,
         },
     )
+
+
+def _start_value(param: torch.Tensor, given: torch.Tensor | None) -> torch.Tensor:
+    """The caller's copy of a parameter's start value when it matches exactly, else a fresh copy."""
+    if given is not None and given.dtype == param.dtype and given.shape == param.shape:
+        return given
+    return param.detach().clone()
