@@ -96,12 +96,15 @@ def execute_train(content: RecordDict, node_config: dict[str, Any], state: Recor
     # Below, tensors carry the client model's own (local) names; personal layers are stored and uploads
     # are sent under global names. The two differ only for LEFF layouts.
     sources = plan.block_sources or tuple(range(layer_map.num_blocks))
-    received = arrays_to_state(global_arrays)
+    bytes_down = global_arrays.count_bytes()
+    received = arrays_to_state(global_arrays, release=True)
     stored = arrays_to_state(state.array_records[PERSONAL_STATE]) if PERSONAL_STATE in state else {}
     personal = to_local(stored, layer_map, sources)
     load_tunable_state(model, received)
     load_tunable_state(model, personal)
     local_plan = dataclasses.replace(plan, train_groups=local_groups(plan.train_groups, sources))
+    # Frozen tensors now live only in the model; trained ones are kept as the start of the update.
+    received = {n: t for n, t in received.items() if layer_map.group_of(n) in local_plan.train_groups}
 
     def batches(table: Any, shuffle_seed: int | None, batch_size: int) -> list:
         return make_batches(table, tokenizer, cfg.model.task, cfg.model.max_length, batch_size, shuffle_seed)
@@ -154,7 +157,7 @@ def execute_train(content: RecordDict, node_config: dict[str, Any], state: Recor
         personal_blocks=len(keep),
         model_blocks=layer_map.num_blocks,
         device_time_s=outcome.metrics["compute_time_s"] / profile.speed,
-        bytes_down=global_arrays.count_bytes(),
+        bytes_down=bytes_down,
         bytes_up=update.count_bytes(),
         wall_time_s=time.perf_counter() - began,
     )

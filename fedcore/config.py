@@ -125,6 +125,9 @@ class LayerDropConfig(Section):
         "auto", description="'auto': bandit for droppeft, off otherwise."
     )
     mean_rate: float = Field(0.5, ge=0, lt=1, description="Mean drop rate for mode=fixed.")
+    warmup: float = Field(
+        0.0, ge=0, le=1, description="Share of the federation's steps over which drop rates ramp up from 0."
+    )
     shape: Literal["uniform", "incremental"] = "incremental"
     rates: str = Field("0.3,0.5,0.7", description="Bandit arms: comma-separated mean rates.")
     shapes: str = Field("incremental", description="Bandit arms: comma-separated shapes.")

@@ -22,6 +22,8 @@ class LayerPlan:
     block_sources: tuple[int, ...] = ()
     #: per-block probability of skipping the block in a training step (empty = never skip)
     drop_rates: tuple[float, ...] = ()
+    #: share of the federation's steps over which the drop rates ramp up from 0 (0 = full rates at once)
+    drop_warmup: float = 0.0
     #: share of trained blocks the client keeps personal (never uploaded, never overwritten)
     personal_fraction: float = 0.0
     steps: int = 0
@@ -38,6 +40,8 @@ class LayerPlan:
     def __post_init__(self) -> None:
         if any(not 0.0 <= p < 1.0 for p in self.drop_rates):
             raise ValueError(f"drop rates must lie in [0, 1): {self.drop_rates}")
+        if not 0.0 <= self.drop_warmup <= 1.0:
+            raise ValueError(f"drop_warmup must lie in [0, 1]: {self.drop_warmup}")
         if not 0.0 <= self.personal_fraction < 1.0:
             raise ValueError(f"personal_fraction must lie in [0, 1): {self.personal_fraction}")
         if not 1 <= self.round <= self.rounds:

@@ -27,9 +27,13 @@ def state_to_arrays(state: Mapping[str, torch.Tensor], wire_dtype: str = "float3
     return ArrayRecord(arrays)
 
 
-def arrays_to_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
-    """Tensors back in fp32, whatever precision they travelled in."""
-    return {name: t.float() for name, t in record.to_torch_state_dict().items()}
+def arrays_to_state(record: ArrayRecord, *, release: bool = False) -> dict[str, torch.Tensor]:
+    """Tensors back in fp32, whatever precision they travelled in.
+
+    ``release`` empties the record while converting, so the serialised copy of each tensor is freed as soon
+    as its tensor exists instead of both living until the round ends (the payload is then held once).
+    """
+    return {name: t.float() for name, t in record.to_torch_state_dict(keep_input=not release).items()}
 
 
 def dict_to_config(values: Mapping[str, Any]) -> ConfigRecord:

@@ -41,6 +41,16 @@ def learning_rate(plan: LayerPlan, step: int, steps: int, warmup_fraction: float
     return plan.lr * (total - position) / (total - warmup)
 
 
+def drop_scale(plan: LayerPlan, step: int, steps: int) -> float:
+    """Progressive layer dropping (this project's option, after Zhang & He 2020): the plan's drop rates are
+    scaled from 0 up to 1 over the first ``drop_warmup`` share of the federation's steps, because a model
+    that skips blocks from the first step learns far more slowly than one that starts at full depth."""
+    if plan.drop_warmup <= 0:
+        return 1.0
+    position = (plan.round - 1) * steps + step
+    return min(1.0, position / (plan.drop_warmup * steps * plan.rounds))
+
+
 def trained_parameters(model: nn.Module, layer_map: LayerMap, plan: LayerPlan) -> dict[str, nn.Parameter]:
     """The tunable parameters that belong to the plan's train groups; everything else is frozen now."""
     wanted = set(plan.train_groups)
@@ -105,8 +115,9 @@ def train_plan(
             batch = {k: v.to(device) for k, v in batches[step % len(batches)].items()}
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(plan, step, steps, warmup_fraction)
+            scale = drop_scale(plan, step, steps)
             active = (
-                sample_active_blocks(plan.drop_rates, generator)
+                sample_active_blocks([p * scale for p in plan.drop_rates], generator)
                 if plan.drop_rates
                 else list(range(layer_map.num_blocks))
             )

@@ -6,6 +6,7 @@ the model must get its full block list back afterwards, and dropping nothing mus
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +25,7 @@ from fedcore.metrics import evaluate
 from fedcore.model import build_model
 from fedcore.plan import LayerPlan
 from fedcore.stld import only_blocks, sample_active_blocks
-from fedcore.train import train_plan
+from fedcore.train import drop_scale, train_plan
 
 NUM_BLOCKS = 4
 TEXTS = ["good film", "awful boring plot and bad acting", "the best movie", "a dull story"]
@@ -207,3 +208,24 @@ def test_drop_rates_must_cover_every_block(tiny_models: dict[str, Path], tmp_pat
     plan = LayerPlan(round=1, rounds=1, train_groups=("head",), drop_rates=(0.0, 0.0), steps=1, seed=0)
     with pytest.raises(ValueError, match="drop"):
         train_plan(model, _batches(tokenizer), plan)
+
+
+def test_drop_warmup_ramps_rates_over_the_federation() -> None:
+    """Progressive dropping: no skipping at the first step, the plan's full rates from the warm-up's end."""
+    plan = LayerPlan(round=1, rounds=4, train_groups=("head",), drop_rates=(0.5,), drop_warmup=0.5, steps=10)
+    assert drop_scale(plan, 0, 10) == 0.0
+    assert drop_scale(plan, 5, 10) == pytest.approx(0.25)  # step 5 of the 20 warm-up steps
+    later = dataclasses.replace(plan, round=3)
+    assert drop_scale(later, 0, 10) == 1.0
+    assert drop_scale(dataclasses.replace(plan, drop_warmup=0.0), 0, 10) == 1.0
+
+
+def test_drop_warmup_runs_more_blocks_early(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    model, tokenizer = _build(tiny_models["bert"], tmp_path)
+    batches = _batches(tokenizer)
+    plan = LayerPlan(
+        round=1, rounds=1, train_groups=("head",), drop_rates=(0.8,) * NUM_BLOCKS, steps=6, lr=1e-2, seed=0
+    )
+    abrupt = train_plan(model, batches, plan).metrics["mean_active_blocks"]
+    ramped = train_plan(model, batches, dataclasses.replace(plan, drop_warmup=1.0)).metrics
+    assert ramped["mean_active_blocks"] > abrupt

@@ -38,6 +38,7 @@ def base_plan(
         rounds=cfg.rounds,
         train_groups=tuple(train_groups),
         drop_rates=drop.rates(num_blocks) if drop and drop.mean_rate > 0 else (),
+        drop_warmup=cfg.drop.warmup,
         personal_fraction=personal,
         steps=cfg.train.local_steps,
         epochs=cfg.train.local_epochs,
