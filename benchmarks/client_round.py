@@ -90,12 +90,13 @@ def run_config(method: str, model_name: str, args: argparse.Namespace) -> RunCon
         "train.batch-size": args.batch_size,
         "clients.num-partitions": args.partitions,
         "leff.compression": args.compression,
+        "leff.distill-steps": args.distill_steps,
         **METHOD_OVERRIDES.get(method, {}),
     }
     if model_name == SMOLLM2:
         flat["tuning.lora-targets"] = PRESETS["llm-classifier"]["tuning.lora-targets"]
     if args.quick:
-        flat.update({"leff.distill-steps": 2, "eval.max-examples": 64})
+        flat["eval.max-examples"] = 64
     return RunConfig.from_flat(flat)
 
 
@@ -361,6 +362,7 @@ def main() -> None:
         default=0,
         help="client MALLOC_MMAP_THRESHOLD_ in MB (0 = glibc default, which keeps freed memory)",
     )
+    parser.add_argument("--distill-steps", type=int, default=20, help="LEFF: server distillation steps")
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 steps, 2 distillation steps")
     parser.add_argument("--out", type=Path, default=None, help="results directory")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
@@ -369,7 +371,7 @@ def main() -> None:
         child(args.child, args.threads)
         return
     if args.quick:
-        args.steps = 2
+        args.steps, args.distill_steps = 2, 2
     info = machine()
     command = command_line()
     methods = [m.strip() for m in args.methods.split(",")]
@@ -397,7 +399,8 @@ def main() -> None:
             header(f"Client round cost per method: {label}", info, command, args.quick),
             f"One round of {args.steps} steps, batch {args.batch_size}, partition {PARTITION} of "
             f"{args.partitions} (Rotten Tomatoes); droppeft: fixed drop, mean rate 0.5 (incremental shape), "
-            f"personal share 0.25; leff: capacity {args.capacity}, compression {args.compression}. "
+            f"personal share 0.25; leff: capacity {args.capacity}, compression {args.compression}, "
+            f"{args.distill_steps} distillation steps. "
             f"Allocator: {allocator(args.mmap_threshold_mb)}.",
             "",
             body,
