@@ -6,8 +6,10 @@ round runs in a fresh process, so the parent builds the server side (global mode
 the plan and payload for partition 0, including LEFF's importance scoring and distillation, which stay
 on the server) and writes them to a directory; a child process (``--child DIR``) builds the Flower
 message, calls the real ClientApp, and reports what the round cost. Peak RSS is the kernel's high-water
-mark of that child (ru_maxrss); it includes the Python/torch runtime, reported separately, and activation
-memory (bytes saved for backward, counted exactly) is reported next to it.
+mark of that child's address space (VmHWM; ru_maxrss would carry over the parent's peak, which LEFF's
+server-side distillation inflates, through fork and exec); it includes the Python/torch runtime,
+reported separately, and activation memory (bytes saved for backward, counted exactly) is reported next
+to it.
 
     python benchmarks/client_round.py                 # MiniLM, writes benchmarks/results/client_round.*
     python benchmarks/client_round.py --model deep    # 24-block random BERT: client_round_deep24.*
@@ -66,6 +68,14 @@ PARTITION = 0
 METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
     "droppeft": {"drop.mode": "fixed", "drop.mean-rate": 0.5},
 }
+
+
+def peak_rss_mb() -> float:
+    """This process's own RSS high-water mark; Linux keeps it per address space, so it starts at exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: may include the parent
 
 
 def rss_mb() -> float:
@@ -148,7 +158,7 @@ def child(directory: Path, threads: int) -> None:
     began = time.perf_counter()
     reply = client_app(message, Context(1, NODE_ID, node_config, RecordDict(), {}))
     wall = time.perf_counter() - began
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = peak_rss_mb()
     if reply.has_error():
         raise RuntimeError(f"client round failed: {reply.error.reason}")
     metrics = dict(reply.content.metric_records[protocol.TRAIN_METRICS])
@@ -322,10 +332,10 @@ def goal_lines(by_method: dict[str, dict[str, Any]]) -> list[str]:
 NOTES = """\
 How to read: one client round of `train.local-steps` steps on partition 0, each method in a fresh
 process. `runtime RSS` is the child's RSS after importing torch/transformers/Flower (the same for every
-method); `RSS before round` adds the received message; `peak RSS` is the kernel's high-water mark of the
-whole process (ru_maxrss), so `peak - runtime` is what the round itself needed: model, optimizer state,
-gradients, activations, payload copies. `train-loop RSS` is the project's own sampled peak during
-`train_plan` only. `activations` is the largest per-step total of bytes saved for backward (exact,
+method); `RSS before round` adds the received message; `peak RSS` is the kernel's high-water mark of
+the child's own address space (VmHWM), so `peak - runtime` is what the round itself needed: model,
+optimizer state, gradients, activations, payload copies. `train-loop RSS` is the project's own sampled
+peak during `train_plan` only. `activations` is the largest per-step total of bytes saved for backward (exact,
 allocator-independent). `compute s` is the training loop; `round wall s` adds model build, data loading
 and evaluation. LEFF's server work (block importance and distillation of the students) is in `server
 plan s` and never in the client's memory. Ratios below 1 mean cheaper than the base method.
