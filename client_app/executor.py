@@ -112,7 +112,7 @@ def execute_train(content: RecordDict, node_config: dict[str, Any], state: Recor
     metrics: dict[str, float] = {}
     held_out = splits.test if len(splits.test) else splits.train
     if plan.evaluate_local:
-        local_test = held_out.select(range(min(len(held_out), cfg.eval.max_examples or len(held_out))))
+        local_test = held_out.select(range(min(len(held_out), cfg.eval.client_examples or len(held_out))))
         local = evaluate(model, batches(local_test, None, cfg.eval.batch_size), cfg.model.task, device())
         metrics.update({f"personal_{k}": v for k, v in local.items()})
     probe_table = held_out.select(range(min(len(held_out), plan.probe_examples)))

@@ -115,6 +115,9 @@ class RoundConfig(Section):
 
 class EvalConfig(Section):
     max_examples: int = Field(500, ge=0, description="Server test examples evaluated (0 = all).")
+    client_examples: int = Field(
+        200, ge=0, description="Own test examples a client evaluates with personal layers (0 = all)."
+    )
     batch_size: int = Field(64, ge=1)
 
 
@@ -129,7 +132,7 @@ class LayerDropConfig(Section):
         0.0, ge=0, le=1, description="Share of the federation's steps over which drop rates ramp up from 0."
     )
     shape: Literal["uniform", "incremental"] = "incremental"
-    rates: str = Field("0.3,0.5,0.7", description="Bandit arms: comma-separated mean rates.")
+    rates: str = Field("0.15,0.3", description="Bandit arms: comma-separated mean rates.")
     shapes: str = Field("incremental", description="Bandit arms: comma-separated shapes.")
     exploration: float = Field(
         0.2, ge=0, description="UCB exploration weight (rewards are normalised to [0, 1] per device)."
