@@ -48,9 +48,7 @@ SETTINGS = (
     Setting(0.0, "uniform", 0.0),
     Setting(0.15, "uniform", 0.0),
     Setting(0.3, "uniform", 0.0),
-    Setting(0.3, "incremental", 0.0),
-    Setting(0.3, "incremental", 0.5),
-    Setting(0.5, "incremental", 0.5),
+    Setting(0.3, "uniform", 0.5),
 )
 
 
