@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.from_runs is not None:
         run_dirs = sorted(p.parent for p in args.from_runs.rglob("metrics.jsonl"))
+        if not run_dirs:
+            parser.error(f"--from-runs {args.from_runs}: no finished run (metrics.jsonl) below it")
         note = "see its config.json (the load average above is from writing this report)"
         runs_wanted = [(d.name, note) for d in run_dirs]
         return report_runs(args, info, args.from_runs, run_dirs, runs_wanted)
