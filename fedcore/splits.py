@@ -19,6 +19,7 @@ from fedcore.config import DataConfig
 class ServerSplits:
     pool: Dataset  # what the clients partition among themselves
     test: Dataset  # held out on the server
+    validation: Dataset  # held out on the server for tuning (empty unless data.validation-fraction > 0)
     num_labels: int
 
 
@@ -33,7 +34,8 @@ class ClientSplits:
 def server_splits(cfg: DataConfig, task: str, seed: int) -> ServerSplits:
     table = data.load_dataset_table(cfg, task, seed)
     pool, test = data.server_split(table, cfg, seed)
-    return ServerSplits(pool, test, data.num_labels(table) if task == "seq-cls" else 0)
+    pool, validation = data.validation_split(pool, cfg, seed)
+    return ServerSplits(pool, test, validation, data.num_labels(table) if task == "seq-cls" else 0)
 
 
 @lru_cache(maxsize=4)

@@ -59,6 +59,8 @@ class ServerState:
     planner: Planner
     eval_batches: list[Batch]
     test: Dataset
+    #: the server's validation split (empty without data.validation-fraction), reported as val_* metrics
+    validation_batches: list[Batch] = field(default_factory=list)
     first_round: int = 1
     best_accuracy: float | None = None
     elapsed_before_s: float = 0.0
@@ -128,6 +130,11 @@ def prepare(cfg: RunConfig) -> tuple[ServerState, RunLog, PreTrainedTokenizerBas
         planner=make_planner(cfg, model, tokenizer),
         eval_batches=make_batches(test, tokenizer, task, cfg.model.max_length, cfg.eval.batch_size),
         test=test,
+        validation_batches=make_batches(
+            splits.validation, tokenizer, task, cfg.model.max_length, cfg.eval.batch_size
+        )
+        if len(splits.validation)
+        else [],
         shapes={name: tensor.shape for name, tensor in global_state.items()},
     )
     if not cfg.resume_from:
@@ -185,12 +192,22 @@ def run_round(
     return outcomes
 
 
+def evaluate_server(state: ServerState) -> dict[str, Any]:
+    """The global model on the test split, and on the validation split (keys prefixed ``val_``) if any."""
+    task = state.cfg.model.task
+    metrics = evaluate(state.model, state.eval_batches, task)
+    if state.validation_batches:
+        validation = evaluate(state.model, state.validation_batches, task)
+        metrics.update({f"val_{key}": value for key, value in validation.items()})
+    return metrics
+
+
 def global_row(state: ServerState, round_number: int, outcomes: list[ClientOutcome]) -> dict[str, Any]:
     ok_rows = [o.row for o in outcomes if o.update is not None]
     return {
         "kind": "global",
         "round": round_number,
-        **evaluate(state.model, state.eval_batches, state.cfg.model.task),
+        **evaluate_server(state),
         "aggregated": len(ok_rows) >= state.cfg.clients.min,
         "bytes_down": sum(o.row.get("bytes_down", 0) for o in outcomes),
         "bytes_up": sum(r.get("bytes_up", 0) for r in ok_rows),
@@ -210,7 +227,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     last: dict[str, Any] = {}
     if state.first_round == 1:
         began = time.perf_counter()
-        last = {"kind": "global", "round": 0, **evaluate(state.model, state.eval_batches, task)}
+        last = {"kind": "global", "round": 0, **evaluate_server(state)}
         last.update(elapsed_s=0.0, round_wall_time_s=time.perf_counter() - began, clients_ok=0)
         state.best_accuracy = last.get("accuracy")
         log.row(last)

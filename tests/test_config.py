@@ -97,3 +97,10 @@ def test_preset_fills_defaults_but_explicit_values_win() -> None:
     assert (cfg.model.task, cfg.data.natural_column, cfg.clients.num_partitions) == ("causal-lm", "book", 6)
     assert cfg.train.local_steps == 4
     assert RunConfig.from_flat({"preset": "llm-classifier"}).model.task == "seq-cls"
+    testbed = RunConfig.from_flat({"preset": "paper-cls", "method": "leff"})
+    assert (testbed.data.name, testbed.data.dirichlet_alpha, testbed.clients.num_partitions) == (
+        "embedded:bbc-news",
+        0.1,
+        8,
+    )
+    assert testbed.data.validation_fraction > 0 and testbed.rounds >= 10

@@ -135,6 +135,19 @@ def test_server_split_is_disjoint_and_seeded(table: datasets.Dataset, pool: data
     assert data.server_split(table, DataConfig(), seed=1)[1]["text"] != test["text"]
 
 
+def test_validation_split_is_held_out_of_the_pool(pool: datasets.Dataset) -> None:
+    """The server's validation rows leave the clients' pool; none by default; a bad share names the key."""
+    assert len(data.validation_split(pool, DataConfig(), seed=0)[1]) == 0
+    cfg = DataConfig(validation_fraction=0.1)
+    rest, validation = data.validation_split(pool, cfg, seed=0)
+    assert len(validation) == round(0.1 * len(pool)) and len(rest) + len(validation) == len(pool)
+    assert not set(rest["text"]) & set(validation["text"])
+    assert data.validation_split(pool, cfg, seed=0)[1]["text"] == validation["text"]
+    tiny = pool.select(range(3))
+    with pytest.raises(data.DataError, match="data.validation-fraction"):
+        data.validation_split(tiny, DataConfig(validation_fraction=0.1), seed=0)
+
+
 def test_local_split() -> None:
     ds = datasets.Dataset.from_dict({"text": [str(i) for i in range(10)]})
     train, test = data.local_split(ds, 0.2, seed=0)

@@ -19,6 +19,8 @@ from transformers import PretrainedConfig
 from fedcore.batching import Batch
 from fedcore.distill import (
     CompressedSegment,
+    _feature_variance,
+    _masked_mse,
     compressed_block_list,
     distill_segment,
     init_student,
@@ -114,7 +116,7 @@ def test_init_student_copies_uniformly_spaced_blocks() -> None:
         assert block.weight.data_ptr() != teachers[index].weight.data_ptr()
     assert init_student(teachers[:5], 2)[1] == [0, 4]
     assert init_student(teachers[:6], 4)[1] == [0, 2, 3, 5]
-    assert init_student(teachers[:4], 1)[1] == [1]
+    assert init_student(teachers[:4], 1)[1] == [3]  # a one-block student is the segment's last
     assert init_student(teachers[:4], 4)[1] == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="1..4"):
         init_student(teachers[:4], 5)
@@ -133,7 +135,7 @@ def test_full_depth_student_reproduces_the_segment(
     before = _snapshot(model)
     part = distill_segment(model, range(1, 3), 2, batches, steps=0, lr=1e-3, alpha=alpha, seed=0)
     assert part.source_indices == [1, 2]
-    assert part.mse_before < 1e-12 and part.mse_after == part.mse_before
+    assert part.error_before < 1e-12 and part.error_after == part.error_before
     _assert_frozen_student(part, 2)
     configs = [v for m in part.blocks.modules() for v in vars(m).values() if isinstance(v, PretrainedConfig)]
     assert all(config is model.config for config in configs)
@@ -155,8 +157,8 @@ def test_distillation_brings_a_shallow_student_closer(
     _assert_as_found(model, before)
     _assert_frozen_student(first, 1)
     _assert_frozen_student(last, 2)
-    assert first.source_indices == [0] and last.source_indices == [4, 7]
-    assert last.mse_after < last.mse_before
+    assert first.source_indices == [1] and last.source_indices == [4, 7]
+    assert last.error_after < last.error_before
     assert last.seconds > 0
 
     blocks = find_blocks(model)[1]
@@ -178,10 +180,33 @@ def test_attention_distillation_on_bert(deep_models: dict[str, Path], tmp_path: 
     kwargs: dict[str, Any] = {"steps": 30, "lr": 1e-3, "seed": 0}
     with_kl = distill_segment(model, range(4, 8), 2, batches, alpha=0.5, **kwargs)
     assert model.config._attn_implementation == "sdpa"
-    assert torch.isfinite(torch.tensor([with_kl.mse_before, with_kl.mse_after])).all()
-    assert with_kl.mse_after < with_kl.mse_before
+    assert torch.isfinite(torch.tensor([with_kl.error_before, with_kl.error_after])).all()
+    assert with_kl.error_after < with_kl.error_before
     without_kl = distill_segment(model, range(4, 8), 2, batches, alpha=0.0, **kwargs)
     assert not all(
         torch.equal(a, b)
         for a, b in zip(with_kl.blocks.parameters(), without_kl.blocks.parameters(), strict=True)
     )
+
+
+def test_normalised_error_weighs_every_dimension_by_its_variance() -> None:
+    """Predicting each dimension's mean scores 1 whatever the dimension's scale; plain MSE is dominated by
+    the largest dimension, the normalised error is not."""
+    generator = torch.Generator().manual_seed(0)
+    teacher = torch.randn(4, 5, 3, generator=generator) * torch.tensor([100.0, 1.0, 0.1])
+    mask = torch.ones(4, 5)
+    mask[0, 3:] = 0
+    variance = _feature_variance([teacher], [mask])
+    real = teacher[mask.bool()]
+    mean = real.mean(dim=0).expand_as(teacher)
+    assert _masked_mse(mean, teacher, mask, variance).item() == pytest.approx(1.0, rel=1e-4)
+    off_small = teacher.clone()
+    off_small[..., 2] = mean[..., 2]  # wrong only on the tiny dimension
+    assert _masked_mse(off_small, teacher, mask, variance).item() == pytest.approx(1 / 3, rel=1e-4)
+    assert _masked_mse(off_small, teacher, mask).item() < 1e-4 * _masked_mse(mean, teacher, mask).item()
+
+
+def test_distill_refuses_an_unknown_loss(deep_models: dict[str, Path], tmp_path: Path) -> None:
+    model = _model(deep_models["bert"], tmp_path, "bert")
+    with pytest.raises(ValueError, match="loss must be"):
+        distill_segment(model, range(0, 2), 1, _proxy(model), steps=1, lr=1e-3, alpha=0.0, seed=0, loss="l1")

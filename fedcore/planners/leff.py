@@ -81,9 +81,10 @@ class LeffPlanner:
             lr=leff.distill_lr,
             alpha=leff.distill_alpha,
             seed=derive_seed(self.cfg.seed, round_number, segment.start, segment.stop),
+            loss=leff.distill_loss,
         )
         self.stats["distill_seconds"] += compressed.seconds
-        self.stats["mse_after"].append(compressed.mse_after)
+        self.stats["student_error"].append(compressed.error_after)
         self.cache[key] = compressed
         return compressed
 
@@ -93,7 +94,7 @@ class LeffPlanner:
         if not self.importance or (round_number - 1) % leff.importance_every == 0:
             self.importance = block_importance(self.model, self.proxy_batches, self.cfg.model.task)
         self.cache = {}  # the global model changed: every student must be distilled anew
-        self.stats = {"distill_seconds": 0.0, "cache_hits": 0, "cache_misses": 0, "mse_after": []}
+        self.stats = {"distill_seconds": 0.0, "cache_hits": 0, "cache_misses": 0, "student_error": []}
         rng = np.random.default_rng(derive_seed(self.cfg.seed, round_number))
         plans = {}
         for index, client in enumerate(clients):
@@ -152,7 +153,7 @@ class LeffPlanner:
             },
             "distill_seconds": self.stats.get("distill_seconds", 0.0),
             "cache_hit_rate": self.stats.get("cache_hits", 0) / lookups if lookups else None,
-            "student_mse": self.stats.get("mse_after", []),
+            "student_error": self.stats.get("student_error", []),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

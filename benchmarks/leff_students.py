@@ -1,0 +1,143 @@
+"""Does a LEFF student keep the task? Accuracy of a fine-tuned model with its blocks outside a window
+replaced by students, for each student rule.
+
+LEFF clients train their window inside [student, window, student]; if the students lose the task, the
+window and head learn on features the global model never produces. This takes a fine-tuned MiniLM (the
+LoRA adapter of a finished default run, merged), and for several windows evaluates labelled examples of
+the clients' pool (never the server's test split) with the blocks outside the window replaced by students
+built by each rule:
+
+- ``middle, undistilled / mse 20 / mse 200``: the earlier rule (a one-block student copies the segment's
+  middle block), plain MSE, 0 / 20 / 200 steps;
+- ``last, undistilled``: a one-block student copies the segment's last block (today's rule);
+- ``last, mse 20`` / ``last, normalised 20``: 20 steps (the default budget), paper's plain MSE vs the
+  variance-normalised loss (today's default);
+- ``last, normalised 200``: a ten times larger budget.
+
+Columns ``err`` give the distilled students' normalised error (share of the teacher's output variance not
+reproduced), averaged over the window's segments.
+
+    make run   # or any finished run of the default config
+    python benchmarks/leff_students.py --run outputs/<run>   # -> benchmarks/results/leff_students.{md,json}
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from unittest import mock
+
+import torch
+from benchlib import RESULTS, command_line, header, machine, table, write_results
+from datasets import Dataset
+from peft import PeftModel
+from torch import nn
+
+from fedcore import distill
+from fedcore.batching import make_batches
+from fedcore.config import RunConfig
+from fedcore.layers import find_blocks, swap_blocks
+from fedcore.metrics import evaluate
+from fedcore.model import load_base_model, load_tokenizer
+from fedcore.proxy import load_proxy_texts
+from fedcore.splits import server_splits
+
+WINDOWS = ((0, 1), (1, 3), (2, 2), (3, 1), (5, 1))
+#: (label, one-block rule, loss, steps); steps None = the undistilled copies
+RULES = (
+    ("middle, undistilled", "middle", "mse", None),
+    ("middle, mse 20", "middle", "mse", 20),
+    ("middle, mse 200", "middle", "mse", 200),
+    ("last, undistilled", "last", "normalised", None),
+    ("last, mse 20", "last", "mse", 20),
+    ("last, normalised 20", "last", "normalised", 20),
+    ("last, normalised 200", "last", "normalised", 200),
+)
+
+
+def _middle_sources(n: int, depth: int) -> list[int]:
+    return [(n - 1) // 2] if depth == 1 else distill._student_sources(n, depth)
+
+
+def students_for(
+    model: nn.Module,
+    window: range,
+    rule: str,
+    loss: str,
+    steps: int | None,
+    proxy: Sequence,
+    blocks: nn.ModuleList,
+) -> tuple[nn.ModuleList, float | None]:
+    """[students before, window blocks, students after] and the students' mean normalised error."""
+    parts, errors = [], []
+    original = distill._student_sources
+    rule_sources = (lambda n, d: _middle_sources(n, d)) if rule == "middle" else original
+    with mock.patch.object(distill, "_student_sources", rule_sources):
+        for segment in distill.segments_outside(window.start, len(window), len(blocks)):
+            depth = distill.student_depth(len(segment), 0.5)
+            if steps is None:
+                student, _ = distill.init_student([blocks[i] for i in segment], depth)
+            else:
+                part = distill.distill_segment(
+                    model, segment, depth, proxy, steps=steps, lr=1e-4, alpha=0.0, seed=0, loss=loss
+                )
+                student = part.blocks
+                errors.append(part.error_after)
+            parts.append((segment, list(student)))
+    before = [b for seg, s in parts if seg.stop <= window.start for b in s]
+    after = [b for seg, s in parts if seg.start >= window.stop for b in s]
+    layout = nn.ModuleList([*before, *(blocks[i] for i in window), *after])
+    return layout, (sum(errors) / len(errors) if errors else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--run", type=Path, required=True, help="a finished run of the default config")
+    parser.add_argument("--examples", type=int, default=500)
+    args = parser.parse_args(argv)
+    cfg = RunConfig.from_flat({})
+    tokenizer = load_tokenizer(cfg.model)
+    torch.manual_seed(0)
+    base = load_base_model(cfg.model, 2, tokenizer.pad_token_id)
+    model = PeftModel.from_pretrained(base, str(args.run / "model")).merge_and_unload().eval()
+    pool = server_splits(cfg.data, "seq-cls", cfg.seed).pool.shuffle(seed=1).select(range(args.examples))
+    eval_batches = make_batches(pool, tokenizer, "seq-cls", cfg.model.max_length, 64)
+    texts = load_proxy_texts(cfg.leff.proxy, cfg.leff.proxy_examples, cfg.seed)
+    proxy = make_batches(Dataset.from_dict({"text": texts}), tokenizer, "seq-cls", cfg.model.max_length, 32)
+    blocks = find_blocks(model)[1]
+    info = machine()
+    full = evaluate(model, eval_batches, "seq-cls")["accuracy"]
+    print(f"full model accuracy {full:.3f}", flush=True)
+    rows, data = [], {"full_model_accuracy": full, "windows": {}}
+    for start, width in WINDOWS:
+        window = range(start, start + width)
+        row: list = [f"{start}-{start + width - 1}"]
+        data["windows"][row[0]] = {}
+        for label, rule, loss, steps in RULES:
+            layout, error = students_for(model, window, rule, loss, steps, proxy, blocks)
+            with swap_blocks(model, layout):
+                accuracy = evaluate(model, eval_batches, "seq-cls")["accuracy"]
+            data["windows"][row[0]][label] = {"accuracy": accuracy, "error": error}
+            row.append(f"{accuracy:.3f}" + (f" (err {error:.2f})" if error is not None else ""))
+            print(row[0], label, accuracy, error, flush=True)
+        rows.append(row)
+    markdown = header(
+        "LEFF students: task accuracy with the blocks outside a window replaced", info, command_line(), False
+    )
+    markdown += (
+        f"Fine-tuned model: the default run's merged LoRA adapter (`{args.run.name}`), full-model accuracy "
+        f"{full:.3f} on {args.examples} labelled pool examples (not the test split). Compression 0.5, "
+        "distillation lr 1e-4 on 128 proxy headlines, alpha 0. Cell: accuracy (normalised student error).\n\n"
+        + table(["window", *(r[0] for r in RULES)], rows)
+        + "\n"
+    )
+    print(markdown)
+    write_results("leff_students", RESULTS, markdown, {"machine": info, "command": command_line(), **data})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,208 @@
+"""The methods compared on the papers' kind of testbed (``preset='paper-cls'``), seeds side by side.
+
+Every method (and the LEFF window ablations) runs as users run it (``fedlayer simulate``, Ray), one after
+the other on one machine, for each seed, with the preset's settings and nothing else changed: the
+baselines keep their defaults. Per seed, the target accuracy is FedLoRA's final accuracy minus one point,
+and ``time_to_target_s`` is the wall time at which a run first reached it. ``client_round_memory_mb``
+comes from a ``client_round.py`` result for the same model (peak RSS minus the process's runtime RSS), when
+one is given with ``--memory``.
+
+    python benchmarks/paper_testbed.py --seeds 0,1        # -> results/paper-testbed.{md,json} + PNGs
+    python benchmarks/paper_testbed.py --from-runs benchmarks/runs/<time>   # report only
+
+The report is rewritten after every finished run, so a long batch can be committed as it lands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchlib import RESULTS, command_line, header, machine, table, write_results  # noqa: E402
+from methods import merge_overrides  # noqa: E402
+
+from fedcore.launch import simulate  # noqa: E402
+from fedcore.report import RunRecord, load_run, plot_runs  # noqa: E402
+
+NAME = "paper-testbed"
+#: variant -> overrides on top of the preset (the default of each method is its own name)
+VARIANTS = {
+    "fedlora": "method='fedlora'",
+    "fedavg": "method='fedavg'",
+    "fedbitfit": "method='fedbitfit'",
+    "droppeft": "method='droppeft'",
+    "leff": "method='leff'",
+    "leff-random": "method='leff' leff.window='random'",
+    "leff-round-robin": "method='leff' leff.window='round-robin'",
+}
+
+
+def _first_reach(run: RunRecord, target: float) -> float | None:
+    reached = run.global_rows[run.global_rows["accuracy"] >= target]
+    return float(reached["elapsed_s"].iloc[0]) if len(reached) else None
+
+
+def _round_memory(path: Path | None) -> dict[str, float]:
+    """method -> peak RSS minus runtime RSS of one client round, from a client_round.py result file."""
+    if path is None:
+        return {}
+    results = json.loads(path.read_text())["results"]
+    return {r["method"]: r["peak_rss_mb"] - r["rss_runtime_mb"] for r in results}
+
+
+def run_rows(runs: list[tuple[str, int, RunRecord]], memory: dict[str, float]) -> list[dict[str, Any]]:
+    """One object per run with the fields the comparison is judged on."""
+    lora_final = {
+        seed: float(run.global_rows["accuracy"].iloc[-1])
+        for variant, seed, run in runs
+        if variant == "fedlora"
+    }
+    rows = []
+    for variant, seed, run in runs:
+        g, c = run.global_rows, run.client_rows
+        target = lora_final.get(seed, math.nan) - 0.01
+        activation = c["activation_mb"].dropna() if "activation_mb" in c else []
+        validation = g["val_accuracy"].iloc[-1] if "val_accuracy" in g else None
+        rows.append(
+            {
+                "method": run.method,
+                "variant": variant,
+                "seed": seed,
+                "final_accuracy": float(g["accuracy"].iloc[-1]),
+                "final_val_accuracy": None if validation is None else float(validation),
+                "target_accuracy": None if math.isnan(target) else round(target, 4),
+                "time_to_target_s": None if math.isnan(target) else _first_reach(run, target),
+                "wall_time_s": float(g["elapsed_s"].max()),
+                "mean_activation_mb": float(activation.mean()) if len(activation) else None,
+                "client_round_memory_mb": memory.get(run.method),
+                "accuracy_by_round": [round(float(a), 4) for a in g["accuracy"]],
+                "run_dir": str(run.path),
+            }
+        )
+    return rows
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if len(present) == len(values) and present else None
+
+
+def _summary(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_variant.setdefault(row["variant"], []).append(row)
+    out = []
+    for variant, group in by_variant.items():
+        seeds = sorted(r["seed"] for r in group)
+        out.append(
+            [
+                variant,
+                ",".join(map(str, seeds)),
+                " / ".join(f"{r['final_accuracy']:.3f}" for r in sorted(group, key=lambda r: r["seed"])),
+                _mean([r["final_accuracy"] for r in group]),
+                " / ".join(
+                    "-" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.0f}"
+                    for r in sorted(group, key=lambda r: r["seed"])
+                ),
+                _mean([r["wall_time_s"] for r in group]),
+                _mean([r["mean_activation_mb"] for r in group]),
+                group[0]["client_round_memory_mb"],
+            ]
+        )
+    return out
+
+
+def report(args: argparse.Namespace, info: dict[str, Any], runs_root: Path, runs: list) -> None:
+    rows = run_rows(runs, _round_memory(args.memory))
+    for plot in plot_runs([run for _, _, run in runs], runs_root):
+        shutil.copy(plot, RESULTS / f"{NAME}-{plot.name}")
+    markdown = header("Methods on the paper-cls testbed", info, command_line(), quick=False)
+    markdown += (
+        f"Preset `paper-cls` + `{args.run_config}`; supernodes {args.supernodes}, CPUs per client "
+        f"{args.cpus:g}. Target per seed: FedLoRA's final accuracy minus 0.01.\n\n"
+        + table(
+            [
+                "variant",
+                "seeds",
+                "final acc per seed",
+                "mean final acc",
+                "time to target s per seed",
+                "mean wall s",
+                "mean activation MB",
+                "client round MB",
+            ],
+            _summary(rows),
+        )
+        + "\n\n### Accuracy per round\n\n"
+        + table(
+            ["variant", "seed", "accuracy by round (round 0 first)"],
+            [[r["variant"], r["seed"], " ".join(f"{a:.3f}" for a in r["accuracy_by_round"])] for r in rows],
+        )
+        + "\n"
+    )
+    write_results(NAME, RESULTS, markdown, {"machine": info, "command": command_line(), "runs": rows})
+    print(markdown, flush=True)
+
+
+def _parse_run_dir(path: Path) -> tuple[str, int]:
+    """Run directories are named <stamp>-<variant>-s<seed>."""
+    stem, _, seed = path.name.rpartition("-s")
+    return stem.split("-", 2)[2], int(seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"from {', '.join(VARIANTS)}")
+    parser.add_argument("--supernodes", type=int, default=8)
+    parser.add_argument("--cpus", type=float, default=2)
+    parser.add_argument("--run-config", default="", help="extra overrides for every run (after the preset)")
+    parser.add_argument("--memory", type=Path, default=None, help="a client_round.py JSON result")
+    parser.add_argument("--from-runs", type=Path, default=None, metavar="DIR")
+    args = parser.parse_args(argv)
+    info = machine()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.from_runs is not None:
+        dirs = sorted(p.parent for p in args.from_runs.glob("*/metrics.jsonl"))
+        runs = [(*_parse_run_dir(d), load_run(d)) for d in dirs]
+        report(args, info, args.from_runs, runs)
+        return 0
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}")
+    runs_root = ROOT / "benchmarks" / "runs" / time.strftime("%Y%m%d-%H%M%S")
+    runs: list[tuple[str, int, RunRecord]] = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for variant in variants:
+            out = runs_root / f"{variant}-s{seed}"
+            overrides = merge_overrides(
+                "preset='paper-cls'",
+                args.run_config,
+                VARIANTS[variant],
+                f"seed={seed}",
+                f"output.dir='{out}'",
+            )
+            code = simulate(ROOT, ROOT / ".flwr", args.supernodes, args.cpus, overrides)
+            found = sorted(out.glob("*/metrics.jsonl"))
+            if code != 0 or not found:
+                print(f"benchmarks: {variant} seed {seed} did not complete", file=sys.stderr)
+                continue
+            stamp = found[-1].parent.name.rsplit("-", 1)[0]
+            run_dir = found[-1].parent.rename(runs_root / f"{stamp}-{variant}-s{seed}")
+            runs.append((variant, seed, load_run(run_dir)))
+            report(args, info, runs_root, runs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
