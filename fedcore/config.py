@@ -62,6 +62,10 @@ class TuningConfig(Section):
     lora_targets: str = Field(
         "", description="Comma-separated module names; empty = the architecture's default (model.py)."
     )
+    bitfit_set: Literal["biases-and-head", "biases"] = Field(
+        "biases-and-head",
+        description="bitfit: biases + the task head's weights, or every bias only (the LEFF paper's set).",
+    )
 
 
 class DataConfig(Section):

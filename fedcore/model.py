@@ -100,6 +100,10 @@ def apply_tuning(model: nn.Module, mode: str, tuning: TuningConfig, task: str) -
         except ValueError as exc:
             raise ModelLoadError(f"tuning.lora-targets: {exc}") from None
         tunable = [n for n, p in model.named_parameters() if p.requires_grad]
+    elif mode == "bitfit" and tuning.bitfit_set == "biases":
+        # the LEFF paper's FedBitFit (its Table 5 counts): every bias, the embeddings' norm included, and no
+        # weight at all, so a classifier's head weights stay as initialised
+        tunable = [name for name, _ in model.named_parameters() if name.endswith(".bias")]
     else:
         layer_map = LayerMap(model)
         tunable = []
@@ -109,10 +113,10 @@ def apply_tuning(model: nn.Module, mode: str, tuning: TuningConfig, task: str) -
                 continue
             if mode == "full" or name.endswith(".bias") or (group == HEAD and task == "seq-cls"):
                 tunable.append(name)
-        if mode == "bitfit" and not any(n.endswith(".bias") for n in tunable):
-            raise ModelLoadError(
-                f"tuning.mode=bitfit: {type(model).__name__} has no bias parameters; use lora or full"
-            )
+    if mode == "bitfit" and not any(n.endswith(".bias") for n in tunable):
+        raise ModelLoadError(
+            f"tuning.mode=bitfit: {type(model).__name__} has no bias parameters; use lora or full"
+        )
     set_tunable(model, tunable)
     return model
 

@@ -162,3 +162,27 @@ def test_bitfit_refused_without_biases(tiny_models: dict[str, Path], tmp_path: P
     cfg = tiny_run_config(tiny_models["llama"], tmp_path, method="fedbitfit", **{"model.task": task})
     with pytest.raises(ModelLoadError, match="bitfit.*no bias"):
         build_model(cfg, num_labels=2)
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_paper_bitfit_set_trains_every_bias_and_no_weight(
+    tiny_models: dict[str, Path], tmp_path: Path, arch: str
+) -> None:
+    """bitfit-set=biases: the LEFF paper's FedBitFit set; embedding-norm biases in, head weights out."""
+    cfg = tiny_run_config(tiny_models[arch], tmp_path, method="fedbitfit", **{"tuning.bitfit-set": "biases"})
+    model = build_model(cfg, num_labels=2)[0]
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters() if n.endswith(".bias")}
+    assert set(tunable_names(model)) == trainable
+    groups = _groups(model)
+    assert not [n for n in trainable if groups[n] == HEAD and not n.endswith(".bias")]
+    if arch == "bert":  # BERT's embedding LayerNorm has a bias; the default set leaves it out
+        assert [n for n in trainable if groups[n] == EMBED]
+    default = {n for n, p in _built(tiny_models, tmp_path, arch).named_parameters() if p.requires_grad}
+    assert {n for n in default if groups[n] == HEAD and n.endswith(".weight")}
+    assert default != trainable
+
+
+def _built(tiny_models: dict[str, Path], tmp_path: Path, arch: str) -> nn.Module:
+    cfg = tiny_run_config(tiny_models[arch], tmp_path / "default", method="fedbitfit")
+    return build_model(cfg, num_labels=2)[0]

@@ -1,0 +1,160 @@
+"""Which blocks can a pretrained decoder skip? Block-removal sensitivity and STLD learning curves per
+drop shape, on the 30-block SmolLM2-135M.
+
+Part 1 (sensitivity): the pretrained causal LM's loss on proxy headlines with ONE block removed, for each
+block: a block whose removal breaks the model should not be dropped while fine-tuning either.
+Part 2 (learning): one client, LoRA on q/k/v/o, constant lr 1e-3, batch 16 x 32 tokens, the 5-topic BBC
+News classifier (the paper-cls task, IID), full-depth accuracy on the testbed's server validation split
+every 20 steps, for full depth and mean drop rate 0.3 spread three ways: uniform, incremental (p_l ~ l+1, the
+stochastic-depth rule) and ``ends-kept`` (the first and last two blocks never dropped, the rest uniform
+at the same mean over the model).
+
+    python benchmarks/stld_shapes.py              # -> benchmarks/results/stld_shapes.{md,json}
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from benchlib import RESULTS, command_line, header, machine, table, write_results
+from datasets import Dataset
+
+from fedcore.bandit import DropConfig
+from fedcore.batching import make_batches
+from fedcore.config import RunConfig
+from fedcore.layers import LayerMap
+from fedcore.metrics import evaluate
+from fedcore.model import build_model
+from fedcore.proxy import load_proxy_texts
+from fedcore.splits import server_splits
+from fedcore.stld import only_blocks, sample_active_blocks
+
+RATE = 0.3
+KEPT = 2
+
+
+def ends_kept(num_blocks: int, mean: float, kept: int) -> tuple[float, ...]:
+    middle = num_blocks - 2 * kept
+    rate = mean * num_blocks / middle
+    return (0.0,) * kept + (rate,) * middle + (0.0,) * kept
+
+
+def sensitivity(seed: int) -> dict:
+    cfg = RunConfig.from_flat({"preset": "llm-austen", "method": "fedlora", "model.max-length": 32})
+    torch.manual_seed(seed)
+    model, tokenizer = build_model(cfg, num_labels=0)
+    model.eval()
+    texts = load_proxy_texts(cfg.leff.proxy, 64, seed)
+    batches = make_batches(Dataset.from_dict({"text": texts}), tokenizer, "causal-lm", 32, 32)
+    num_blocks = LayerMap(model).num_blocks
+
+    def loss(active: list[int]) -> float:
+        with torch.no_grad(), only_blocks(model, active):
+            return sum(model(**b).loss.item() for b in batches) / len(batches)
+
+    full = loss(list(range(num_blocks)))
+    removed = [loss([i for i in range(num_blocks) if i != block]) for block in range(num_blocks)]
+    return {"full_loss": full, "loss_without_block": removed}
+
+
+def curve(rates: tuple[float, ...], seed: int, steps: int, every: int) -> dict:
+    cfg = RunConfig.from_flat(
+        {"preset": "paper-cls", "method": "fedlora", "model.max-length": 32, "seed": seed}
+    )
+    torch.manual_seed(seed)
+    splits = server_splits(cfg.data, "seq-cls", 0)  # the testbed's splits: never its test split here
+    model, tokenizer = build_model(cfg, num_labels=splits.num_labels)
+    num_blocks = LayerMap(model).num_blocks
+    test = splits.validation
+    train = splits.pool.shuffle(seed=seed).select(range(min(len(splits.pool), 16 * steps)))
+    batches = make_batches(train, tokenizer, "seq-cls", 32, 16)
+    test_batches = make_batches(test, tokenizer, "seq-cls", 32, 50)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    generator = torch.Generator().manual_seed(seed)
+    accuracies, seconds, blocks = [], 0.0, 0
+    for step in range(steps):
+        model.train()
+        began = time.perf_counter()
+        active = sample_active_blocks(rates, generator) if rates else list(range(num_blocks))
+        blocks += len(active)
+        with only_blocks(model, active):
+            loss = model(**batches[step % len(batches)]).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds += time.perf_counter() - began
+        if (step + 1) % every == 0:
+            accuracies.append(round(evaluate(model, test_batches, "seq-cls")["accuracy"], 3))
+    return {"accuracy": accuracies, "train_seconds": seconds, "blocks_per_step": blocks / steps}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--every", type=int, default=20)
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--skip-curves", action="store_true")
+    args = parser.parse_args(argv)
+    info = machine()
+    sens = sensitivity(0)
+    print(sens, flush=True)
+    num_blocks = len(sens["loss_without_block"])
+    settings = {
+        "full depth": (),
+        f"uniform {RATE}": DropConfig(RATE, "uniform").rates(num_blocks),
+        f"incremental {RATE}": DropConfig(RATE, "incremental").rates(num_blocks),
+        f"ends-kept {RATE}": ends_kept(num_blocks, RATE, KEPT),
+    }
+    seeds = [int(s) for s in args.seeds.split(",")]
+    curves: dict[str, dict[int, dict]] = {}
+    if not args.skip_curves:
+        for label, rates in settings.items():
+            curves[label] = {}
+            for seed in seeds:
+                curves[label][seed] = curve(tuple(rates), seed, args.steps, args.every)
+                print(label, seed, curves[label][seed], flush=True)
+    markdown = header(
+        "Layer dropout shapes on a pretrained 30-block decoder (SmolLM2-135M)", info, command_line(), False
+    )
+    deltas = [loss - sens["full_loss"] for loss in sens["loss_without_block"]]
+    markdown += (
+        f"### Loss increase when one block is removed (pretrained LM, 64 proxy headlines x 32 tokens; "
+        f"full-depth loss {sens['full_loss']:.3f})\n\n"
+        + table(["block", *range(num_blocks)], [["+loss", *(f"{d:.2f}" for d in deltas)]])
+        + "\n"
+    )
+    if curves:
+        marks = list(range(args.every, args.steps + 1, args.every))
+        rows = []
+        for label, by_seed in curves.items():
+            mean = [sum(r["accuracy"][i] for r in by_seed.values()) / len(by_seed) for i in range(len(marks))]
+            secs = sum(r["train_seconds"] for r in by_seed.values()) / len(by_seed)
+            blocks = sum(r["blocks_per_step"] for r in by_seed.values()) / len(by_seed)
+            per_seed = " / ".join(f"{r['accuracy'][-1]:.3f}" for r in by_seed.values())
+            rows.append([label, *(f"{a:.3f}" for a in mean), per_seed, f"{blocks:.1f}", f"{secs:.0f}"])
+        markdown += (
+            f"\n### Learning curves (BBC News, 5 topics, one client, LoRA, constant lr 1e-3, batch 16 x 32 "
+            f"tokens; full-depth accuracy on the server validation split, mean over seeds {seeds})\n\n"
+            + table(
+                ["setting", *(f"acc @{m}" for m in marks), "final per seed", "blocks/step", "train s"], rows
+            )
+            + "\n"
+        )
+    print(markdown)
+    write_results(
+        "stld_shapes",
+        RESULTS,
+        markdown,
+        {"machine": info, "command": command_line(), "sensitivity": sens, "curves": curves},
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
