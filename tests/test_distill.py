@@ -193,7 +193,7 @@ def test_normalised_error_weighs_every_dimension_by_its_variance() -> None:
     """Predicting each dimension's mean scores 1 whatever the dimension's scale; plain MSE is dominated by
     the largest dimension, the normalised error is not."""
     generator = torch.Generator().manual_seed(0)
-    teacher = torch.randn(4, 5, 3, generator=generator) * torch.tensor([100.0, 1.0, 0.1])
+    teacher = torch.randn(4, 5, 3, generator=generator) * torch.tensor([10.0, 3.0, 1.0])
     mask = torch.ones(4, 5)
     mask[0, 3:] = 0
     variance = _feature_variance([teacher], [mask])
@@ -203,7 +203,7 @@ def test_normalised_error_weighs_every_dimension_by_its_variance() -> None:
     off_small = teacher.clone()
     off_small[..., 2] = mean[..., 2]  # wrong only on the tiny dimension
     assert _masked_mse(off_small, teacher, mask, variance).item() == pytest.approx(1 / 3, rel=1e-4)
-    assert _masked_mse(off_small, teacher, mask).item() < 1e-4 * _masked_mse(mean, teacher, mask).item()
+    assert _masked_mse(off_small, teacher, mask).item() < 0.02 * _masked_mse(mean, teacher, mask).item()
 
 
 def test_distill_refuses_an_unknown_loss(deep_models: dict[str, Path], tmp_path: Path) -> None:
