@@ -6,8 +6,8 @@ block: a block whose removal breaks the model should not be dropped while fine-t
 Part 2 (learning): one client, LoRA on q/k/v/o, constant lr 1e-3, batch 16 x 32 tokens, the 5-topic BBC
 News classifier (the paper-cls task, IID), full-depth accuracy on the testbed's server validation split
 every 20 steps, for full depth and mean drop rate 0.3 spread three ways: uniform, incremental (p_l ~ l+1, the
-stochastic-depth rule) and ``ends-kept`` (the first and last two blocks never dropped, the rest uniform
-at the same mean over the model).
+stochastic-depth rule) and ``sensitivity`` (rates spread by block removal sensitivity, measured without
+labels on proxy text: ``fedcore.sensitivity``).
 
     python benchmarks/stld_shapes.py              # -> benchmarks/results/stld_shapes.{md,json}
 """
@@ -28,17 +28,23 @@ from fedcore.layers import LayerMap
 from fedcore.metrics import evaluate
 from fedcore.model import build_model
 from fedcore.proxy import load_proxy_texts
+from fedcore.sensitivity import block_sensitivity, sensitivity_weights, spread_rate
 from fedcore.splits import server_splits
 from fedcore.stld import only_blocks, sample_active_blocks
 
 RATE = 0.3
-KEPT = 2
 
 
-def ends_kept(num_blocks: int, mean: float, kept: int) -> tuple[float, ...]:
-    middle = num_blocks - 2 * kept
-    rate = mean * num_blocks / middle
-    return (0.0,) * kept + (rate,) * middle + (0.0,) * kept
+def sensitivity_rates(mean: float) -> tuple[tuple[float, ...], list[float]]:
+    """The classifier's label-free block sensitivity on 64 proxy headlines, and the rates it gives."""
+    cfg = RunConfig.from_flat({"preset": "paper-cls", "method": "fedlora", "model.max-length": 32})
+    torch.manual_seed(0)
+    model, tokenizer = build_model(cfg, num_labels=5)
+    texts = load_proxy_texts(cfg.leff.proxy, 64, 0)
+    scores = block_sensitivity(
+        model, make_batches(Dataset.from_dict({"text": texts}), tokenizer, "seq-cls", 32, 32)
+    )
+    return spread_rate(mean, sensitivity_weights(scores), 0.95), scores
 
 
 def sensitivity(seed: int) -> dict:
@@ -105,11 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     sens = sensitivity(0)
     print(sens, flush=True)
     num_blocks = len(sens["loss_without_block"])
+    by_sensitivity, scores = sensitivity_rates(RATE)
+    sens["hidden_state_sensitivity"] = scores
+    sens["sensitivity_rates"] = list(by_sensitivity)
+    print(sens, flush=True)
     settings = {
         "full depth": (),
         f"uniform {RATE}": DropConfig(RATE, "uniform").rates(num_blocks),
         f"incremental {RATE}": DropConfig(RATE, "incremental").rates(num_blocks),
-        f"ends-kept {RATE}": ends_kept(num_blocks, RATE, KEPT),
+        f"sensitivity {RATE}": by_sensitivity,
     }
     seeds = [int(s) for s in args.seeds.split(",")]
     curves: dict[str, dict[int, dict]] = {}
@@ -126,7 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     markdown += (
         f"### Loss increase when one block is removed (pretrained LM, 64 proxy headlines x 32 tokens; "
         f"full-depth loss {sens['full_loss']:.3f})\n\n"
-        + table(["block", *range(num_blocks)], [["+loss", *(f"{d:.2f}" for d in deltas)]])
+        + table(
+            ["block", *range(num_blocks)],
+            [
+                ["+LM loss", *(f"{d:.2f}" for d in deltas)],
+                ["hidden-state error (classifier)", *(f"{x:.2f}" for x in scores)],
+                [f"sensitivity-shape rate (mean {RATE})", *(f"{r:.2f}" for r in by_sensitivity)],
+            ],
+        )
         + "\n"
     )
     if curves:
