@@ -20,7 +20,7 @@ import psutil
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from fedcore import assets
+from fedcore.data import assets
 
 MINILM = "embedded:all-MiniLM-L6-v2"
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -50,15 +50,15 @@ from safetensors.torch import load_file, save_file
 
 from client_app.app import app as client_app
 from client_app.executor import cached_model
-from fedcore import protocol
 from fedcore.config import RunConfig
-from fedcore.devices import DeviceProfile
+from fedcore.core import protocol
+from fedcore.core.devices import DeviceProfile
+from fedcore.core.plan import LayerPlan
+from fedcore.core.wire import dict_to_config, state_to_arrays
+from fedcore.data.splits import client_splits, server_splits
+from fedcore.methods import ClientInfo, make_planner
 from fedcore.model import build_model, tunable_state
-from fedcore.plan import LayerPlan
-from fedcore.planners import ClientInfo, make_planner
 from fedcore.presets import PRESETS
-from fedcore.records import dict_to_config, state_to_arrays
-from fedcore.splits import client_splits, server_splits
 
 METHODS = ("fedavg", "fedlora", "fedbitfit", "droppeft", "leff")
 NODE_ID = 1

@@ -2,7 +2,7 @@
 
 Each method runs as users run it (``flwr run`` through ``fedlayer simulate``, Ray simulation), one after
 the other, so their wall times are comparable on one machine. The run directories are then compared with
-``fedcore.report``: accuracy per round and vs wall time, time to a target accuracy, client peak memory,
+``fedcore.cli.report``: accuracy per round and vs wall time, time to a target accuracy, client peak memory,
 activation memory and bytes per client.
 
     python benchmarks/methods.py --methods fedlora,fedavg,fedbitfit,droppeft,leff --target 0.75 \
@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 from benchlib import RESULTS, command_line, header, machine, table, write_results  # noqa: E402
 from flwr.common.config import parse_config_args  # noqa: E402
 
-from fedcore.launch import simulate  # noqa: E402
-from fedcore.report import RunRecord, comparison_table, load_run, plot_runs, to_markdown  # noqa: E402
+from fedcore.cli.launch import simulate  # noqa: E402
+from fedcore.cli.report import RunRecord, comparison_table, load_run, plot_runs, to_markdown  # noqa: E402
 
 
 def merge_overrides(*parts: str) -> str:

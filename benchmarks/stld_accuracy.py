@@ -19,15 +19,15 @@ from dataclasses import dataclass
 
 from benchlib import MINILM, QUICK_RESULTS, RESULTS, command_line, header, machine, table, write_results
 
-from fedcore.bandit import DropConfig
-from fedcore.batching import make_batches
 from fedcore.config import RunConfig
-from fedcore.data import load_dataset_table
-from fedcore.layers import LayerMap
-from fedcore.metrics import evaluate
+from fedcore.core.layers import LayerMap
+from fedcore.core.plan import LayerPlan
+from fedcore.data.batching import make_batches
+from fedcore.data.tables import load_dataset_table
+from fedcore.methods.droppeft.bandit import DropConfig
 from fedcore.model import build_model
-from fedcore.plan import LayerPlan
-from fedcore.train import train_plan
+from fedcore.training.evaluate import evaluate
+from fedcore.training.train import train_plan
 
 
 @dataclass(frozen=True)

@@ -41,16 +41,16 @@ from benchlib import (
 from datasets import Dataset
 from torch import nn
 
-from fedcore.batching import Batch, make_batches
 from fedcore.config import RunConfig
-from fedcore.layers import LayerMap
-from fedcore.memory import ActivationMeter
+from fedcore.core.layers import LayerMap
+from fedcore.core.plan import LayerPlan
+from fedcore.data.batching import Batch, make_batches
+from fedcore.data.splits import server_splits
+from fedcore.mechanisms.layer_dropout import only_blocks, sample_active_blocks
+from fedcore.methods import ClientInfo, make_planner
 from fedcore.model import build_model
-from fedcore.plan import LayerPlan
-from fedcore.planners import ClientInfo, make_planner
-from fedcore.splits import server_splits
-from fedcore.stld import only_blocks, sample_active_blocks
-from fedcore.train import train_plan, trained_parameters
+from fedcore.training.memory import ActivationMeter
+from fedcore.training.train import train_plan, trained_parameters
 
 RATES = (0.0, 0.25, 0.5, 0.75)
 ONE_BLOCK = "1 block"

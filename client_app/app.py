@@ -6,9 +6,9 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from client_app.executor import execute_train, node_info
-from fedcore import protocol
 from fedcore.config import RunConfig
-from fedcore.records import config_to_dict
+from fedcore.core import protocol
+from fedcore.core.wire import config_to_dict
 
 app = ClientApp()
 

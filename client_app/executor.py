@@ -15,19 +15,19 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from fedcore import protocol
-from fedcore.batching import make_batches
 from fedcore.config import RunConfig
-from fedcore.devices import profile_for
-from fedcore.layers import LayerMap
-from fedcore.layout import build_layout_model, local_groups, to_global, to_local
-from fedcore.metrics import evaluate
+from fedcore.core import protocol
+from fedcore.core.devices import profile_for
+from fedcore.core.layers import LayerMap
+from fedcore.core.plan import LayerPlan
+from fedcore.core.wire import arrays_to_state, config_to_dict, state_to_arrays
+from fedcore.data.batching import make_batches
+from fedcore.data.splits import ClientSplits, client_splits
+from fedcore.mechanisms.partial_model import build_layout_model, local_groups, to_global, to_local
+from fedcore.mechanisms.personal_layers import choose_personal_groups, group_update_norms
 from fedcore.model import build_model, load_tokenizer, load_tunable_state
-from fedcore.plan import LayerPlan
-from fedcore.ptls import choose_personal_groups, group_update_norms
-from fedcore.records import arrays_to_state, config_to_dict, state_to_arrays
-from fedcore.splits import ClientSplits, client_splits
-from fedcore.train import train_plan
+from fedcore.training.evaluate import evaluate
+from fedcore.training.train import train_plan
 
 #: key of the personal parameters in the node's persistent state (context.state)
 PERSONAL_STATE = "fedlayer.personal"

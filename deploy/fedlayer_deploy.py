@@ -315,9 +315,9 @@ def superlink_command(args: argparse.Namespace) -> list[str]:
 
 
 def node_config(args: argparse.Namespace) -> str:
-    """The --node-config string the ClientApp reads (fedcore.devices profile keys included)."""
+    """The --node-config string the ClientApp reads (fedcore.core.devices profile keys included)."""
     sys.path.insert(0, str(REPO_ROOT))
-    from fedcore.devices import PROFILES  # light module (no torch): catches a typo before the run does
+    from fedcore.core.devices import PROFILES  # light module (no torch): catches a typo before the run does
 
     if not 0 <= args.partition_id < args.num_partitions:
         raise DeployError(f"--partition-id {args.partition_id} is not in [0, {args.num_partitions})")

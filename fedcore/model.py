@@ -18,9 +18,9 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
-from fedcore import assets
 from fedcore.config import ModelConfig, RunConfig, TuningConfig
-from fedcore.layers import EMBED, HEAD, LayerMap
+from fedcore.core.layers import EMBED, HEAD, LayerMap
+from fedcore.data import assets
 
 _TUNABLE_ATTR = "fedlayer_tunable"
 

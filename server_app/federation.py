@@ -20,18 +20,18 @@ from flwr.serverapp import Grid
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from fedcore import protocol
-from fedcore.aggregate import ClientUpdate, UpdateRejected, aggregate_layerwise, validate_update
-from fedcore.batching import Batch, make_batches
 from fedcore.config import RunConfig
-from fedcore.layers import LayerMap
-from fedcore.metrics import evaluate
+from fedcore.core import protocol
+from fedcore.core.aggregate import ClientUpdate, UpdateRejected, aggregate_layerwise, validate_update
+from fedcore.core.layers import LayerMap
+from fedcore.core.plan import LayerPlan
+from fedcore.core.seeding import derive_seed
+from fedcore.core.wire import arrays_to_state, dict_to_config, state_to_arrays
+from fedcore.data.batching import Batch, make_batches
+from fedcore.data.splits import server_splits
+from fedcore.methods import ClientInfo, ClientResult, Planner, make_planner
 from fedcore.model import build_model, load_tunable_state, tunable_state
-from fedcore.plan import LayerPlan
-from fedcore.planners import ClientInfo, ClientResult, Planner, make_planner
-from fedcore.records import arrays_to_state, dict_to_config, state_to_arrays
-from fedcore.seeding import derive_seed
-from fedcore.splits import server_splits
+from fedcore.training.evaluate import evaluate
 from server_app import console
 from server_app.checkpoint import Checkpoint, check_compatible, load_checkpoint, save_checkpoint
 from server_app.nodes import query_clients, replies_by_node, wait_for_nodes

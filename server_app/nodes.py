@@ -8,9 +8,9 @@ from collections.abc import Iterable
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedcore import protocol
-from fedcore.planners import ClientInfo
-from fedcore.records import config_to_dict, dict_to_config
+from fedcore.core import protocol
+from fedcore.core.wire import config_to_dict, dict_to_config
+from fedcore.methods import ClientInfo
 
 
 def wait_for_nodes(grid: Grid, minimum: int, timeout_s: float, poll_s: float = 1.0) -> list[int]:

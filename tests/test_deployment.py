@@ -21,8 +21,8 @@ import psutil
 import pytest
 import yaml
 
+from fedcore.cli.launch import flower_env
 from fedcore.config import RunConfig
-from fedcore.launch import flower_env
 from tests.conftest import make_tiny_model_dir, tiny_run_config
 from tests.deployment_helpers import (
     BIN,
@@ -270,7 +270,7 @@ def test_compose_services_federate_as_local_processes_with_tls_and_node_auth(
     daemons: Daemons, pki: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
     """Every compose command line, run locally: 2 registered nodes federate, a stranger is refused."""
-    from fedcore.assets import cache_root
+    from fedcore.data.assets import cache_root
 
     local = LocalCompose(daemons, pki, cache_root())
     local.start("superlink")

@@ -20,16 +20,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_run_config
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from fedcore import assets, data
-from fedcore.batching import make_batches
-from fedcore.chat import format_chat
 from fedcore.config import DataConfig
-from fedcore.layers import EMBED, HEAD, LayerMap
-from fedcore.metrics import evaluate
+from fedcore.core.layers import EMBED, HEAD, LayerMap
+from fedcore.data import assets, tables
+from fedcore.data.batching import make_batches
+from fedcore.data.chat import format_chat
 from fedcore.model import build_model, tunable_names
+from fedcore.training.evaluate import evaluate
+from tests.conftest import tiny_run_config
 
 TEMPLATE = (
     "{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>{% endfor %}"
@@ -170,13 +170,13 @@ AUSTEN_LINES = [
 
 
 def test_chunk_lines_keeps_words_in_order_within_bounds() -> None:
-    chunks = data.chunk_lines(AUSTEN_LINES, min_words=10, max_words=20)
+    chunks = tables.chunk_lines(AUSTEN_LINES, min_words=10, max_words=20)
     assert chunks == [
         "CHAPTER 1\none two three four five six seven eight nine ten eleven twelve",
         "a b c d e f g h i j k l m n o p",
         "q r s t u v w x\nlast line",
     ]
-    assert data.chunk_lines(AUSTEN_LINES, min_words=10, max_words=20) == chunks
+    assert tables.chunk_lines(AUSTEN_LINES, min_words=10, max_words=20) == chunks
     assert " ".join(" ".join(chunks).split()) == " ".join(" ".join(AUSTEN_LINES).split())
 
 
@@ -213,14 +213,14 @@ def test_embedded_austen_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     pd.concat([frame, frame.assign(book="Persuasion")]).to_parquet(path)
     monkeypatch.setattr(assets, "asset_path", lambda name: {"austen": path}[name])
     cfg = DataConfig(name="embedded:austen", partition="natural", natural_column="book")
-    table = data.load_dataset_table(cfg, "causal-lm", seed=0)
+    table = tables.load_dataset_table(cfg, "causal-lm", seed=0)
     assert table.column_names == ["text", "book"]
     assert table["book"] == ["Emma", "Persuasion"]  # 40 words: one chunk of each book
-    assert table["text"] == [data.chunk_lines(AUSTEN_LINES)[0]] * 2
-    parts = [data.partition(table, cfg, 2, i, seed=0) for i in range(2)]
+    assert table["text"] == [tables.chunk_lines(AUSTEN_LINES)[0]] * 2
+    parts = [tables.partition(table, cfg, 2, i, seed=0) for i in range(2)]
     assert sorted(len(set(p["book"])) for p in parts) == [1, 1]
-    with pytest.raises(data.DataError, match="model.task=causal-lm"):
-        data.load_dataset_table(cfg, "seq-cls", seed=0)
+    with pytest.raises(tables.DataError, match="model.task=causal-lm"):
+        tables.load_dataset_table(cfg, "seq-cls", seed=0)
 
 
 def test_chatterbot_pairs_from_yaml(
@@ -233,7 +233,7 @@ def test_chatterbot_pairs_from_yaml(
     )
     (corpus / "ai.yml").write_text("categories:\n- AI\nconversations:\n- - What is 6 times 7\n  - 42\n")
     (corpus / "notes.txt").write_text("not a topic")
-    frame = data.chat_pairs(corpus)
+    frame = tables.chat_pairs(corpus)
     assert frame[["prompt", "response", "topic"]].values.tolist() == [
         ["What is 6 times 7", "42", "ai"],
         ["Do you eat", "No.", "food"],
@@ -243,7 +243,7 @@ def test_chatterbot_pairs_from_yaml(
 
     monkeypatch.setattr(assets, "asset_path", lambda name: {"chatterbot": corpus}[name])
     cfg = DataConfig(name="embedded:chatterbot", partition="natural", natural_column="topic")
-    table = data.load_dataset_table(cfg, "causal-lm", seed=0)
+    table = tables.load_dataset_table(cfg, "causal-lm", seed=0)
     assert table.column_names == ["text", "prompt", "response", "topic"]
     assert table["text"] == frame["text"].tolist()
     batch = make_batches(table, tokenizer, "causal-lm", max_length=32, batch_size=8)[0]

@@ -19,9 +19,9 @@ from safetensors.torch import load_file
 
 from client_app.app import info
 from client_app.executor import execute_train
-from fedcore import protocol
 from fedcore.config import RunConfig
-from fedcore.records import arrays_to_state, state_to_arrays
+from fedcore.core import protocol
+from fedcore.core.wire import arrays_to_state, state_to_arrays
 from server_app.checkpoint import CheckpointError, load_checkpoint
 from tests.conftest import tiny_run_config
 from tests.simulate import simulate

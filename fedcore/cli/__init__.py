@@ -1,0 +1,1 @@
+"""The `fedlayer` command: asset fetching, local simulation, run reports."""

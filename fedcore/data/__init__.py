@@ -1,0 +1,1 @@
+"""Datasets: tables, partitions and splits, batching, chat formatting, embedded assets."""

@@ -1,0 +1,118 @@
+"""Block layouts: a client model that holds only some of the global model's blocks (LEFF).
+
+A LEFF client holds [student blocks standing in for the blocks before its window, its window of real
+blocks, student blocks for the blocks after]. Its model is built from the architecture's config with that
+smaller depth, and only the tensors it needs are read from the local checkpoint (the embeddings; the
+server sends blocks and head), so client memory scales with what the client holds rather than with the
+full model. ``sources[j]`` names the global block that local block ``j`` is, or -1 for a student.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from fedcore.config import RunConfig
+from fedcore.core.layers import EMBED, LayerMap
+from fedcore.model import ModelLoadError, apply_tuning, load_tokenizer, model_location
+
+STUDENT = -1
+
+
+def to_local(
+    state: Mapping[str, torch.Tensor], layer_map: LayerMap, sources: Sequence[int]
+) -> dict[str, torch.Tensor]:
+    """Global names -> local names, keeping only the blocks the layout holds as real blocks."""
+    position = {source: local for local, source in enumerate(sources) if source != STUDENT}
+    local: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        index = layer_map.block_index(name)
+        if index is None:
+            local[name] = tensor
+        elif index in position:
+            local[layer_map.with_block_index(name, position[index])] = tensor
+    return local
+
+
+def to_global(
+    state: Mapping[str, torch.Tensor], layer_map: LayerMap, sources: Sequence[int]
+) -> dict[str, torch.Tensor]:
+    """Local names -> global names; a student block has no global name and must not be in ``state``."""
+    renamed: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        index = layer_map.block_index(name)
+        if index is None:
+            renamed[name] = tensor
+        elif sources[index] == STUDENT:
+            raise ValueError(f"{name} belongs to a student block, which has no global counterpart")
+        else:
+            renamed[layer_map.with_block_index(name, sources[index])] = tensor
+    return renamed
+
+
+def local_groups(groups: Sequence[str], sources: Sequence[int]) -> tuple[str, ...]:
+    """Global group names ("block.7", "head") -> the client's own ("block.1", "head")."""
+    position = {
+        f"block.{source}": f"block.{local}" for local, source in enumerate(sources) if source != STUDENT
+    }
+    return tuple(
+        position.get(group, group) for group in groups if not group.startswith("block.") or group in position
+    )
+
+
+def student_state(students: Sequence[nn.Module], first_position: int, layer_map: LayerMap) -> dict:
+    """Parameters of student blocks under the local names they take at ``first_position`` onwards."""
+    state: dict[str, torch.Tensor] = {}
+    for offset, block in enumerate(students):
+        for inner, tensor in block.named_parameters():
+            state[layer_map.block_param_name(first_position + offset, inner)] = tensor.detach()
+    return state
+
+
+def _checkpoint_files(location: str) -> list[Path]:
+    files = sorted(Path(location).glob("*.safetensors")) if Path(location).is_dir() else []
+    if not files:
+        raise ModelLoadError(
+            f"model.name: LEFF clients read embeddings from a local safetensors checkpoint; "
+            f"'{location}' has none (use a local directory or an embedded asset)"
+        )
+    return files
+
+
+def build_layout_model(cfg: RunConfig, num_labels: int, depth: int) -> nn.Module:
+    """A model of ``depth`` blocks with the checkpoint's embeddings; blocks and head come from the server."""
+    location = model_location(cfg.model)
+    config = AutoConfig.from_pretrained(location)
+    config.num_hidden_layers = depth
+    torch.manual_seed(cfg.seed)
+    if cfg.model.task == "seq-cls":
+        config.num_labels = num_labels
+        if config.pad_token_id is None:
+            config.pad_token_id = load_tokenizer(cfg.model).pad_token_id
+        model = AutoModelForSequenceClassification.from_config(config)
+    else:
+        model = AutoModelForCausalLM.from_config(config)
+    layer_map = LayerMap(model)
+    params = dict(model.named_parameters())
+    prefix = f"{model.base_model_prefix}."
+    loaded: set[str] = set()
+    with torch.no_grad():
+        for path in _checkpoint_files(location):
+            try:
+                with safe_open(str(path), framework="pt") as checkpoint:
+                    for key in checkpoint.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                        name = key if key in params else prefix + key
+                        if name in params and layer_map.group_of(name) == EMBED:
+                            params[name].copy_(checkpoint.get_tensor(key).to(params[name].dtype))
+                            loaded.add(name)
+            except (OSError, SafetensorError) as exc:
+                raise ModelLoadError(f"model.name: cannot read checkpoint {path}: {exc}") from None
+    missing = [n for n in params if layer_map.group_of(n) == EMBED and n not in loaded]
+    if missing:
+        raise ModelLoadError(f"model.name: checkpoint {location} lacks embedding tensors {missing[:3]}")
+    return apply_tuning(model, "full", cfg.tuning, cfg.model.task)

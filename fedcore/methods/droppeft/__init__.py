@@ -1,0 +1,1 @@
+"""DropPEFT: a per-device bandit over layer-dropout configurations."""

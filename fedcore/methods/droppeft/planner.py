@@ -1,0 +1,75 @@
+"""DropPEFT: every client trains all tunable groups with stochastic layer dropout whose configuration
+a per-device bandit picks online, and keeps its most-updated blocks personal (PTLS).
+
+The reward of an arm is the device's training progress per second: the drop of the full-model loss on
+held-out local examples across the round, divided by the round's device time (this project's choice of
+reward; the paper states only that an exploration-exploitation strategy configures the rates).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from fedcore.config import RunConfig
+from fedcore.core.plan import LayerPlan
+from fedcore.methods.base import ClientInfo, ClientResult
+from fedcore.methods.baselines import AllLayersPlanner, base_plan
+from fedcore.methods.droppeft.bandit import DropConfig, DropoutBandit, arm_grid, progress_reward
+
+
+def device_key(partition_id: int) -> str:
+    """One arm set per client (the paper configures each device separately)."""
+    return f"client-{partition_id}"
+
+
+class DropPeftPlanner(AllLayersPlanner):
+    """The baselines' plan (all tunable groups, same payload) with a bandit-chosen dropout configuration."""
+
+    def __init__(self, cfg: RunConfig, tunable_groups: list[str], num_blocks: int) -> None:
+        super().__init__(cfg, tunable_groups, num_blocks)
+        self.bandit = DropoutBandit(
+            arm_grid(cfg.drop.rate_grid(), cfg.drop.shape_grid()),
+            exploration=cfg.drop.exploration,
+            discount=cfg.drop.discount,
+        )
+        self.choices: dict[int, DropConfig] = {}
+        self.rewards: dict[str, float] = {}
+
+    def plan(self, round_number: int, clients: list[ClientInfo]) -> dict[int, LayerPlan]:
+        plans = {}
+        for client in clients:
+            arm = self.drop or self.bandit.select(device_key(client.partition_id))
+            self.choices[client.partition_id] = arm
+            plan = base_plan(self.cfg, round_number, client, self.tunable_groups, self.num_blocks, arm)
+            if self.drop is None:
+                plan = dataclasses.replace(plan, probe_examples=self.cfg.drop.probe_examples)
+            plans[client.node_id] = plan
+        return plans
+
+    def observe(self, round_number: int, results: list[ClientResult]) -> None:
+        self.rewards = {}
+        if self.drop is not None:
+            return
+        for result in results:
+            metrics = result.metrics
+            if not result.ok or "probe_loss_before" not in metrics:
+                continue
+            reward = progress_reward(
+                metrics["probe_loss_before"], metrics["probe_loss_after"], metrics["device_time_s"]
+            )
+            key = device_key(result.partition_id)
+            self.bandit.update(key, self.choices[result.partition_id], reward)
+            self.rewards[key] = reward
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "choices": {device_key(p): arm.label for p, arm in sorted(self.choices.items())},
+            "rewards": self.rewards,
+            "bandit": self.bandit.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.bandit.load_state_dict(state["bandit"])
+        self.choices = {int(k.split("-")[1]): DropConfig.from_label(v) for k, v in state["choices"].items()}
+        self.rewards = dict(state["rewards"])

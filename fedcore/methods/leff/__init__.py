@@ -1,0 +1,1 @@
+"""LEFF: per-client windows of blocks, distilled students for the rest."""

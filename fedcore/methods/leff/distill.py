@@ -1,0 +1,389 @@
+"""LEFF compression of the blocks a client does not train, by knowledge distillation (server side).
+
+From the paper: the unselected blocks are replaced by a student of ceil(n * r) blocks of the same type,
+distilled on unlabelled public proxy text with loss (1 - alpha) * MSE(hidden states) + alpha * KL(attention
+maps); the client keeps the student frozen and trains only its window.
+
+Our design where the paper is silent (paper-inspired, not the paper's):
+- The unselected blocks form up to two contiguous segments (before and after the window); each is
+  compressed on its own, so the window sees teacher-like inputs and its output reaches a teacher-like rest.
+- A student of k blocks starts as deep copies of uniformly spaced teacher blocks (Offsite-Tuning's emulator
+  rule, indices round(i * (n - 1) / (k - 1)), first and last included); a one-block student copies the
+  segment's LAST block. Measured (benchmarks/results/leff_students.md): the last block of the model shapes
+  the features the task head reads (removing it alone costs a fine-tuned MiniLM ~19 points, any other
+  single block 1-5), so a student that drops it erases the task, and 20 distillation steps do not bring it
+  back; a copy of the last block starts close to the segment's output statistics instead.
+- The target is the segment's OUTPUT hidden state (padding masked); the KL matches student layer j to the
+  teacher layer it was copied from. Distillation runs with dropout off, so targets are deterministic.
+- ``loss="normalised"`` (the default, this project's choice): the squared error of each hidden dimension is
+  divided by that dimension's variance in the teacher's outputs over the proxy set. Transformer hidden
+  states carry a few dimensions with huge magnitudes that dominate a plain MSE, which then fits those and
+  neglects the rest; the normalised error weighs every dimension by how much it varies. ``loss="mse"`` is
+  the paper's plain MSE. Either way the reported error is the normalised one (the share of the teacher's
+  variance the student does not reproduce: 0 is exact, 1 is no better than the mean), comparable across
+  models and segments.
+
+The mechanism is generic (no per-architecture code): the teacher's hidden states entering and leaving the
+segment are captured with forward hooks; the student runs inside the real model with its block list
+swapped for the student blocks, and a pre-hook feeds the captured teacher input to the first student block,
+so the model itself still builds attention masks, position ids and rotary embeddings.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PretrainedConfig
+
+from fedcore.core.layers import find_blocks, swap_blocks
+from fedcore.data.batching import Batch
+
+#: ceil(n * r) tolerance so that float products such as 10 * 0.3 = 3.0000000000000004 give 3, not 4
+_CEIL_SLACK = 1e-9
+
+
+@dataclass
+class CompressedSegment:
+    """A distilled stand-in for the teacher blocks ``segment`` (absolute block indices)."""
+
+    segment: range
+    #: teacher block (absolute index) each student block was copied from and whose attention it matches
+    source_indices: list[int]
+    blocks: nn.ModuleList
+    #: normalised error (squared error / teacher variance, per dimension, averaged) before and after
+    error_before: float
+    error_after: float
+    seconds: float
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the needed hidden state is captured: nothing after it has to run."""
+
+
+def segments_outside(window_start: int, width: int, num_blocks: int) -> list[range]:
+    """The non-empty runs of blocks before and after the window [window_start, window_start + width)."""
+    if width < 1 or window_start < 0 or window_start + width > num_blocks:
+        raise ValueError(f"window start {window_start} width {width} does not fit {num_blocks} blocks")
+    runs = (range(0, window_start), range(window_start + width, num_blocks))
+    return [run for run in runs if len(run) > 0]
+
+
+def student_depth(n: int, ratio: float) -> int:
+    """ceil(n * ratio), kept within 1..n (a ratio above 1 means no compression, not a deeper student)."""
+    if n < 1 or ratio <= 0:
+        raise ValueError(f"student_depth needs n >= 1 and ratio > 0, got n={n}, ratio={ratio}")
+    return max(1, min(n, math.ceil(n * ratio - _CEIL_SLACK)))
+
+
+def _student_sources(n: int, depth: int) -> list[int]:
+    """Uniformly spaced indices in 0..n-1 with rounding half up, computed exactly in integers; a single
+    block is the segment's last (see the module docstring)."""
+    if depth == 1:
+        return [n - 1]
+    return [(2 * i * (n - 1) + depth - 1) // (2 * (depth - 1)) for i in range(depth)]
+
+
+def init_student(teacher_blocks: Sequence[nn.Module], depth: int) -> tuple[nn.ModuleList, list[int]]:
+    """Deep copies of uniformly spaced teacher blocks, and their indices in ``teacher_blocks``.
+
+    Model configs referenced by a block stay shared (not copied): they are settings, not weights, and a
+    change of the model's config (e.g. its attention implementation) must reach the student as well.
+    """
+    n = len(teacher_blocks)
+    if not 1 <= depth <= n:
+        raise ValueError(f"student depth must be in 1..{n}, got {depth}")
+    sources = _student_sources(n, depth)
+    students = []
+    for index in sources:
+        block = teacher_blocks[index]
+        shared = {
+            id(value): value
+            for module in block.modules()
+            for value in vars(module).values()
+            if isinstance(value, PretrainedConfig)
+        }
+        students.append(copy.deepcopy(block, memo=shared))
+    return nn.ModuleList(students), sources
+
+
+def compressed_block_list(
+    model: nn.Module, window: range, compressed: Sequence[CompressedSegment]
+) -> nn.ModuleList:
+    """[student of the blocks before, the model's own window blocks, student of the blocks after].
+
+    The window blocks are the model's module objects (trained in place); ``compressed`` must hold exactly
+    the segments outside the window.
+    """
+    _, blocks = find_blocks(model)
+    expected = segments_outside(window.start, len(window), len(blocks))
+    by_segment = {part.segment: part for part in compressed}
+    if sorted(by_segment, key=lambda r: r.start) != expected or len(compressed) != len(expected):
+        got = [part.segment for part in compressed]
+        raise ValueError(f"window {window} needs compressed segments {expected}, got {got}")
+    before = [b for part in compressed if part.segment.stop <= window.start for b in part.blocks]
+    after = [b for part in compressed if part.segment.start >= window.stop for b in part.blocks]
+    return nn.ModuleList([*before, *(blocks[i] for i in window), *after])
+
+
+def _hidden(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+
+def _first(output: Any) -> torch.Tensor:
+    """A block returns its hidden state, or a tuple starting with it (DeBERTa-v2, older models)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+@contextmanager
+def _distill_mode(model: nn.Module, eager: bool) -> Iterator[None]:
+    """Eval mode, every model parameter frozen, no KV cache, eager attention if asked; all restored after.
+
+    Freezing the teacher keeps its .grad untouched while the student trains through the shared embeddings.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    flags = [(param, param.requires_grad) for param in model.parameters()]
+    config = model.config
+    use_cache = getattr(config, "use_cache", None)
+    attn = config._attn_implementation
+    try:
+        model.eval()
+        for param, _ in flags:
+            param.requires_grad_(False)
+        if use_cache is not None:
+            config.use_cache = False
+        if eager and attn != "eager":
+            config._attn_implementation = "eager"
+        yield
+    finally:
+        if eager and attn != "eager":
+            config._attn_implementation = attn
+        if use_cache is not None:
+            config.use_cache = use_cache
+        for param, flag in flags:
+            param.requires_grad_(flag)
+        for module, mode in modes:
+            module.train(mode)
+
+
+def _model_inputs(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items() if k != "labels"}
+
+
+def _teacher_targets(
+    model: nn.Module, segment: range, inputs: dict[str, torch.Tensor], attention_layers: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """(hidden state entering the segment, hidden state leaving it, attention maps of attention_layers)."""
+    blocks = find_blocks(model)[1]
+    captured: dict[str, torch.Tensor] = {}
+
+    def take_input(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        captured["input"] = _hidden(args, kwargs).detach()
+
+    def take_output(_: nn.Module, __: Any, output: Any) -> None:
+        captured["output"] = _first(output).detach()
+        if not attention_layers:
+            raise _StopForward
+
+    handles = [
+        blocks[segment.start].register_forward_pre_hook(take_input, with_kwargs=True),
+        blocks[segment.stop - 1].register_forward_hook(take_output),
+    ]
+    attentions: list[torch.Tensor] = []
+    try:
+        with torch.no_grad():
+            if attention_layers:
+                outputs = model(**inputs, output_attentions=True)
+                attentions = [outputs.attentions[i].detach() for i in attention_layers]
+            else:
+                model(**inputs)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured["input"], captured["output"], attentions
+
+
+def _student_forward(
+    model: nn.Module,
+    student: nn.ModuleList,
+    inputs: dict[str, torch.Tensor],
+    teacher_input: torch.Tensor,
+    with_attentions: bool,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run the model with only the student blocks, the first fed the teacher's segment input."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def feed(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict]:
+        if "hidden_states" in kwargs:
+            return args, {**kwargs, "hidden_states": teacher_input}
+        return (teacher_input, *args[1:]), kwargs
+
+    def take_output(_: nn.Module, __: Any, output: Any) -> None:
+        captured["output"] = _first(output)
+        if not with_attentions:
+            raise _StopForward
+
+    handles = [
+        student[0].register_forward_pre_hook(feed, with_kwargs=True),
+        student[-1].register_forward_hook(take_output),
+    ]
+    attentions: list[torch.Tensor] = []
+    try:
+        with swap_blocks(model, student):
+            if with_attentions:
+                attentions = list(model(**inputs, output_attentions=True).attentions or ())
+                if len(attentions) != len(student) or any(a is None for a in attentions):
+                    raise RuntimeError(
+                        f"{type(model).__name__} returned no attention maps for the student blocks; "
+                        "distill with alpha=0"
+                    )
+            else:
+                model(**inputs)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured["output"], attentions
+
+
+def _feature_variance(outputs: Sequence[torch.Tensor], masks: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """Variance of every hidden dimension over the real tokens of all proxy batches, floored at 1% of the
+    mean variance: a nearly constant dimension must not weigh thousands of times more than a typical one."""
+    tokens = torch.cat(
+        [
+            out.float().reshape(-1, out.shape[-1])[m.reshape(-1).bool()]
+            if m is not None
+            else out.float().reshape(-1, out.shape[-1])
+            for out, m in zip(outputs, masks, strict=True)
+        ]
+    )
+    variance = tokens.var(dim=0, unbiased=False)
+    return variance.clamp_min(1e-2 * float(variance.mean()) + 1e-12)
+
+
+def _masked_mse(
+    student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None, scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean squared error over real tokens only (padding carries no signal), each dimension divided by
+    ``scale`` when given."""
+    error = (student.float() - teacher.float()).pow(2)
+    error = (error / scale if scale is not None else error).mean(dim=-1)
+    if mask is None:
+        return error.mean()
+    weights = mask.to(error.dtype)
+    return (error * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def _attention_kl(
+    student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], mask: torch.Tensor | None
+) -> torch.Tensor:
+    """KL(teacher || student) per query row, averaged over real query tokens, heads and matched layers."""
+    losses = []
+    for s, t in zip(student, teacher, strict=True):
+        log_s = s.float().clamp_min(1e-12).log()
+        row_kl = F.kl_div(log_s, t.float(), reduction="none").sum(dim=-1)  # (batch, heads, queries)
+        if mask is None:
+            losses.append(row_kl.mean())
+        else:
+            weights = mask.to(row_kl.dtype)[:, None, :].expand_as(row_kl)
+            losses.append((row_kl * weights).sum() / weights.sum().clamp_min(1.0))
+    return torch.stack(losses).mean()
+
+
+def distill_segment(
+    model: nn.Module,
+    segment: range,
+    depth: int,
+    proxy_batches: Sequence[Batch],
+    *,
+    steps: int,
+    lr: float,
+    alpha: float,
+    seed: int,
+    loss: str = "normalised",
+) -> CompressedSegment:
+    """Distil the teacher blocks ``segment`` of ``model`` into a frozen student of ``depth`` blocks.
+
+    Loss = (1 - alpha) * E(segment output) + alpha * KL(attention maps), E the normalised or plain MSE
+    (``loss``); AdamW on the student only, one
+    proxy batch per step in a seeded shuffled order. alpha > 0 needs attention probabilities, so attention
+    runs eagerly for the duration (SDPA returns none). The model is left as found: block list, hooks,
+    requires_grad flags, train/eval modes, config and teacher weights.
+    """
+    started = time.perf_counter()
+    blocks = find_blocks(model)[1]
+    if len(segment) == 0 or segment.step != 1 or segment.start < 0 or segment.stop > len(blocks):
+        raise ValueError(f"segment {segment} is not a run of blocks within 0..{len(blocks) - 1}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if not 1 <= depth <= len(segment):
+        raise ValueError(f"student depth must be in 1..{len(segment)}, got {depth}")
+    if not proxy_batches or steps < 0:
+        raise ValueError("distill_segment needs proxy batches and steps >= 0")
+    if loss not in ("normalised", "mse"):
+        raise ValueError(f"loss must be 'normalised' or 'mse', got {loss!r}")
+    sources = _student_sources(len(segment), depth)
+    with_attentions = alpha > 0
+    device = next(model.parameters()).device
+    inputs = [_model_inputs(batch, device) for batch in proxy_batches]
+    masks = [batch.get("attention_mask") for batch in inputs]
+    with _distill_mode(model, eager=with_attentions):
+        # The teacher runs first: it also installs transformers' lazy output-capturing hooks on its blocks,
+        # which the student copies must carry to report attention maps.
+        attention_layers = [segment.start + i for i in sources] if with_attentions else []
+        targets = [_teacher_targets(model, segment, batch, attention_layers) for batch in inputs]
+        variance = _feature_variance([out for _, out, _ in targets], masks)
+        train_scale = variance if loss == "normalised" else None
+        student, _ = init_student([blocks[i] for i in segment], depth)
+        student.eval()
+
+        def loss_on(index: int) -> tuple[torch.Tensor, torch.Tensor]:
+            """(training loss, normalised error) of one proxy batch."""
+            teacher_in, teacher_out, teacher_attn = targets[index]
+            output, attn = _student_forward(model, student, inputs[index], teacher_in, with_attentions)
+            error = _masked_mse(output, teacher_out, masks[index], variance)
+            fit = error if train_scale is not None else _masked_mse(output, teacher_out, masks[index])
+            if not with_attentions:
+                return fit, error
+            return (1 - alpha) * fit + alpha * _attention_kl(attn, teacher_attn, masks[index]), error
+
+        def mean_error() -> float:
+            with torch.no_grad():
+                return sum(loss_on(i)[1].item() for i in range(len(inputs))) / len(inputs)
+
+        error_before = mean_error()
+        student.requires_grad_(True)
+        # no weight decay: the student should fit its teacher, not drift towards zero weights
+        optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
+        generator = torch.Generator().manual_seed(seed)
+        order: list[int] = []
+        for _ in range(steps):
+            if not order:
+                order = torch.randperm(len(inputs), generator=generator).tolist()
+            objective, _ = loss_on(order.pop())
+            optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            optimizer.step()
+        student.requires_grad_(False)
+        for param in student.parameters():
+            param.grad = None
+        error_after = mean_error()
+    return CompressedSegment(
+        segment=segment,
+        source_indices=[segment.start + i for i in sources],
+        blocks=student,
+        error_before=error_before,
+        error_after=error_after,
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,160 @@
+"""LEFF: each client trains one window of the blocks it can afford; the rest arrive as distilled students.
+
+Per round the server (1) scores block importance I_l = sum (g * theta)^2 on proxy text with the current
+global model (every ``leff.importance-every`` rounds), (2) samples for each client one window of L_i
+consecutive blocks from a softmax over window scores (or random / round-robin windows, the paper's
+ablations), (3) distils the blocks before and after the window into students of ceil(n * r) blocks and
+(4) sends the window, the students and the head. Students are cached per (segment, global version): the
+global model changes every round, so a segment is reused across the clients of one round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from fedcore.config import RunConfig
+from fedcore.core.devices import DeviceProfile
+from fedcore.core.layers import HEAD, LayerMap, block_group
+from fedcore.core.plan import LayerPlan
+from fedcore.core.seeding import derive_seed
+from fedcore.data.batching import make_batches
+from fedcore.mechanisms.partial_model import STUDENT, student_state, to_local
+from fedcore.methods.base import ClientInfo, ClientResult
+from fedcore.methods.baselines import base_plan, fixed_drop
+from fedcore.methods.droppeft.bandit import DropConfig
+from fedcore.methods.leff.distill import CompressedSegment, distill_segment, segments_outside, student_depth
+from fedcore.methods.leff.importance import block_importance, choose_window
+from fedcore.methods.leff.proxy import load_proxy_texts
+
+
+@dataclasses.dataclass
+class Assignment:
+    """One client's round: its window and the students standing in for the rest."""
+
+    partition_id: int
+    window: range
+    before: CompressedSegment | None
+    after: CompressedSegment | None
+
+    @property
+    def sources(self) -> tuple[int, ...]:
+        before = len(self.before.blocks) if self.before else 0
+        after = len(self.after.blocks) if self.after else 0
+        return (STUDENT,) * before + tuple(self.window) + (STUDENT,) * after
+
+
+class LeffPlanner:
+    def __init__(self, cfg: RunConfig, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.cfg = cfg
+        self.model = model  # the server's global model: teacher and importance scorer
+        self.layer_map = LayerMap(model)
+        texts = load_proxy_texts(cfg.leff.proxy, cfg.leff.proxy_examples, cfg.seed)
+        self.proxy_batches = make_batches(
+            Dataset.from_dict({"text": texts}), tokenizer, cfg.model.task, cfg.model.max_length, 32
+        )
+        self.drop = fixed_drop(cfg)
+        self.importance: list[float] = []
+        self.assignments: dict[int, Assignment] = {}
+        self.cache: dict[tuple[int, int], CompressedSegment] = {}
+        self.stats: dict[str, Any] = {}
+
+    def _student(self, segment: range, round_number: int) -> CompressedSegment:
+        key = (segment.start, segment.stop)
+        if key in self.cache:
+            self.stats["cache_hits"] += 1
+            return self.cache[key]
+        self.stats["cache_misses"] += 1
+        leff = self.cfg.leff
+        compressed = distill_segment(
+            self.model,
+            segment,
+            student_depth(len(segment), leff.compression),
+            self.proxy_batches,
+            steps=leff.distill_steps,
+            lr=leff.distill_lr,
+            alpha=leff.distill_alpha,
+            seed=derive_seed(self.cfg.seed, round_number, segment.start, segment.stop),
+            loss=leff.distill_loss,
+        )
+        self.stats["distill_seconds"] += compressed.seconds
+        self.stats["student_error"].append(compressed.error_after)
+        self.cache[key] = compressed
+        return compressed
+
+    def plan(self, round_number: int, clients: list[ClientInfo]) -> dict[int, LayerPlan]:
+        leff = self.cfg.leff
+        num_blocks = self.layer_map.num_blocks
+        if not self.importance or (round_number - 1) % leff.importance_every == 0:
+            self.importance = block_importance(self.model, self.proxy_batches, self.cfg.model.task)
+        self.cache = {}  # the global model changed: every student must be distilled anew
+        self.stats = {"distill_seconds": 0.0, "cache_hits": 0, "cache_misses": 0, "student_error": []}
+        rng = np.random.default_rng(derive_seed(self.cfg.seed, round_number))
+        plans = {}
+        for index, client in enumerate(clients):
+            width = DeviceProfile.from_config(client.profile).trainable_blocks(num_blocks)
+            start = choose_window(
+                leff.window, self.importance, width, rng, round_number, index, leff.temperature
+            )
+            window = range(start, start + width)
+            segments = {seg.start < start: seg for seg in segments_outside(start, width, num_blocks)}
+            before = self._student(segments[True], round_number) if True in segments else None
+            after = self._student(segments[False], round_number) if False in segments else None
+            assignment = Assignment(client.partition_id, window, before, after)
+            self.assignments[client.node_id] = assignment
+            plan = base_plan(
+                self.cfg,
+                round_number,
+                client,
+                [*(block_group(i) for i in window), HEAD],
+                num_blocks,
+            )
+            plans[client.node_id] = dataclasses.replace(
+                plan,
+                block_sources=assignment.sources,
+                drop_rates=self._drop_rates(assignment),
+                label=f"window {start}-{start + width - 1}",
+            )
+        return plans
+
+    def _drop_rates(self, assignment: Assignment) -> tuple[float, ...]:
+        """STLD inside the window only (students are never dropped); empty when dropout is off."""
+        if self.drop is None or self.drop.mean_rate == 0:
+            return ()
+        window_rates = iter(DropConfig(self.drop.mean_rate, self.drop.shape).rates(len(assignment.window)))
+        return tuple(next(window_rates) if s != STUDENT else 0.0 for s in assignment.sources)
+
+    def payload(self, node_id: int, global_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Window blocks and head (local names) plus the students; embeddings come from the client's disk."""
+        assignment = self.assignments[node_id]
+        payload = to_local(global_state, self.layer_map, assignment.sources)
+        if assignment.before:
+            payload.update(student_state(assignment.before.blocks, 0, self.layer_map))
+        if assignment.after:
+            first = len(assignment.sources) - len(assignment.after.blocks)
+            payload.update(student_state(assignment.after.blocks, first, self.layer_map))
+        return payload
+
+    def observe(self, round_number: int, results: list[ClientResult]) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        lookups = self.stats.get("cache_hits", 0) + self.stats.get("cache_misses", 0)
+        return {
+            "importance": self.importance,
+            "windows": {
+                f"client-{a.partition_id}": [a.window.start, len(a.window)] for a in self.assignments.values()
+            },
+            "distill_seconds": self.stats.get("distill_seconds", 0.0),
+            "cache_hit_rate": self.stats.get("cache_hits", 0) / lookups if lookups else None,
+            "student_error": self.stats.get("student_error", []),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.importance = list(state["importance"])

@@ -1,0 +1,49 @@
+"""Unlabelled public proxy text for the server's LEFF work (block importance, distillation).
+
+LEFF's paper notes that the proxy domain barely matters; the default is the embedded set of news
+headlines. A local file works too: .txt (one text per line) or a .csv/.jsonl/.parquet with a ``text``
+column.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedcore.data import assets
+
+
+class ProxyError(ValueError):
+    """The proxy text cannot be read; the message names leff.proxy."""
+
+
+def load_proxy_texts(ref: str, count: int, seed: int) -> list[str]:
+    """``count`` non-empty texts drawn reproducibly from the proxy source."""
+    if ref.startswith(assets.EMBEDDED_PREFIX):
+        if ref != "embedded:proxy-text":
+            raise ProxyError(f"leff.proxy: unknown embedded proxy '{ref}'; known: embedded:proxy-text")
+        texts = pd.read_csv(assets.asset_path("proxy-text"))["Text"].astype(str).tolist()
+    else:
+        path = Path(ref).expanduser()
+        if not path.is_file():
+            raise ProxyError(f"leff.proxy: file not found: {path}")
+        try:
+            if path.suffix == ".txt":
+                texts = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            elif path.suffix == ".parquet":
+                texts = pd.read_parquet(path)["text"].astype(str).tolist()
+            elif path.suffix in (".jsonl", ".json"):
+                texts = pd.read_json(path, lines=path.suffix == ".jsonl")["text"].astype(str).tolist()
+            else:
+                texts = pd.read_csv(path)["text"].astype(str).tolist()
+        except KeyError:
+            raise ProxyError(f"leff.proxy: {path} has no 'text' column") from None
+        except (OSError, ValueError) as exc:
+            raise ProxyError(f"leff.proxy: cannot read {path}: {exc}") from None
+    texts = [t.strip() for t in texts if t.strip()]
+    if not texts:
+        raise ProxyError(f"leff.proxy: '{ref}' holds no text")
+    order = np.random.default_rng(seed).permutation(len(texts))[:count]
+    return [texts[i] for i in order]

@@ -1,0 +1,1 @@
+"""Local training and evaluation of one model, and what they cost in memory."""

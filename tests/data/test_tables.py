@@ -1,0 +1,202 @@
+"""Data tables and partitions: sources, column checks, determinism, disjointness and label skew."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import pandas as pd
+import pytest
+
+from fedcore.config import DataConfig
+from fedcore.data import tables
+
+ROWS = [
+    {"review": "great soup", "stars": "good", "shop": "a"},
+    {"review": "cold fries", "stars": "bad", "shop": "b"},
+    {"review": "fine, I guess", "stars": "ok", "shop": "a"},
+    {"review": "never again", "stars": "bad", "shop": "c"},
+]
+CUSTOM = {"text_column": "review", "label_column": "stars", "natural_column": "shop"}
+
+
+@pytest.fixture(scope="module")
+def table() -> datasets.Dataset:
+    return tables.load_dataset_table(DataConfig(), "seq-cls", seed=0)
+
+
+@pytest.fixture(scope="module")
+def pool(table: datasets.Dataset) -> datasets.Dataset:
+    return tables.server_split(table, DataConfig(), seed=0)[0]
+
+
+def _parts(pool: datasets.Dataset, cfg: DataConfig, n: int, seed: int = 0) -> list[datasets.Dataset]:
+    return [tables.partition(pool, cfg, n, i, seed) for i in range(n)]
+
+
+def _write(path: Path, rows: list[dict[str, object]]) -> Path:
+    frame = pd.DataFrame(rows)
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    else:
+        frame.to_parquet(path)
+    return path
+
+
+def test_embedded_table(table: datasets.Dataset) -> None:
+    assert len(table) == 12_752
+    assert tables.num_labels(table) == 2
+    assert table.features["label"].names == ["rotten", "fresh"]
+    assert len(set(table["text"])) == len(table)
+    assert set(table.column_names) == {"text", "label", "movie_name"}
+    assert 0.55 < sum(table["label"]) / len(table) < 0.61
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_local_file_with_custom_columns(tmp_path: Path, suffix: str) -> None:
+    path = _write(tmp_path / f"reviews{suffix}", ROWS)
+    ds = tables.load_dataset_table(DataConfig(name=str(path), **CUSTOM), "seq-cls", seed=0)
+    assert ds["text"] == [row["review"] for row in ROWS]
+    assert ds.features["label"].names == ["bad", "good", "ok"]
+    assert ds["label"] == [1, 0, 2, 0]
+    assert ds["shop"] == ["a", "b", "a", "c"]
+
+
+def test_numeric_labels_are_numbered_in_numeric_order(tmp_path: Path) -> None:
+    rows = [{"text": f"t{i}", "label": value} for i, value in enumerate([10, 2, 5, 2])]
+    ds = tables.load_dataset_table(DataConfig(name=str(_write(tmp_path / "n.csv", rows))), "seq-cls", seed=0)
+    assert ds.features["label"].names == ["2", "5", "10"]
+    assert ds["label"] == [2, 0, 1, 0]
+
+
+def test_causal_lm_table_has_text_only(tmp_path: Path) -> None:
+    path = _write(tmp_path / "lm.csv", ROWS)
+    cfg = DataConfig(name=str(path), text_column="review", label_column="absent")
+    ds = tables.load_dataset_table(cfg, "causal-lm", seed=0)
+    assert ds.column_names == ["text"]
+    with pytest.raises(tables.DataError, match="data.partition: dirichlet"):
+        tables.partition(ds, cfg, 2, 0, seed=0)
+
+
+def test_missing_column_names_key_and_columns(tmp_path: Path) -> None:
+    path = _write(tmp_path / "x.csv", ROWS)
+    cfg = DataConfig(name=str(path), text_column="review", label_column="lbl")
+    message = r"data.label-column: column 'lbl' not in .*x\.csv; columns: review, stars, shop"
+    with pytest.raises(tables.DataError, match=message):
+        tables.load_dataset_table(cfg, "seq-cls", seed=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "rows", "message"),
+    [
+        ("missing.csv", None, "data.name: file not found"),
+        ("notes.txt", ROWS, "data.name: unsupported file type"),
+        ("one.csv", [{"text": "a", "label": 1}, {"text": "b", "label": 1}], "at least 2"),
+        ("empty.csv", [{"text": None, "label": 1}], "data.name: no usable rows"),
+    ],
+)
+def test_unusable_files_are_refused(
+    tmp_path: Path, name: str, rows: list[dict[str, object]] | None, message: str
+) -> None:
+    path = tmp_path / name
+    if rows is not None:
+        pd.DataFrame(rows).to_csv(path, index=False)
+    with pytest.raises(tables.DataError, match=message):
+        tables.load_dataset_table(DataConfig(name=str(path)), "seq-cls", seed=0)
+
+
+def test_unreachable_hub_suggests_local_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("Couldn't reach 'someone/set' on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(tables.DataError, match="data.name: 'someone/set'.*hub.*local .csv"):
+        tables.load_dataset_table(DataConfig(name="someone/set"), "seq-cls", seed=0)
+
+
+def test_max_examples_is_a_seeded_subset(table: datasets.Dataset) -> None:
+    cfg = DataConfig(max_examples=300)
+    first = tables.load_dataset_table(cfg, "seq-cls", seed=1)
+    assert len(first) == 300
+    assert first["text"] == tables.load_dataset_table(cfg, "seq-cls", seed=1)["text"]
+    assert first["text"] != tables.load_dataset_table(cfg, "seq-cls", seed=2)["text"]
+    assert set(first["text"]) <= set(table["text"])
+
+
+def test_server_split_is_disjoint_and_seeded(table: datasets.Dataset, pool: datasets.Dataset) -> None:
+    pool_again, test = tables.server_split(table, DataConfig(), seed=0)
+    assert len(test) == round(0.1 * len(table))
+    assert len(pool) + len(test) == len(table)
+    assert not set(pool["text"]) & set(test["text"])
+    assert pool_again["text"] == pool["text"]
+    assert tables.server_split(table, DataConfig(), seed=1)[1]["text"] != test["text"]
+
+
+def test_validation_split_is_held_out_of_the_pool(pool: datasets.Dataset) -> None:
+    """The server's validation rows leave the clients' pool; none by default; a bad share names the key."""
+    assert len(data.validation_split(pool, DataConfig(), seed=0)[1]) == 0
+    cfg = DataConfig(validation_fraction=0.1)
+    rest, validation = data.validation_split(pool, cfg, seed=0)
+    assert len(validation) == round(0.1 * len(pool)) and len(rest) + len(validation) == len(pool)
+    assert not set(rest["text"]) & set(validation["text"])
+    assert data.validation_split(pool, cfg, seed=0)[1]["text"] == validation["text"]
+    tiny = pool.select(range(3))
+    with pytest.raises(data.DataError, match="data.validation-fraction"):
+        data.validation_split(tiny, DataConfig(validation_fraction=0.1), seed=0)
+
+
+def test_local_split() -> None:
+    ds = datasets.Dataset.from_dict({"text": [str(i) for i in range(10)]})
+    train, test = tables.local_split(ds, 0.2, seed=0)
+    assert (len(train), len(test)) == (8, 2)
+    assert not set(train["text"]) & set(test["text"])
+    train, test = tables.local_split(ds, 0.0, seed=0)
+    assert (len(train), len(test)) == (10, 0)
+    assert [len(s) for s in tables.local_split(ds.select([0]), 0.5, seed=0)] == [1, 0]
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        DataConfig(partition="iid"),
+        DataConfig(partition="dirichlet", dirichlet_alpha=0.5),
+        DataConfig(partition="natural", natural_column="movie_name"),
+    ],
+    ids=["iid", "dirichlet", "natural"],
+)
+def test_partitions_are_deterministic_disjoint_and_cover(pool: datasets.Dataset, cfg: DataConfig) -> None:
+    parts = _parts(pool, cfg, 4)
+    texts = [p["text"] for p in parts]
+    assert texts == [p["text"] for p in _parts(pool, cfg, 4)]
+    assert texts != [p["text"] for p in _parts(pool, cfg, 4, seed=1)]
+    assert sorted(t for part in texts for t in part) == sorted(pool["text"])
+    assert all(len(p) > 0 for p in parts)
+
+
+def test_dirichlet_skews_labels_more_than_iid(pool: datasets.Dataset) -> None:
+    iid = tables.label_divergence(_parts(pool, DataConfig(partition="iid"), 10))
+    skewed = tables.label_divergence(_parts(pool, DataConfig(dirichlet_alpha=0.1), 10))
+    assert skewed > 0.1
+    assert skewed > 2 * iid
+
+
+def test_natural_values_stay_in_one_partition(pool: datasets.Dataset) -> None:
+    parts = _parts(pool, DataConfig(partition="natural", natural_column="movie_name"), 5)
+    movies = [set(p["movie_name"]) for p in parts]
+    assert sum(len(m) for m in movies) == len(set().union(*movies)) == len(set(pool["movie_name"]))
+
+
+@pytest.mark.parametrize("partition_id", [-1, 3])
+def test_bad_partition_id_is_refused(pool: datasets.Dataset, partition_id: int) -> None:
+    with pytest.raises(tables.DataError, match="partition-id"):
+        tables.partition(pool, DataConfig(partition="iid"), 3, partition_id, seed=0)
+
+
+def test_natural_needs_enough_values(tmp_path: Path) -> None:
+    cfg = DataConfig(name=str(_write(tmp_path / "r.csv", ROWS)), partition="natural", **CUSTOM)
+    ds = tables.load_dataset_table(cfg, "seq-cls", seed=0)
+    with pytest.raises(tables.DataError, match="data.natural-column: 'shop' has 3 distinct values"):
+        tables.partition(ds, cfg, 4, 0, seed=0)

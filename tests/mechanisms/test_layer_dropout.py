@@ -1,0 +1,231 @@
+"""Stochastic transformer layer dropout: sampling, real skipping of dropped blocks, and full-depth eval.
+
+Dropped blocks must do no forward or backward work (that is the memory and compute the method saves),
+the model must get its full block list back afterwards, and dropping nothing must change nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from fedcore.core.layers import LayerMap, find_blocks
+from fedcore.core.plan import LayerPlan
+from fedcore.data.batching import Batch, make_batches
+from fedcore.mechanisms.layer_dropout import only_blocks, sample_active_blocks
+from fedcore.model import build_model
+from fedcore.training.evaluate import evaluate
+from fedcore.training.memory import ActivationMeter
+from fedcore.training.train import drop_scale, train_plan
+from tests.conftest import ARCHITECTURES, tiny_run_config
+
+NUM_BLOCKS = 4
+TEXTS = ["good film", "awful boring plot and bad acting", "the best movie", "a dull story"]
+#: (arch, method, task): every architecture, the decoders also as LMs, and LoRA-wrapped models
+FORWARD_CASES = [
+    *((arch, "fedavg", "seq-cls") for arch in ARCHITECTURES),
+    *((arch, "fedavg", "causal-lm") for arch in ("gpt2", "llama", "qwen2")),
+    ("bert", "fedlora", "seq-cls"),
+    ("llama", "fedlora", "causal-lm"),
+]
+
+
+def _build(
+    model_dir: Path, tmp_path: Path, method: str = "fedavg", task: str = "seq-cls"
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    cfg = tiny_run_config(model_dir, tmp_path, method=method, **{"model.task": task})
+    return build_model(cfg, num_labels=2)
+
+
+def _batches(tokenizer: PreTrainedTokenizerBase, task: str = "seq-cls", batch_size: int = 4) -> list[Batch]:
+    table = Dataset.from_dict({"text": TEXTS, "label": [1, 0, 1, 0]})
+    return make_batches(table, tokenizer, task, max_length=32, batch_size=batch_size)
+
+
+def _draws(seed: int, rates: tuple[float, ...], n: int) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [sample_active_blocks(rates, generator) for _ in range(n)]
+
+
+@contextmanager
+def _count_calls(model: nn.Module) -> Iterator[list[int]]:
+    """Count forward calls of each block (by its original index) while the context is open."""
+    calls = [0] * NUM_BLOCKS
+
+    def hook(index: int) -> Callable[..., None]:
+        def count(*_: object) -> None:
+            calls[index] += 1
+
+        return count
+
+    handles = [block.register_forward_hook(hook(i)) for i, block in enumerate(find_blocks(model)[1])]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def test_sampling_is_reproducible_per_seed() -> None:
+    """The same seed gives the same sequence of active sets; another seed gives another sequence."""
+    rates = (0.3, 0.5, 0.5, 0.7)
+    assert _draws(7, rates, 50) == _draws(7, rates, 50)
+    assert _draws(7, rates, 50) != _draws(8, rates, 50)
+
+
+def test_zero_rates_keep_every_block() -> None:
+    assert all(active == list(range(NUM_BLOCKS)) for active in _draws(0, (0.0,) * NUM_BLOCKS, 200))
+
+
+def test_high_rates_keep_at_least_one_block() -> None:
+    """Even when every block is drawn as dropped, one valid block runs, the one with the lowest rate."""
+    for active in _draws(0, (0.99,) * NUM_BLOCKS, 500):
+        assert active
+        assert active == sorted(set(active))
+        assert set(active) <= set(range(NUM_BLOCKS))
+    draws = _draws(0, (0.999, 0.99, 0.999, 0.999), 200)
+    assert draws.count([1]) > 150
+
+
+def test_drop_frequency_matches_rates() -> None:
+    rates = (0.1, 0.3, 0.5, 0.7)
+    draws = _draws(123, rates, 2000)
+    for block, rate in enumerate(rates):
+        dropped = sum(block not in active for active in draws) / len(draws)
+        assert abs(dropped - rate) < 0.05, (block, dropped, rate)
+
+
+@pytest.mark.parametrize(("arch", "method", "task"), FORWARD_CASES)
+def test_dropped_blocks_do_no_work(
+    tiny_models: dict[str, Path], tmp_path: Path, arch: str, method: str, task: str
+) -> None:
+    """Inside only_blocks a dropped block is never called and gets no gradient; active ones do."""
+    model, tokenizer = _build(tiny_models[arch], tmp_path, method, task)
+    batch = _batches(tokenizer, task)[0]
+    original = find_blocks(model)[1]
+    modules = list(original)
+    model.train()
+    with _count_calls(model) as calls:
+        with only_blocks(model, [2, 0]):
+            assert LayerMap(model).num_blocks == 2
+            loss = model(**batch).loss
+        loss.backward()
+    assert calls == [1, 0, 1, 0]
+    assert torch.isfinite(loss)
+    groups = LayerMap(model)
+    has_grad: dict[str, set[bool]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            has_grad.setdefault(groups.group_of(name), set()).add(param.grad is not None)
+    assert has_grad["block.1"] == has_grad["block.3"] == {False}
+    assert has_grad["block.0"] == has_grad["block.2"] == {True}
+    path, blocks = find_blocks(model)
+    assert path == groups.blocks_path
+    assert blocks is original
+    assert all(a is b for a, b in zip(blocks, modules, strict=True))
+
+
+def test_only_blocks_restores_after_an_error(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    model, _ = _build(tiny_models["bert"], tmp_path)
+    original = find_blocks(model)[1]
+    with pytest.raises(RuntimeError, match="boom"), only_blocks(model, [1]):
+        raise RuntimeError("boom")
+    assert find_blocks(model)[1] is original
+    assert len(original) == NUM_BLOCKS
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_no_drop_equals_plain_forward(tiny_models: dict[str, Path], tmp_path: Path, arch: str) -> None:
+    """With drop rates 0, only_blocks over all blocks and train_plan's first loss equal the plain loss."""
+    torch.manual_seed(0)
+    model, tokenizer = _build(tiny_models[arch], tmp_path)
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    batches = _batches(tokenizer)
+    model.eval()
+    with torch.no_grad():
+        plain = model(**batches[0]).loss
+        with only_blocks(model, range(NUM_BLOCKS)):
+            full = model(**batches[0]).loss
+        with only_blocks(model, [0]):
+            shallow = model(**batches[0]).loss
+    assert torch.allclose(full, plain, atol=1e-6)
+    assert not torch.allclose(shallow, plain, atol=1e-6)
+    plan = LayerPlan(
+        round=1, rounds=1, train_groups=("head",), drop_rates=(0.0,) * NUM_BLOCKS, steps=1, lr=1e-2, seed=0
+    )
+    outcome = train_plan(model, batches, plan)
+    assert outcome.metrics["mean_active_blocks"] == NUM_BLOCKS
+    assert outcome.metrics["train_loss"] == pytest.approx(plain.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_half_depth_saves_less_activation_memory(
+    tiny_models: dict[str, Path], tmp_path: Path, arch: str
+) -> None:
+    """Skipped blocks keep no activations: half the blocks save clearly fewer bytes for backward."""
+    model, tokenizer = _build(tiny_models[arch], tmp_path)
+    batch = _batches(tokenizer)[0]
+    model.train()
+    full, half = ActivationMeter(model), ActivationMeter(model)
+    with full.step():
+        model(**batch)
+    with half.step(), only_blocks(model, [0, 1]):
+        model(**batch)
+    assert full.peak_mb > 0
+    assert half.peak_mb < 0.8 * full.peak_mb
+
+
+@pytest.mark.parametrize(("arch", "task"), [("bert", "seq-cls"), ("llama", "causal-lm")])
+def test_evaluation_runs_full_depth(
+    tiny_models: dict[str, Path], tmp_path: Path, arch: str, task: str
+) -> None:
+    """After training with heavy layer dropout, evaluate still calls every block once per batch."""
+    model, tokenizer = _build(tiny_models[arch], tmp_path, task=task)
+    batches = _batches(tokenizer, task, batch_size=2)
+    plan = LayerPlan(
+        round=1, rounds=1, train_groups=("head",), drop_rates=(0.9,) * NUM_BLOCKS, steps=2, lr=1e-2, seed=0
+    )
+    outcome = train_plan(model, batches, plan)
+    assert outcome.metrics["mean_active_blocks"] < NUM_BLOCKS
+    with _count_calls(model) as calls:
+        metrics = evaluate(model, batches, task)
+    assert calls == [len(batches)] * NUM_BLOCKS
+    assert metrics["loss"] > 0
+
+
+def test_drop_rates_must_cover_every_block(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    model, tokenizer = _build(tiny_models["bert"], tmp_path)
+    plan = LayerPlan(round=1, rounds=1, train_groups=("head",), drop_rates=(0.0, 0.0), steps=1, seed=0)
+    with pytest.raises(ValueError, match="drop"):
+        train_plan(model, _batches(tokenizer), plan)
+
+
+def test_drop_warmup_ramps_rates_over_the_federation() -> None:
+    """Progressive dropping: no skipping at the first step, the plan's full rates from the warm-up's end."""
+    plan = LayerPlan(round=1, rounds=4, train_groups=("head",), drop_rates=(0.5,), drop_warmup=0.5, steps=10)
+    assert drop_scale(plan, 0, 10) == 0.0
+    assert drop_scale(plan, 5, 10) == pytest.approx(0.25)  # step 5 of the 20 warm-up steps
+    later = dataclasses.replace(plan, round=3)
+    assert drop_scale(later, 0, 10) == 1.0
+    assert drop_scale(dataclasses.replace(plan, drop_warmup=0.0), 0, 10) == 1.0
+
+
+def test_drop_warmup_runs_more_blocks_early(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    model, tokenizer = _build(tiny_models["bert"], tmp_path)
+    batches = _batches(tokenizer)
+    plan = LayerPlan(
+        round=1, rounds=1, train_groups=("head",), drop_rates=(0.8,) * NUM_BLOCKS, steps=6, lr=1e-2, seed=0
+    )
+    abrupt = train_plan(model, batches, plan).metrics["mean_active_blocks"]
+    ramped = train_plan(model, batches, dataclasses.replace(plan, drop_warmup=1.0)).metrics
+    assert ramped["mean_active_blocks"] > abrupt

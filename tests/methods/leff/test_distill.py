@@ -1,0 +1,212 @@
+"""LEFF compression of unselected blocks by distillation.
+
+The mechanism is generic, so every architecture must pass the same check: a full-depth student (exact
+copies) fed the captured teacher input reproduces the teacher segment exactly. Distillation must then make a
+shallower student closer to its segment, and the server's model must come back exactly as it was.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+
+from fedcore.core.layers import find_blocks, swap_blocks
+from fedcore.data.batching import Batch
+from fedcore.methods.leff.distill import (
+    CompressedSegment,
+    _feature_variance,
+    _masked_mse,
+    compressed_block_list,
+    distill_segment,
+    init_student,
+    segments_outside,
+    student_depth,
+)
+from fedcore.model import build_model
+from tests.conftest import ARCHITECTURES, make_tiny_model_dir, tiny_run_config
+
+DECODERS = ("gpt2", "llama", "qwen2")
+
+
+@pytest.fixture(scope="module")
+def deep_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("deep-models")
+    return {arch: make_tiny_model_dir(root / arch, arch, layers=8) for arch in ("bert", "llama")}
+
+
+def _model(model_dir: Path, tmp_path: Path, arch: str) -> nn.Module:
+    task = "causal-lm" if arch in DECODERS else "seq-cls"
+    cfg = tiny_run_config(model_dir, tmp_path, method="fedavg", **{"model.task": task})
+    return build_model(cfg, num_labels=2)[0]
+
+
+def _proxy(model: nn.Module, count: int = 8) -> list[Batch]:
+    """Unlabelled random-token batches with some right padding, like tokenized proxy text."""
+    generator = torch.Generator().manual_seed(1)
+    vocab = model.config.vocab_size
+    batches = []
+    for _ in range(count):
+        ids = torch.randint(5, vocab, (4, 12), generator=generator)
+        mask = torch.ones_like(ids)
+        mask[0, 8:] = 0
+        batches.append({"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask})
+    return batches
+
+
+def _snapshot(model: nn.Module) -> dict[str, Any]:
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "flags": {n: p.requires_grad for n, p in model.named_parameters()},
+        "grads": {n: p.grad for n, p in model.named_parameters()},
+        "modes": [m.training for m in model.modules()],
+        "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()],
+        "blocks": find_blocks(model)[1],
+        "config": (model.config._attn_implementation, getattr(model.config, "use_cache", None)),
+    }
+
+
+def _assert_as_found(model: nn.Module, before: dict[str, Any]) -> None:
+    after = _snapshot(model)
+    assert after["blocks"] is before["blocks"]
+    assert after["state"].keys() == before["state"].keys()
+    assert all(torch.equal(after["state"][k], v) for k, v in before["state"].items())
+    for key in ("flags", "modes", "hooks", "config"):
+        assert after[key] == before[key], key
+    assert all(after["grads"][n] is g for n, g in before["grads"].items())
+
+
+def _assert_frozen_student(part: CompressedSegment, depth: int) -> None:
+    assert len(part.blocks) == depth == len(part.source_indices)
+    assert not any(p.requires_grad for p in part.blocks.parameters())
+    assert all(p.grad is None for p in part.blocks.parameters())
+
+
+def test_segments_outside_the_window() -> None:
+    assert segments_outside(0, 2, 8) == [range(2, 8)]
+    assert segments_outside(3, 2, 8) == [range(0, 3), range(5, 8)]
+    assert segments_outside(6, 2, 8) == [range(0, 6)]
+    assert segments_outside(0, 8, 8) == []
+    for start, width in ((7, 2), (-1, 2), (0, 0)):
+        with pytest.raises(ValueError, match="does not fit"):
+            segments_outside(start, width, 8)
+
+
+def test_student_depth_is_ceil_within_bounds() -> None:
+    assert student_depth(4, 0.5) == 2
+    assert student_depth(3, 0.5) == 2
+    assert student_depth(10, 0.3) == 3  # 10 * 0.3 is 3.0000000000000004 in floating point
+    assert student_depth(5, 0.01) == 1
+    assert student_depth(4, 1.0) == student_depth(4, 1.5) == 4
+    for n, ratio in ((0, 0.5), (4, 0.0)):
+        with pytest.raises(ValueError):
+            student_depth(n, ratio)
+
+
+def test_init_student_copies_uniformly_spaced_blocks() -> None:
+    teachers = [nn.Linear(2, 2) for _ in range(7)]
+    student, sources = init_student(teachers, 3)
+    assert sources == [0, 3, 6]
+    for block, index in zip(student, sources, strict=True):
+        assert block is not teachers[index] and torch.equal(block.weight, teachers[index].weight)
+        assert block.weight.data_ptr() != teachers[index].weight.data_ptr()
+    assert init_student(teachers[:5], 2)[1] == [0, 4]
+    assert init_student(teachers[:6], 4)[1] == [0, 2, 3, 5]
+    assert init_student(teachers[:4], 1)[1] == [3]  # a one-block student is the segment's last
+    assert init_student(teachers[:4], 4)[1] == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="1..4"):
+        init_student(teachers[:4], 5)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_full_depth_student_reproduces_the_segment(
+    arch: str, alpha: float, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Exact copies fed the captured teacher input give the teacher's output: hooks and swap are right."""
+    model = _model(tiny_models[arch], tmp_path, arch)
+    batches = _proxy(model, count=2)
+    # transformers installs its output-capturing hooks lazily on the first output_attentions call
+    model(**batches[0], output_attentions=True)
+    before = _snapshot(model)
+    part = distill_segment(model, range(1, 3), 2, batches, steps=0, lr=1e-3, alpha=alpha, seed=0)
+    assert part.source_indices == [1, 2]
+    assert part.error_before < 1e-12 and part.error_after == part.error_before
+    _assert_frozen_student(part, 2)
+    configs = [v for m in part.blocks.modules() for v in vars(m).values() if isinstance(v, PretrainedConfig)]
+    assert all(config is model.config for config in configs)
+    _assert_as_found(model, before)
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_distillation_brings_a_shallow_student_closer(
+    arch: str, deep_models: dict[str, Path], tmp_path: Path
+) -> None:
+    model = _model(deep_models[arch], tmp_path, arch)
+    model.train()
+    batches = _proxy(model)
+    before = _snapshot(model)
+    window = range(2, 4)
+    head, tail = segments_outside(window.start, len(window), 8)
+    first = distill_segment(model, head, 1, batches, steps=3, lr=1e-3, alpha=0.0, seed=0)
+    last = distill_segment(model, tail, student_depth(4, 0.5), batches, steps=30, lr=1e-3, alpha=0.0, seed=0)
+    _assert_as_found(model, before)
+    _assert_frozen_student(first, 1)
+    _assert_frozen_student(last, 2)
+    assert first.source_indices == [1] and last.source_indices == [4, 7]
+    assert last.error_after < last.error_before
+    assert last.seconds > 0
+
+    blocks = find_blocks(model)[1]
+    layout = compressed_block_list(model, window, [last, first])
+    assert list(layout) == [first.blocks[0], blocks[2], blocks[3], *last.blocks]
+    with torch.no_grad(), swap_blocks(model, layout):
+        assert find_blocks(model)[1] is layout
+        logits = model.eval()(**batches[0]).logits
+    assert torch.isfinite(logits).all() and find_blocks(model)[1] is blocks
+    with pytest.raises(ValueError, match="needs compressed segments"):
+        compressed_block_list(model, window, [last])
+
+
+def test_attention_distillation_on_bert(deep_models: dict[str, Path], tmp_path: Path) -> None:
+    """alpha > 0 switches SDPA to eager only while distilling, and the KL term changes what is learnt."""
+    model = _model(deep_models["bert"], tmp_path, "bert")
+    batches = _proxy(model)
+    assert model.config._attn_implementation == "sdpa"
+    kwargs: dict[str, Any] = {"steps": 30, "lr": 1e-3, "seed": 0}
+    with_kl = distill_segment(model, range(4, 8), 2, batches, alpha=0.5, **kwargs)
+    assert model.config._attn_implementation == "sdpa"
+    assert torch.isfinite(torch.tensor([with_kl.error_before, with_kl.error_after])).all()
+    assert with_kl.error_after < with_kl.error_before
+    without_kl = distill_segment(model, range(4, 8), 2, batches, alpha=0.0, **kwargs)
+    assert not all(
+        torch.equal(a, b)
+        for a, b in zip(with_kl.blocks.parameters(), without_kl.blocks.parameters(), strict=True)
+    )
+
+
+def test_normalised_error_weighs_every_dimension_by_its_variance() -> None:
+    """Predicting each dimension's mean scores 1 whatever the dimension's scale; plain MSE is dominated by
+    the largest dimension, the normalised error is not."""
+    generator = torch.Generator().manual_seed(0)
+    teacher = torch.randn(4, 5, 3, generator=generator) * torch.tensor([10.0, 3.0, 1.0])
+    mask = torch.ones(4, 5)
+    mask[0, 3:] = 0
+    variance = _feature_variance([teacher], [mask])
+    real = teacher[mask.bool()]
+    mean = real.mean(dim=0).expand_as(teacher)
+    assert _masked_mse(mean, teacher, mask, variance).item() == pytest.approx(1.0, rel=1e-4)
+    off_small = teacher.clone()
+    off_small[..., 2] = mean[..., 2]  # wrong only on the tiny dimension
+    assert _masked_mse(off_small, teacher, mask, variance).item() == pytest.approx(1 / 3, rel=1e-4)
+    assert _masked_mse(off_small, teacher, mask).item() < 0.02 * _masked_mse(mean, teacher, mask).item()
+
+
+def test_distill_refuses_an_unknown_loss(deep_models: dict[str, Path], tmp_path: Path) -> None:
+    model = _model(deep_models["bert"], tmp_path, "bert")
+    with pytest.raises(ValueError, match="loss must be"):
+        distill_segment(model, range(0, 2), 1, _proxy(model), steps=1, lr=1e-3, alpha=0.0, seed=0, loss="l1")
