@@ -56,7 +56,8 @@ from fedcore.core.devices import DeviceProfile
 from fedcore.core.plan import LayerPlan
 from fedcore.core.wire import dict_to_config, state_to_arrays
 from fedcore.data.splits import client_splits, server_splits
-from fedcore.methods import ClientInfo, make_planner
+from fedcore.methods.base import ClientInfo
+from fedcore.methods.registry import make_planner
 from fedcore.model import build_model, tunable_state
 from fedcore.presets import PRESETS
 
@@ -115,8 +116,8 @@ def server_side(cfg: RunConfig, capacity: float, directory: Path) -> dict[str, A
     )
     began = time.perf_counter()
     planner = make_planner(cfg, model, tokenizer)
-    plan = planner.plan(1, [client])[NODE_ID]
-    payload = planner.payload(NODE_ID, global_state)
+    planned = planner.plan(1, [client], global_state)[NODE_ID]
+    plan, payload = planned.plan, planned.payload
     server_s = time.perf_counter() - began
     directory.mkdir(parents=True)
     save_file(

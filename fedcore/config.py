@@ -10,21 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fedcore.methods.specs import METHODS, MethodSpec, TuningMode, method_spec
 from fedcore.presets import PRESETS, apply_preset
 
-Method = Literal["fedavg", "fedlora", "fedbitfit", "droppeft", "leff"]
-TuningMode = Literal["full", "lora", "bitfit"]
-
-#: The tuning each method implies; "auto" in ``tuning.mode`` picks this.
-METHOD_TUNING: dict[str, TuningMode] = {
-    "fedavg": "full",
-    "fedlora": "lora",
-    "fedbitfit": "bitfit",
-    "droppeft": "lora",
-    "leff": "full",
-}
 #: Learning rates that work for each tuning mode when ``train.lr`` is 0 (our defaults, not the papers').
 DEFAULT_LR: dict[str, float] = {"full": 5e-5, "lora": 1e-3, "bitfit": 1e-3}
 
@@ -207,7 +197,7 @@ class RunConfig(Section):
     preset: str = Field(
         "", description="A named bundle of settings (fedcore/presets.py); explicit values win."
     )
-    method: Method = "fedlora"
+    method: str = Field("fedlora", description="One of fedcore/methods/specs.py's METHODS.")
     seed: int = Field(0, ge=0)
     rounds: int = Field(5, ge=1, le=100000)
     resume_from: str = Field("", description="A run directory whose last checkpoint this run continues.")
@@ -224,35 +214,41 @@ class RunConfig(Section):
     devices: DevicesConfig = DevicesConfig()
     output: OutputConfig = OutputConfig()
 
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        if method not in METHODS:
+            raise ValueError(f"must be one of {', '.join(repr(m) for m in METHODS)}")
+        return method
+
     @model_validator(mode="after")
     def _tuning_fits_method(self) -> RunConfig:
-        fixed = {"fedavg", "fedlora", "fedbitfit"}
-        if self.method in fixed and self.tuning.mode not in ("auto", METHOD_TUNING[self.method]):
+        allowed = self.method_spec.allowed_tuning
+        if self.tuning.mode not in ("auto", *allowed):
             raise ValueError(
-                f"tuning.mode={self.tuning.mode} contradicts method={self.method}, which always uses "
-                f"'{METHOD_TUNING[self.method]}' (use 'auto')"
+                f"tuning.mode={self.tuning.mode} contradicts method={self.method}, which trains with "
+                f"{' or '.join(repr(m) for m in allowed)} (use 'auto')"
             )
-        if self.method == "leff" and self.tuning_mode != "full":
-            raise ValueError("method=leff trains whole blocks: tuning.mode must be 'auto' or 'full'")
         return self
+
+    @property
+    def method_spec(self) -> MethodSpec:
+        return method_spec(self.method)
 
     @property
     def tuning_mode(self) -> TuningMode:
         """The tuning actually used: the explicit mode, or the method's own."""
         mode = self.tuning.mode
-        return METHOD_TUNING[self.method] if mode == "auto" else mode
+        return self.method_spec.tuning if mode == "auto" else mode
 
     @property
     def drop_mode(self) -> str:
-        if self.drop.mode == "auto":
-            return "bandit" if self.method == "droppeft" else "off"
-        return self.drop.mode
+        return self.method_spec.drop_mode if self.drop.mode == "auto" else self.drop.mode
 
     @property
     def personal_fraction(self) -> float:
-        if self.ptls.fraction == "auto":
-            return 0.25 if self.method == "droppeft" else 0.0
-        return self.ptls.fraction
+        fraction = self.ptls.fraction
+        return self.method_spec.personal_fraction if fraction == "auto" else fraction
 
     @property
     def learning_rate(self) -> float:

@@ -29,7 +29,8 @@ from fedcore.core.seeding import derive_seed
 from fedcore.core.wire import arrays_to_state, dict_to_config, state_to_arrays
 from fedcore.data.batching import Batch, make_batches
 from fedcore.data.splits import server_splits
-from fedcore.methods import ClientInfo, ClientResult, Planner, make_planner
+from fedcore.methods.base import ClientInfo, ClientPlan, ClientResult, Planner
+from fedcore.methods.registry import make_planner
 from fedcore.model import build_model, load_tunable_state, tunable_state
 from fedcore.training.evaluate import evaluate
 from server_app import console
@@ -72,14 +73,12 @@ def sample_clients(clients: list[ClientInfo], cfg: RunConfig, round_number: int)
     return sorted(rng.sample(clients, cfg.clients.per_round), key=lambda c: c.partition_id)
 
 
-def train_message(
-    client: ClientInfo, plan: LayerPlan, cfg: RunConfig, payload: dict[str, torch.Tensor]
-) -> Message:
+def train_message(client: ClientInfo, planned: ClientPlan, cfg: RunConfig) -> Message:
     content = RecordDict(
         {
-            protocol.PLAN: dict_to_config(plan.to_dict()),
+            protocol.PLAN: dict_to_config(planned.plan.to_dict()),
             protocol.RUN_CONFIG: dict_to_config(cfg.to_flat()),
-            protocol.GLOBAL: state_to_arrays(payload, cfg.round.wire_dtype),
+            protocol.GLOBAL: state_to_arrays(planned.payload, cfg.round.wire_dtype),
         }
     )
     return Message(content, dst_node_id=client.node_id, message_type=MessageType.TRAIN)
@@ -152,11 +151,10 @@ def run_round(
     """One round: plans out, replies in, layer-wise aggregate of the sound replies."""
     cfg = state.cfg
     chosen = sample_clients(clients, cfg, round_number)
-    plans = state.planner.plan(round_number, chosen)
-    messages = [
-        train_message(c, plans[c.node_id], cfg, state.planner.payload(c.node_id, state.global_state))
-        for c in chosen
-    ]
+    planned = state.planner.plan(round_number, chosen, state.global_state)
+    messages = [train_message(c, planned[c.node_id], cfg) for c in chosen]
+    plans = {node_id: p.plan for node_id, p in planned.items()}
+    del planned  # each payload now lives in its message only
     bytes_down = {
         m.metadata.dst_node_id: m.content.array_records[protocol.GLOBAL].count_bytes() for m in messages
     }

@@ -10,7 +10,7 @@ from flwr.serverapp import Grid
 
 from fedcore.core import protocol
 from fedcore.core.wire import config_to_dict, dict_to_config
-from fedcore.methods import ClientInfo
+from fedcore.methods.base import ClientInfo
 
 
 def wait_for_nodes(grid: Grid, minimum: int, timeout_s: float, poll_s: float = 1.0) -> list[int]:

@@ -10,6 +10,7 @@ full model. ``sources[j]`` names the global block that local block ``j`` is, or 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -72,6 +73,37 @@ def student_state(students: Sequence[nn.Module], first_position: int, layer_map:
         for inner, tensor in block.named_parameters():
             state[layer_map.block_param_name(first_position + offset, inner)] = tensor.detach()
     return state
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which global block each block of a client's model is, and the name switching that follows from it.
+
+    The client trains and stores under its model's own (local) names; the server, personal state and
+    uploads use global names. For a client holding the full model both are the same and every method
+    is the identity.
+    """
+
+    layer_map: LayerMap
+    #: ``sources[j]``: the global block that local block ``j`` is, or STUDENT
+    sources: tuple[int, ...]
+
+    @classmethod
+    def for_plan(cls, layer_map: LayerMap, block_sources: Sequence[int]) -> Layout:
+        """The layout a plan names; a plan without block sources means the full model."""
+        return cls(layer_map, tuple(block_sources) or tuple(range(layer_map.num_blocks)))
+
+    def to_local(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return to_local(state, self.layer_map, self.sources)
+
+    def to_global(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return to_global(state, self.layer_map, self.sources)
+
+    def local_groups(self, groups: Sequence[str]) -> tuple[str, ...]:
+        return local_groups(groups, self.sources)
+
+    def student_state(self, students: Sequence[nn.Module], first_position: int) -> dict[str, torch.Tensor]:
+        return student_state(students, first_position, self.layer_map)
 
 
 def _checkpoint_files(location: str) -> list[Path]:

@@ -1,4 +1,8 @@
-"""The Planner protocol and the facts planners work from."""
+"""The Planner protocol, the facts planners work from, and the plan every method starts from.
+
+``base_plan`` is where the options every method accepts enter a plan: a fixed layer-dropout
+configuration (``drop.mode=fixed``) and personal layers (``ptls.fraction``).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+from torch import nn
 
+from fedcore.config import RunConfig
+from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
+from fedcore.core.seeding import derive_seed
+from fedcore.mechanisms.layer_dropout import DropConfig
+from fedcore.model import tunable_names
 
 
 @dataclass(frozen=True)
@@ -22,6 +32,15 @@ class ClientInfo:
 
 
 @dataclass(frozen=True)
+class ClientPlan:
+    """One client's round as a planner decides it: the plan and the tensors sent with it."""
+
+    plan: LayerPlan
+    #: every tunable parameter the client's model holds, under the client's own names
+    payload: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
 class ClientResult:
     """What a client's round produced, as planners see it (for online adaptation)."""
 
@@ -31,12 +50,16 @@ class ClientResult:
 
 
 class Planner(Protocol):
-    def plan(self, round_number: int, clients: list[ClientInfo]) -> dict[int, LayerPlan]:
-        """One plan per client, keyed by node id."""
-        ...
+    """A method: plans every round for the clients picked, and learns from their results.
 
-    def payload(self, node_id: int, global_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The tensors this client receives with its plan (every tunable parameter its model holds)."""
+    Planner classes are built by ``from_model(cfg, model, tokenizer)`` from the server's global model
+    (``fedcore/methods/registry.py``).
+    """
+
+    def plan(
+        self, round_number: int, clients: list[ClientInfo], global_state: dict[str, torch.Tensor]
+    ) -> dict[int, ClientPlan]:
+        """Each picked client's plan and payload, keyed by node id (``global_state``: current tunables)."""
         ...
 
     def observe(self, round_number: int, results: list[ClientResult]) -> None:
@@ -50,3 +73,40 @@ class Planner(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a checkpointed state_dict."""
         ...
+
+
+def fixed_drop(cfg: RunConfig) -> DropConfig | None:
+    return DropConfig(cfg.drop.mean_rate, cfg.drop.shape) if cfg.drop_mode == "fixed" else None
+
+
+def base_plan(
+    cfg: RunConfig,
+    round_number: int,
+    client: ClientInfo,
+    train_groups: list[str],
+    num_blocks: int,
+    drop: DropConfig | None = None,
+) -> LayerPlan:
+    """The plan every method starts from: train these groups with the run's local-training settings."""
+    personal = cfg.personal_fraction
+    return LayerPlan(
+        round=round_number,
+        rounds=cfg.rounds,
+        train_groups=tuple(train_groups),
+        drop_rates=drop.rates(num_blocks) if drop and drop.mean_rate > 0 else (),
+        drop_warmup=cfg.drop.warmup,
+        personal_fraction=personal,
+        steps=cfg.train.local_steps,
+        epochs=cfg.train.local_epochs,
+        lr=cfg.learning_rate,
+        seed=derive_seed(cfg.seed, round_number, client.partition_id),
+        evaluate_local=personal > 0,
+        label=drop.label if drop else "",
+    )
+
+
+def tunable_groups(model: nn.Module) -> list[str]:
+    """The groups of ``model`` holding a tunable parameter, in model order."""
+    layer_map = LayerMap(model)
+    present = {layer_map.group_of(name) for name in tunable_names(model)}
+    return [g for g in layer_map.all_groups() if g in present]

@@ -19,7 +19,7 @@ from fedcore.core.devices import DeviceProfile
 from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
 from fedcore.core.wire import arrays_to_state, config_to_dict, dict_to_config, state_to_arrays
-from fedcore.methods import ClientInfo
+from fedcore.methods.base import ClientInfo
 from fedcore.methods.leff.planner import LeffPlanner
 from fedcore.model import build_model, tunable_state
 from tests.conftest import make_tiny_model_dir, tiny_run_config
@@ -93,9 +93,9 @@ def test_leff_client_holds_window_and_students_and_uploads_only_the_window(
     global_state = tunable_state(server_model)
     planner = LeffPlanner(cfg, server_model, tokenizer)
     client = ClientInfo(NODE_ID, 0, profile=DeviceProfile("edge", max_blocks=2).as_config())
-    plan = planner.plan(2, [client])[NODE_ID]  # round-robin, client 0, round 2: window 2-3
+    planned = planner.plan(2, [client], global_state)[NODE_ID]  # round-robin, client 0, round 2: window 2-3
+    plan, payload = planned.plan, planned.payload
     assert plan.block_sources == (-1, 2, 3, -1, -1)  # students of ceil(2 * .5)=1 and ceil(4 * .5)=2 blocks
-    payload = planner.payload(NODE_ID, global_state)
     assert not any("embeddings" in name for name in payload), "embeddings come from the client's disk"
 
     reply = call_client(cfg, plan, payload, node_context())

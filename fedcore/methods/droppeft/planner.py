@@ -11,11 +11,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
+
 from fedcore.config import RunConfig
 from fedcore.core.plan import LayerPlan
-from fedcore.methods.base import ClientInfo, ClientResult
-from fedcore.methods.baselines import AllLayersPlanner, base_plan
-from fedcore.methods.droppeft.bandit import DropConfig, DropoutBandit, arm_grid, progress_reward
+from fedcore.mechanisms.layer_dropout import DropConfig
+from fedcore.methods.base import ClientInfo, ClientPlan, ClientResult, base_plan
+from fedcore.methods.baselines import AllLayersPlanner
+from fedcore.methods.droppeft.bandit import DropoutBandit, arm_grid, progress_reward
 
 
 def device_key(partition_id: int) -> str:
@@ -36,16 +39,19 @@ class DropPeftPlanner(AllLayersPlanner):
         self.choices: dict[int, DropConfig] = {}
         self.rewards: dict[str, float] = {}
 
-    def plan(self, round_number: int, clients: list[ClientInfo]) -> dict[int, LayerPlan]:
-        plans = {}
-        for client in clients:
-            arm = self.drop or self.bandit.select(device_key(client.partition_id))
-            self.choices[client.partition_id] = arm
-            plan = base_plan(self.cfg, round_number, client, self.tunable_groups, self.num_blocks, arm)
-            if self.drop is None:
-                plan = dataclasses.replace(plan, probe_examples=self.cfg.drop.probe_examples)
-            plans[client.node_id] = plan
-        return plans
+    def plan(
+        self, round_number: int, clients: list[ClientInfo], global_state: dict[str, torch.Tensor]
+    ) -> dict[int, ClientPlan]:
+        self.choices = {}  # this round's arms only: observe() and the logs speak of the clients picked
+        return super().plan(round_number, clients, global_state)
+
+    def client_plan(self, round_number: int, client: ClientInfo) -> LayerPlan:
+        arm = self.drop or self.bandit.select(device_key(client.partition_id))
+        self.choices[client.partition_id] = arm
+        plan = base_plan(self.cfg, round_number, client, self.tunable_groups, self.num_blocks, arm)
+        if self.drop is None:
+            plan = dataclasses.replace(plan, probe_examples=self.cfg.drop.probe_examples)
+        return plan
 
     def observe(self, round_number: int, results: list[ClientResult]) -> None:
         self.rewards = {}

@@ -13,7 +13,8 @@ import math
 import numpy as np
 import pytest
 
-from fedcore.methods.droppeft.bandit import DropConfig, DropoutBandit, arm_grid, progress_reward
+from fedcore.mechanisms.layer_dropout import DropConfig
+from fedcore.methods.droppeft.bandit import DropoutBandit, arm_grid, progress_reward
 
 GRID = arm_grid([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6], ["uniform", "incremental"])
 
