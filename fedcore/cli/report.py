@@ -31,6 +31,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from fedcore.core import wire
+
 BYTES_PER_MB = 1_000_000
 
 GLOBAL_NUMERIC = (
@@ -41,8 +43,8 @@ GLOBAL_NUMERIC = (
     "perplexity",
     "elapsed_s",
     "round_wall_time_s",
-    "bytes_down",
-    "bytes_up",
+    wire.BYTES_DOWN,
+    wire.BYTES_UP,
     "clients_ok",
     "clients_failed",
     "max_client_peak_rss_mb",
@@ -51,14 +53,14 @@ CLIENT_NUMERIC = (
     "round",
     "node_id",
     "partition_id",
-    "examples",
-    "train_loss",
-    "wall_time_s",
-    "compute_time_s",
-    "peak_rss_mb",
-    "activation_mb",
-    "bytes_down",
-    "bytes_up",
+    wire.EXAMPLES,
+    wire.TRAIN_LOSS,
+    wire.WALL_TIME_S,
+    wire.COMPUTE_TIME_S,
+    wire.PEAK_RSS_MB,
+    wire.ACTIVATION_MB,
+    wire.BYTES_DOWN,
+    wire.BYTES_UP,
 )
 CLIENT_OTHER = ("status", "reason", "plan")
 
@@ -231,9 +233,9 @@ def _time_to_target(run: RunRecord, target: float) -> float:
 
 def _peak_rss(run: RunRecord) -> tuple[float, float]:
     """Per round the largest client footprint (what a device must hold), then mean and max over rounds."""
-    clients = run.client_rows.dropna(subset=["peak_rss_mb"])
+    clients = run.client_rows.dropna(subset=[wire.PEAK_RSS_MB])
     if len(clients):
-        per_round = clients.groupby("round")["peak_rss_mb"].max()
+        per_round = clients.groupby("round")[wire.PEAK_RSS_MB].max()
     else:
         per_round = run.global_rows["max_client_peak_rss_mb"]
     return _mean(per_round), _max(per_round)
@@ -241,13 +243,13 @@ def _peak_rss(run: RunRecord) -> tuple[float, float]:
 
 def _personal_accuracy(run: RunRecord) -> float:
     """Mean over the clients of the last round that reported one: PTLS's own quality measure."""
-    if "personal_accuracy" not in run.client_rows:
+    if wire.PERSONAL_ACCURACY not in run.client_rows:
         return math.nan
-    rows = run.client_rows.dropna(subset=["personal_accuracy"])
+    rows = run.client_rows.dropna(subset=[wire.PERSONAL_ACCURACY])
     if not len(rows):
         return math.nan
     last = rows[rows["round"] == rows["round"].max()]
-    return float(pd.to_numeric(last["personal_accuracy"]).mean())
+    return float(pd.to_numeric(last[wire.PERSONAL_ACCURACY]).mean())
 
 
 def _failed_replies(run: RunRecord) -> int:
@@ -278,9 +280,9 @@ def comparison_table(runs: Sequence[RunRecord], target: float | None = None) -> 
         record |= {
             COL_RSS_MEAN: rss_mean,
             COL_RSS_MAX: rss_max,
-            COL_ACT: _mean(c["activation_mb"]),
-            COL_DOWN: _mean(c["bytes_down"]) / BYTES_PER_MB,
-            COL_UP: _mean(c["bytes_up"]) / BYTES_PER_MB,
+            COL_ACT: _mean(c[wire.ACTIVATION_MB]),
+            COL_DOWN: _mean(c[wire.BYTES_DOWN]) / BYTES_PER_MB,
+            COL_UP: _mean(c[wire.BYTES_UP]) / BYTES_PER_MB,
             COL_FAILED: _failed_replies(run),
         }
         records.append(record)

@@ -26,7 +26,6 @@ class ClientInfo:
 
     node_id: int
     partition_id: int
-    num_examples: int = 0
     #: device profile from the SuperNode's node config or measured (memory budget, speed...)
     profile: dict[str, Any] = field(default_factory=dict)
 

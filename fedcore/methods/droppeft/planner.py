@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from fedcore.config import RunConfig
+from fedcore.core import wire
 from fedcore.core.plan import LayerPlan
 from fedcore.mechanisms.layer_dropout import DropConfig
 from fedcore.methods.base import ClientInfo, ClientPlan, ClientResult, base_plan
@@ -59,10 +60,10 @@ class DropPeftPlanner(AllLayersPlanner):
             return
         for result in results:
             metrics = result.metrics
-            if not result.ok or "probe_loss_before" not in metrics:
+            if not result.ok or wire.PROBE_LOSS_BEFORE not in metrics:
                 continue
             reward = progress_reward(
-                metrics["probe_loss_before"], metrics["probe_loss_after"], metrics["device_time_s"]
+                metrics[wire.PROBE_LOSS_BEFORE], metrics[wire.PROBE_LOSS_AFTER], metrics[wire.DEVICE_TIME_S]
             )
             key = device_key(result.partition_id)
             self.bandit.update(key, self.choices[result.partition_id], reward)
