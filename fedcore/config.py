@@ -235,20 +235,19 @@ class RunConfig(Section):
     def method_spec(self) -> MethodSpec:
         return method_spec(self.method)
 
+    # The settings actually used: an explicit value, or for 'auto' the method's own (its MethodSpec).
+
     @property
     def tuning_mode(self) -> TuningMode:
-        """The tuning actually used: the explicit mode, or the method's own."""
-        mode = self.tuning.mode
-        return self.method_spec.tuning if mode == "auto" else mode
+        return _explicit_or(self.tuning.mode, self.method_spec.tuning)
 
     @property
     def drop_mode(self) -> str:
-        return self.method_spec.drop_mode if self.drop.mode == "auto" else self.drop.mode
+        return _explicit_or(self.drop.mode, self.method_spec.drop_mode)
 
     @property
     def personal_fraction(self) -> float:
-        fraction = self.ptls.fraction
-        return self.method_spec.personal_fraction if fraction == "auto" else fraction
+        return _explicit_or(self.ptls.fraction, self.method_spec.personal_fraction)
 
     @property
     def learning_rate(self) -> float:
@@ -279,6 +278,10 @@ class RunConfig(Section):
     def to_flat(self) -> dict[str, Any]:
         """The inverse of from_flat: dotted kebab-case keys with scalar values."""
         return _flatten(self.model_dump(by_alias=True))
+
+
+def _explicit_or(value: Any, method_default: Any) -> Any:
+    return method_default if value == "auto" else value
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
