@@ -127,7 +127,9 @@ class LayerDropConfig(Section):
     exploration: float = Field(
         0.2, ge=0, description="UCB exploration weight (rewards are normalised to [0, 1] per device)."
     )
-    discount: float = Field(1.0, gt=0, le=1, description="1 = UCB1; < 1 = discounted UCB.")
+    discount: float = Field(
+        1.0, gt=0, le=1, description="1 = UCB1 with pruning of bad arms; < 1 = discounted UCB, no pruning."
+    )
     probe_examples: int = Field(
         64, ge=0, description="Held-out local examples for the bandit's loss-drop reward (0 = off)."
     )

@@ -362,17 +362,3 @@ def _natural(
     group = {values[j]: position % num_partitions for position, j in enumerate(order)}
     grouped = pool.add_column(_GROUP, [group[v] for v in natural])
     return _load(NaturalIdPartitioner(partition_by=_GROUP), grouped, partition_id).remove_columns(_GROUP)
-
-
-def label_divergence(parts: list[datasets.Dataset]) -> float:
-    """Mean total-variation distance between each non-empty partition's label mix and the pooled mix.
-
-    0 means every client sees the global label distribution; values near 1 mean near-disjoint labels.
-    """
-    nonempty = [p for p in parts if len(p)]
-    if not nonempty:
-        raise DataError("data: label divergence of empty partitions is undefined")
-    k = max(num_labels(p) for p in nonempty)
-    counts = [np.bincount(np.asarray(_column(p, "label"), dtype=np.int64), minlength=k) for p in nonempty]
-    pooled = np.sum(counts, axis=0) / np.sum(counts)
-    return float(np.mean([0.5 * np.abs(c / c.sum() - pooled).sum() for c in counts]))

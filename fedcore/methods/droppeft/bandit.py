@@ -68,7 +68,7 @@ class DropoutBandit:
     clients sharing a device key in one round get the same configuration.
 
     Pruning is permanent. With `discount < 1` (non-stationary devices) an arm pruned early could never come
-    back when it later becomes the best, so prefer `prune=False` there.
+    back when it later becomes the best, so the DropPEFT planner prunes only when `discount == 1`.
     """
 
     def __init__(
@@ -163,19 +163,6 @@ class DropoutBandit:
             if mean + radius < best_lower:
                 stats.pruned[i] = True
 
-    def summary(self, device: str) -> dict[str, dict[str, Any]]:
-        """Per-arm pulls, discounted count, mean raw reward (None if untried) and pruned flag, for logs."""
-        stats = self._devices.get(device) or _DeviceStats.empty(len(self._arms))
-        return {
-            arm.label: {
-                "count": stats.pulls[i],
-                "effective_count": stats.counts[i],
-                "mean_reward": stats.sums[i] / stats.counts[i] if stats.counts[i] > 0.0 else None,
-                "pruned": stats.pruned[i],
-            }
-            for i, arm in enumerate(self._arms)
-        }
-
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable snapshot; floats survive JSON exactly, so a restored bandit replays exactly."""
         return {
@@ -232,13 +219,6 @@ class DropoutBandit:
         self.prune = restored.prune
         self.min_pulls_to_prune = restored.min_pulls_to_prune
         self._devices = restored._devices
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> DropoutBandit:
-        """Build a bandit from `state_dict()` output alone (arms are recovered from their labels)."""
-        bandit = cls([DropConfig.from_label(label) for label in state["arms"]])
-        bandit.load_state_dict(state)
-        return bandit
 
 
 def progress_reward(loss_before: float, loss_after: float, wall_time_s: float) -> float:

@@ -36,6 +36,7 @@ class DropPeftPlanner(AllLayersPlanner):
             arm_grid(cfg.drop.rate_grid(), cfg.drop.shape_grid()),
             exploration=cfg.drop.exploration,
             discount=cfg.drop.discount,
+            prune=cfg.drop.discount == 1.0,  # a pruned arm never returns: wrong for drifting devices
         )
         self.choices: dict[int, DropConfig] = {}
         self.rewards: dict[str, float] = {}

@@ -103,25 +103,6 @@ def init_student(teacher_blocks: Sequence[nn.Module], depth: int) -> tuple[nn.Mo
     return nn.ModuleList(students), sources
 
 
-def compressed_block_list(
-    model: nn.Module, window: range, compressed: Sequence[CompressedSegment]
-) -> nn.ModuleList:
-    """[student of the blocks before, the model's own window blocks, student of the blocks after].
-
-    The window blocks are the model's module objects (trained in place); ``compressed`` must hold exactly
-    the segments outside the window.
-    """
-    _, blocks = find_blocks(model)
-    expected = segments_outside(window.start, len(window), len(blocks))
-    by_segment = {part.segment: part for part in compressed}
-    if sorted(by_segment, key=lambda r: r.start) != expected or len(compressed) != len(expected):
-        got = [part.segment for part in compressed]
-        raise ValueError(f"window {window} needs compressed segments {expected}, got {got}")
-    before = [b for part in compressed if part.segment.stop <= window.start for b in part.blocks]
-    after = [b for part in compressed if part.segment.start >= window.stop for b in part.blocks]
-    return nn.ModuleList([*before, *(blocks[i] for i in window), *after])
-
-
 def _hidden(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
     return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
 
