@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 from fedcore.config import RunConfig
 from fedcore.core import wire
 from fedcore.core.aggregate import ClientUpdate, UpdateRejected, aggregate_layerwise, validate_update
+from fedcore.core.files import write_json_atomic
 from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
 from fedcore.core.seeding import derive_seed
@@ -36,7 +37,7 @@ from fedcore.training.evaluate import evaluate
 from server_app import console
 from server_app.checkpoint import Checkpoint, check_compatible, load_checkpoint, save_checkpoint
 from server_app.nodes import query_clients, replies_by_node, wait_for_nodes
-from server_app.run_log import RunLog, new_run_dir, write_json_atomic
+from server_app.run_log import RunLog, new_run_dir
 from server_app.samples import generate_samples
 
 #: the shortest wait for the clients' info replies at start-up, whatever round.timeout says

@@ -20,7 +20,6 @@ import math
 import numbers
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from fedcore.core import wire
+from fedcore.core.files import write_atomic
 
 BYTES_PER_MB = 1_000_000
 
@@ -329,22 +329,10 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join([line(headers), line(rule), *(line(r) for r in rows)]) + "\n"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Temp file + rename, so a reader (or a crash) never sees a half-written report file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save(fig: Figure, path: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    _write_atomic(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
     return path
 
 
@@ -460,8 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     table = comparison_table(runs, target=args.target)
     markdown = to_markdown(table)
     print(markdown, end="")
-    _write_atomic(out / "comparison.md", markdown.encode("utf-8"))
-    _write_atomic(out / "comparison.csv", table.to_csv(index=False).encode("utf-8"))
+    write_atomic(out / "comparison.md", markdown)
+    write_atomic(out / "comparison.csv", table.to_csv(index=False))
     plots = plot_runs(runs, out)
     print(f"wrote {out / 'comparison.md'}, {out / 'comparison.csv'} and {len(plots)} plots to {out}")
     return 0

@@ -19,7 +19,7 @@ from torch import nn
 from fedcore.core import wire
 from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
-from fedcore.data.batching import Batch
+from fedcore.data.batching import Batch, to_device
 from fedcore.mechanisms.layer_dropout import only_blocks, sample_active_blocks
 from fedcore.model import tunable_names
 from fedcore.training.memory import ActivationMeter, peak_memory
@@ -115,7 +115,7 @@ def train_plan(
     began = time.perf_counter()
     with peak_memory() as memory:
         for step in range(steps):
-            batch = {k: v.to(device) for k, v in batches[step % len(batches)].items()}
+            batch = to_device(batches[step % len(batches)], device)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(plan, step, steps, warmup_fraction)
             scale = drop_scale(plan, step, steps)

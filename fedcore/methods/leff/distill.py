@@ -35,7 +35,8 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from fedcore.core.layers import find_blocks, swap_blocks
-from fedcore.data.batching import Batch
+from fedcore.data.batching import Batch, to_device
+from fedcore.model import training_state_kept
 
 #: ceil(n * r) tolerance so that float products such as 10 * 0.3 = 3.0000000000000004 give 3, not 4
 _CEIL_SLACK = 1e-9
@@ -118,33 +119,23 @@ def _distill_mode(model: nn.Module, eager: bool) -> Iterator[None]:
 
     Freezing the teacher keeps its .grad untouched while the student trains through the shared embeddings.
     """
-    modes = [(module, module.training) for module in model.modules()]
-    flags = [(param, param.requires_grad) for param in model.parameters()]
     config = model.config
     use_cache = getattr(config, "use_cache", None)
     attn = config._attn_implementation
-    try:
-        model.eval()
-        for param, _ in flags:
-            param.requires_grad_(False)
-        if use_cache is not None:
-            config.use_cache = False
-        if eager and attn != "eager":
-            config._attn_implementation = "eager"
-        yield
-    finally:
-        if eager and attn != "eager":
-            config._attn_implementation = attn
-        if use_cache is not None:
-            config.use_cache = use_cache
-        for param, flag in flags:
-            param.requires_grad_(flag)
-        for module, mode in modes:
-            module.train(mode)
-
-
-def _model_inputs(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    with training_state_kept(model):
+        try:
+            model.eval()
+            model.requires_grad_(False)
+            if use_cache is not None:
+                config.use_cache = False
+            if eager and attn != "eager":
+                config._attn_implementation = "eager"
+            yield
+        finally:
+            if eager and attn != "eager":
+                config._attn_implementation = attn
+            if use_cache is not None:
+                config.use_cache = use_cache
 
 
 def _teacher_targets(
@@ -282,7 +273,7 @@ def distill_segment(
     sources = _student_sources(len(segment), depth)
     with_attentions = alpha > 0
     device = next(model.parameters()).device
-    inputs = [_model_inputs(batch, device) for batch in proxy_batches]
+    inputs = [to_device(batch, device, labels=False) for batch in proxy_batches]
     masks = [batch.get("attention_mask") for batch in inputs]
     with _distill_mode(model, eager=with_attentions):
         # The teacher runs first: it also installs transformers' lazy output-capturing hooks on its blocks,
