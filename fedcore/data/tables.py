@@ -29,7 +29,8 @@ _GROUP = "__natural_group__"
 _RESERVED = ("text", "label")
 _CSV_SUFFIXES = (".csv", ".csv.bz2", ".csv.gz")
 _JSON_SUFFIXES = (".jsonl", ".json")
-_SUFFIXES = (*_CSV_SUFFIXES, *_JSON_SUFFIXES, ".parquet")
+#: local table files read_table understands
+TABLE_SUFFIXES = (*_CSV_SUFFIXES, *_JSON_SUFFIXES, ".parquet")
 #: Embedded unlabelled text for language modelling (each is also the name of its asset).
 _LM_EMBEDDED = ("austen", "chatterbot")
 
@@ -56,12 +57,15 @@ def load_dataset_table(cfg: DataConfig, task: str, seed: int) -> datasets.Datase
     name = cfg.name
     if name.startswith(assets.EMBEDDED_PREFIX):
         table = _load_embedded(name.removeprefix(assets.EMBEDDED_PREFIX), cfg, task)
-    elif name.lower().endswith(_SUFFIXES):
+    elif name.lower().endswith(TABLE_SUFFIXES) or Path(name).exists():
         table = _frame_to_table(
-            _read_file(Path(name)), cfg.text_column, cfg.label_column, cfg.natural_column, task, name
+            read_table(Path(name), "data.name"),
+            cfg.text_column,
+            cfg.label_column,
+            cfg.natural_column,
+            task,
+            name,
         )
-    elif Path(name).exists():
-        raise DataError(f"data.name: unsupported file type for {name}; use one of {', '.join(_SUFFIXES)}")
     else:
         table = _frame_to_table(
             _load_hub(name), cfg.text_column, cfg.label_column, cfg.natural_column, task, name
@@ -166,10 +170,16 @@ def chat_pairs(directory: Path) -> pd.DataFrame:
     return frame
 
 
-def _read_file(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise DataError(f"data.name: file not found: {path}")
+def read_table(path: Path, key: str) -> pd.DataFrame:
+    """A local table file by its suffix (``TABLE_SUFFIXES``; .json: records, else one object per line).
+
+    Every problem is a DataError naming ``key``, the config key that pointed at the file.
+    """
     lower = path.name.lower()
+    if not lower.endswith(TABLE_SUFFIXES):
+        raise DataError(f"{key}: unsupported file type for {path}; use one of {', '.join(TABLE_SUFFIXES)}")
+    if not path.is_file():
+        raise DataError(f"{key}: file not found: {path}")
     try:
         if lower.endswith(_CSV_SUFFIXES):
             return pd.read_csv(path)
@@ -182,7 +192,7 @@ def _read_file(path: Path) -> pd.DataFrame:
                 return pd.read_json(path, lines=True)
         return pd.read_parquet(path)
     except (ValueError, OSError) as exc:
-        raise DataError(f"data.name: cannot read {path}: {exc}") from exc
+        raise DataError(f"{key}: cannot read {path}: {exc}") from exc
 
 
 def _load_hub(name: str) -> pd.DataFrame:

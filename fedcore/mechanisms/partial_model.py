@@ -19,7 +19,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from fedcore.config import RunConfig
-from fedcore.core.layers import EMBED, LayerMap
+from fedcore.core.layers import EMBED, LayerMap, block_group, block_of_group
 from fedcore.model import ModelLoadError, apply_tuning, load_tokenizer, model_location
 
 STUDENT = -1
@@ -58,12 +58,15 @@ def to_global(
 
 def local_groups(groups: Sequence[str], sources: Sequence[int]) -> tuple[str, ...]:
     """Global group names ("block.7", "head") -> the client's own ("block.1", "head")."""
-    position = {
-        f"block.{source}": f"block.{local}" for local, source in enumerate(sources) if source != STUDENT
-    }
-    return tuple(
-        position.get(group, group) for group in groups if not group.startswith("block.") or group in position
-    )
+    position = {source: local for local, source in enumerate(sources) if source != STUDENT}
+    local = []
+    for group in groups:
+        block = block_of_group(group)
+        if block is None:
+            local.append(group)
+        elif block in position:
+            local.append(block_group(position[block]))
+    return tuple(local)
 
 
 def student_state(students: Sequence[nn.Module], first_position: int, layer_map: LayerMap) -> dict:

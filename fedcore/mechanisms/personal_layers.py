@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from fedcore.core.layers import block_of_group
+
 
 def group_update_norms(
     update: Mapping[str, torch.Tensor], group_of: Callable[[str], str]
@@ -22,7 +24,7 @@ def group_update_norms(
     squared: dict[str, float] = {}
     for name, delta in update.items():
         group = group_of(name)
-        if group.startswith("block."):
+        if block_of_group(group) is not None:
             squared[group] = squared.get(group, 0.0) + float(delta.double().pow(2).sum())
     return {group: math.sqrt(value) for group, value in squared.items()}
 
@@ -32,8 +34,8 @@ def choose_personal_groups(norms: Mapping[str, float], fraction: float) -> list[
     if fraction <= 0 or not norms:
         return []
     count = min(len(norms), math.ceil(fraction * len(norms)))
-    ranked = sorted(norms, key=lambda g: (-norms[g], int(g.split(".")[1])))
-    return sorted(ranked[:count], key=lambda g: int(g.split(".")[1]))
+    ranked = sorted(norms, key=lambda g: (-norms[g], block_of_group(g)))
+    return sorted(ranked[:count], key=block_of_group)
 
 
 def keep_personal(

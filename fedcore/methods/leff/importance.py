@@ -55,16 +55,16 @@ def block_importance(model: nn.Module, batches: Sequence[Batch], task: str) -> l
     saved_grads = [p.grad for _, p in named]
     block_params: list[list[nn.Parameter]] = [[] for _ in range(layer_map.num_blocks)]
     for name, param in named:
-        group = layer_map.group_of(name)
-        if group.startswith("block."):
-            block_params[int(group.split(".")[1])].append(param)
+        block = layer_map.block_index(name)
+        if block is not None:
+            block_params[block].append(param)
     device = named[0][1].device
     with training_state_kept(model):
         try:
             model.eval()
             for name, param in named:
                 param.grad = None
-                param.requires_grad_(layer_map.group_of(name).startswith("block."))
+                param.requires_grad_(layer_map.block_index(name) is not None)
             with torch.enable_grad():
                 for batch in batches:
                     inputs = to_device(batch, device)
