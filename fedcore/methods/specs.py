@@ -29,60 +29,21 @@ class MethodSpec:
     personal_fraction: float
     #: ``module:class`` of the planner; the class has ``from_model(cfg, model, tokenizer)``
     planner: str
-    #: what each client does per round, for the docs
-    summary: str
 
+
+_ALL_LAYERS = "fedcore.methods.baselines:AllLayersPlanner"
+_DROPPEFT = "fedcore.methods.droppeft.planner:DropPeftPlanner"
+_LEFF = "fedcore.methods.leff.planner:LeffPlanner"
 
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
-        MethodSpec(
-            "fedavg",
-            "full",
-            ("full",),
-            "off",
-            0.0,
-            "fedcore.methods.baselines:AllLayersPlanner",
-            "trains every block and the head (embeddings frozen)",
-        ),
-        MethodSpec(
-            "fedlora",
-            "lora",
-            ("lora",),
-            "off",
-            0.0,
-            "fedcore.methods.baselines:AllLayersPlanner",
-            "trains LoRA adapters in every block and the head",
-        ),
-        MethodSpec(
-            "fedbitfit",
-            "bitfit",
-            ("bitfit",),
-            "off",
-            0.0,
-            "fedcore.methods.baselines:AllLayersPlanner",
-            "trains the biases (and the classification head)",
-        ),
-        MethodSpec(
-            "droppeft",
-            "lora",
-            TUNING_MODES,
-            "bandit",
-            0.25,
-            "fedcore.methods.droppeft.planner:DropPeftPlanner",
-            "trains with stochastic layer dropout whose rate a per-device bandit picks online; keeps its "
-            "most-changed blocks personal",
-        ),
-        MethodSpec(
-            "leff",
-            "full",
-            ("full",),
-            "off",
-            0.0,
-            "fedcore.methods.leff.planner:LeffPlanner",
-            "trains one window of blocks it can afford, sampled by block importance; the rest arrive "
-            "distilled into small frozen students",
-        ),
+        # name, tuning for 'auto', tunings allowed, dropout for 'auto', personal share for 'auto', planner
+        MethodSpec("fedavg", "full", ("full",), "off", 0.0, _ALL_LAYERS),
+        MethodSpec("fedlora", "lora", ("lora",), "off", 0.0, _ALL_LAYERS),
+        MethodSpec("fedbitfit", "bitfit", ("bitfit",), "off", 0.0, _ALL_LAYERS),
+        MethodSpec("droppeft", "lora", TUNING_MODES, "bandit", 0.25, _DROPPEFT),
+        MethodSpec("leff", "full", ("full",), "off", 0.0, _LEFF),
     )
 }
 
