@@ -51,12 +51,13 @@ from safetensors.torch import load_file, save_file
 from client_app.app import app as client_app
 from client_app.executor import cached_model
 from fedcore.config import RunConfig
-from fedcore.core import protocol
+from fedcore.core import wire
 from fedcore.core.devices import DeviceProfile
 from fedcore.core.plan import LayerPlan
 from fedcore.core.wire import dict_to_config, state_to_arrays
 from fedcore.data.splits import client_splits, server_splits
-from fedcore.methods import ClientInfo, make_planner
+from fedcore.methods.base import ClientInfo
+from fedcore.methods.registry import make_planner
 from fedcore.model import build_model, tunable_state
 from fedcore.presets import PRESETS
 
@@ -108,15 +109,12 @@ def server_side(cfg: RunConfig, capacity: float, directory: Path) -> dict[str, A
     client = ClientInfo(
         node_id=NODE_ID,
         partition_id=PARTITION,
-        num_examples=len(
-            client_splits(cfg.data, cfg.model.task, cfg.seed, PARTITION, cfg.clients.num_partitions).train
-        ),
         profile=DeviceProfile("workstation", capacity=capacity).as_config(),
     )
     began = time.perf_counter()
     planner = make_planner(cfg, model, tokenizer)
-    plan = planner.plan(1, [client])[NODE_ID]
-    payload = planner.payload(NODE_ID, global_state)
+    planned = planner.plan(1, [client], global_state)[NODE_ID]
+    plan, payload = planned.plan, planned.payload
     server_s = time.perf_counter() - began
     directory.mkdir(parents=True)
     save_file(
@@ -126,8 +124,8 @@ def server_side(cfg: RunConfig, capacity: float, directory: Path) -> dict[str, A
     (directory / "run_config.json").write_text(json.dumps(cfg.to_flat()))
     (directory / "plan.json").write_text(json.dumps(plan.to_dict()))
     node_config = {
-        protocol.NODE_PARTITION_ID: PARTITION,
-        protocol.NODE_NUM_PARTITIONS: cfg.clients.num_partitions,
+        wire.NODE_PARTITION_ID: PARTITION,
+        wire.NODE_NUM_PARTITIONS: cfg.clients.num_partitions,
     }
     (directory / "node_config.json").write_text(json.dumps(node_config))
     return {
@@ -149,9 +147,9 @@ def child(directory: Path, threads: int) -> None:
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, NODE_ID, 1
     content = RecordDict(
         {
-            protocol.PLAN: dict_to_config(plan_dict),
-            protocol.RUN_CONFIG: dict_to_config(flat),
-            protocol.GLOBAL: state_to_arrays(load_file(directory / "payload.safetensors")),
+            wire.PLAN: dict_to_config(plan_dict),
+            wire.RUN_CONFIG: dict_to_config(flat),
+            wire.GLOBAL: state_to_arrays(load_file(directory / "payload.safetensors")),
         }
     )
     message = Message(content, dst_node_id=NODE_ID, message_type=MessageType.TRAIN)
@@ -162,13 +160,13 @@ def child(directory: Path, threads: int) -> None:
     peak = peak_rss_mb()
     if reply.has_error():
         raise RuntimeError(f"client round failed: {reply.error.reason}")
-    metrics = dict(reply.content.metric_records[protocol.TRAIN_METRICS])
+    metrics = dict(reply.content.metric_records[wire.TRAIN_METRICS])
     cfg = RunConfig.from_flat(flat)
     plan = LayerPlan.from_dict(plan_dict)
     num_labels = client_splits(
         cfg.data, cfg.model.task, cfg.seed, PARTITION, cfg.clients.num_partitions
     ).num_labels
-    model, _ = cached_model(cfg, num_labels, len(plan.block_sources))  # the model the round used
+    model = cached_model(cfg, num_labels, len(plan.block_sources)).model  # the model the round used
     result = {
         "rss_runtime_mb": rss_runtime,
         "rss_before_round_mb": rss_before,

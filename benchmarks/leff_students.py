@@ -32,14 +32,14 @@ from datasets import Dataset
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from fedcore import distill
-from fedcore.batching import make_batches
 from fedcore.config import RunConfig
-from fedcore.layers import find_blocks, swap_blocks
-from fedcore.metrics import evaluate
+from fedcore.core.layers import find_blocks, swap_blocks
+from fedcore.data.batching import make_batches
+from fedcore.data.proxy import load_proxy_texts
+from fedcore.data.splits import server_splits
+from fedcore.methods.leff import distill
 from fedcore.model import build_model
-from fedcore.proxy import load_proxy_texts
-from fedcore.splits import server_splits
+from fedcore.training.evaluate import evaluate
 
 WINDOWS = ((0, 1), (1, 3), (2, 2), (3, 1), (5, 1))
 #: (label, one-block rule, loss, steps); steps None = the undistilled copies

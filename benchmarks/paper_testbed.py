@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 from benchlib import RESULTS, command_line, header, machine, table, write_results  # noqa: E402
 from methods import merge_overrides  # noqa: E402
 
-from fedcore.launch import simulate  # noqa: E402
-from fedcore.report import RunRecord, load_run, plot_runs  # noqa: E402
+from fedcore.cli.launch import simulate  # noqa: E402
+from fedcore.cli.report import RunRecord, load_run, plot_runs  # noqa: E402
 
 NAME = "paper-testbed"
 #: variant -> overrides on top of the preset (the default of each method is its own name)

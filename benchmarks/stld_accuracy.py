@@ -24,7 +24,7 @@ from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
 from fedcore.data.batching import make_batches
 from fedcore.data.tables import load_dataset_table
-from fedcore.methods.droppeft.bandit import DropConfig
+from fedcore.mechanisms.layer_dropout import DropConfig
 from fedcore.model import build_model
 from fedcore.training.evaluate import evaluate
 from fedcore.training.train import train_plan

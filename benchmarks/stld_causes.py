@@ -30,13 +30,13 @@ import torch
 from benchlib import MINILM, QUICK_RESULTS, RESULTS, command_line, header, machine, table, write_results
 from torch import nn
 
-from fedcore.batching import make_batches
 from fedcore.config import RunConfig
-from fedcore.data import load_dataset_table
-from fedcore.layers import HEAD, LayerMap
-from fedcore.metrics import evaluate
+from fedcore.core.layers import HEAD, LayerMap
+from fedcore.data.batching import make_batches
+from fedcore.data.tables import load_dataset_table
+from fedcore.mechanisms.layer_dropout import only_blocks, sample_active_blocks
 from fedcore.model import build_model
-from fedcore.stld import only_blocks, sample_active_blocks
+from fedcore.training.evaluate import evaluate
 
 RATE = 0.15
 Step = Callable[[int], list[int]]

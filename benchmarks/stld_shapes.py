@@ -21,16 +21,21 @@ import torch
 from benchlib import RESULTS, command_line, header, machine, table, write_results
 from datasets import Dataset
 
-from fedcore.bandit import DropConfig
-from fedcore.batching import make_batches
 from fedcore.config import RunConfig
-from fedcore.layers import LayerMap
-from fedcore.metrics import evaluate
+from fedcore.core.layers import LayerMap
+from fedcore.data.batching import make_batches
+from fedcore.data.proxy import load_proxy_texts
+from fedcore.data.splits import server_splits
+from fedcore.mechanisms.block_sensitivity import block_sensitivity
+from fedcore.mechanisms.layer_dropout import (
+    DropConfig,
+    only_blocks,
+    sample_active_blocks,
+    sensitivity_weights,
+    spread_rate,
+)
 from fedcore.model import build_model
-from fedcore.proxy import load_proxy_texts
-from fedcore.sensitivity import block_sensitivity, sensitivity_weights, spread_rate
-from fedcore.splits import server_splits
-from fedcore.stld import only_blocks, sample_active_blocks
+from fedcore.training.evaluate import evaluate
 
 RATE = 0.3
 

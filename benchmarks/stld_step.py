@@ -47,7 +47,8 @@ from fedcore.core.plan import LayerPlan
 from fedcore.data.batching import Batch, make_batches
 from fedcore.data.splits import server_splits
 from fedcore.mechanisms.layer_dropout import only_blocks, sample_active_blocks
-from fedcore.methods import ClientInfo, make_planner
+from fedcore.methods.base import ClientInfo
+from fedcore.methods.registry import make_planner
 from fedcore.model import build_model
 from fedcore.training.memory import ActivationMeter
 from fedcore.training.train import train_plan, trained_parameters
@@ -135,7 +136,9 @@ def benchmark(
     layer_map = LayerMap(model)
     num_blocks = layer_map.num_blocks
     client = ClientInfo(node_id=0, partition_id=0)
-    plans = {p: make_planner(cfg, model, tokenizer).plan(1, [client])[0] for p, cfg in configs.items()}
+    plans = {
+        p: make_planner(cfg, model, tokenizer).plan(1, [client], {})[0].plan for p, cfg in configs.items()
+    }
     settings = [Setting(f"p={p}", plans[p]) for p in RATES]
     settings.append(Setting(ONE_BLOCK, plans[0.0], fixed_active=[0]))
     params = list(trained_parameters(model, layer_map, plans[0.0]).values())

@@ -7,7 +7,7 @@ from flwr.clientapp import ClientApp
 
 from client_app.executor import execute_train, node_info
 from fedcore.config import RunConfig
-from fedcore.core import protocol
+from fedcore.core import wire
 from fedcore.core.wire import config_to_dict
 
 app = ClientApp()
@@ -18,7 +18,7 @@ def train(msg: Message, context: Context) -> Message:
     return Message(execute_train(msg.content, dict(context.node_config), context.state), reply_to=msg)
 
 
-@app.query(protocol.INFO_QUERY)
+@app.query(wire.INFO_QUERY)
 def info(msg: Message, context: Context) -> Message:
-    cfg = RunConfig.from_flat(config_to_dict(msg.content.config_records[protocol.RUN_CONFIG]))
+    cfg = RunConfig.from_flat(config_to_dict(msg.content.config_records[wire.RUN_CONFIG]))
     return Message(node_info(dict(context.node_config), cfg), reply_to=msg)

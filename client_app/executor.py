@@ -1,7 +1,8 @@
 """The generic client: execute one LayerPlan on this node's data and produce the reply content.
 
 Every method (baselines, DropPEFT, LEFF) arrives here as a plan; nothing in this file knows which
-method is running. Personal layers (PTLS) live in the node's persistent state between rounds.
+method is running. ``execute_train`` reads top to bottom as the round's steps, one function each.
+Personal layers (PTLS) live in the node's persistent state between rounds, under global names.
 """
 
 from __future__ import annotations
@@ -11,35 +12,44 @@ import time
 from typing import Any
 
 import torch
+from datasets import Dataset
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from fedcore.config import RunConfig
-from fedcore.core import protocol
-from fedcore.core.devices import profile_for
+from fedcore.core import wire
+from fedcore.core.devices import DeviceProfile, profile_for
 from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
 from fedcore.core.wire import arrays_to_state, config_to_dict, state_to_arrays
-from fedcore.data.batching import make_batches
+from fedcore.data.batching import Batch, make_batches
 from fedcore.data.splits import ClientSplits, client_splits
-from fedcore.mechanisms.partial_model import build_layout_model, local_groups, to_global, to_local
-from fedcore.mechanisms.personal_layers import choose_personal_groups, group_update_norms
+from fedcore.mechanisms.partial_model import Layout, build_layout_model
+from fedcore.mechanisms.personal_layers import keep_personal, next_personal_state, shared_update
 from fedcore.model import build_model, load_tokenizer, load_tunable_state
 from fedcore.training.evaluate import evaluate
-from fedcore.training.train import train_plan
+from fedcore.training.train import TrainOutcome, train_plan
 
 #: key of the personal parameters in the node's persistent state (context.state)
 PERSONAL_STATE = "fedlayer.personal"
 
-_model_cache: dict[tuple, tuple[nn.Module, PreTrainedTokenizerBase]] = {}
+
+@dataclasses.dataclass(frozen=True)
+class ClientModel:
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    layer_map: LayerMap
+
+
+_model_cache: dict[tuple, ClientModel] = {}
 
 
 def node_partition(cfg: RunConfig, node_config: dict[str, Any]) -> tuple[int, int]:
     """(partition id, number of partitions) from the SuperNode's node config."""
     try:
-        partition_id = int(node_config[protocol.NODE_PARTITION_ID])
-        num_partitions = cfg.clients.num_partitions or int(node_config[protocol.NODE_NUM_PARTITIONS])
+        partition_id = int(node_config[wire.NODE_PARTITION_ID])
+        num_partitions = cfg.clients.num_partitions or int(node_config[wire.NODE_NUM_PARTITIONS])
     except KeyError as missing:
         raise ValueError(
             f"node config lacks {missing}: start the SuperNode with "
@@ -54,7 +64,7 @@ def local_data(cfg: RunConfig, node_config: dict[str, Any]) -> tuple[int, Client
     return partition_id, splits
 
 
-def cached_model(cfg: RunConfig, num_labels: int, depth: int) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+def cached_model(cfg: RunConfig, num_labels: int, depth: int) -> ClientModel:
     """The full model (depth 0) or a LEFF layout of ``depth`` blocks, reused across rounds in one process.
 
     Reuse is safe because every round overwrites all tunable parameters with the server's values and
@@ -64,9 +74,10 @@ def cached_model(cfg: RunConfig, num_labels: int, depth: int) -> tuple[nn.Module
     if key not in _model_cache:
         _model_cache.clear()
         if depth:
-            _model_cache[key] = (build_layout_model(cfg, num_labels, depth), load_tokenizer(cfg.model))
+            model, tokenizer = build_layout_model(cfg, num_labels, depth), load_tokenizer(cfg.model)
         else:
-            _model_cache[key] = build_model(cfg, num_labels)
+            model, tokenizer = build_model(cfg, num_labels)
+        _model_cache[key] = ClientModel(model, tokenizer, LayerMap(model))
     return _model_cache[key]
 
 
@@ -75,54 +86,121 @@ def device() -> torch.device:
 
 
 def node_info(node_config: dict[str, Any], cfg: RunConfig) -> RecordDict:
-    """Answer the server's info query: who this client is, how much data and what device it has."""
-    partition_id, splits = local_data(cfg, node_config)
+    """Answer the server's info query: who this client is and what device it has (loading its data
+    here makes a data problem show at start-up)."""
+    partition_id, _ = local_data(cfg, node_config)
     profile = profile_for(partition_id, cfg.devices.profiles, node_config)
     info = {k: v for k, v in node_config.items() if isinstance(v, (int, float, str, bool))}
     info.update(profile.as_config())
-    info.update({protocol.NODE_PARTITION_ID: partition_id, "num-examples": len(splits.train)})
-    return RecordDict({protocol.NODE_INFO: ConfigRecord(info)})
+    info[wire.NODE_PARTITION_ID] = partition_id
+    return RecordDict({wire.NODE_INFO: ConfigRecord(info)})
 
 
 def execute_train(content: RecordDict, node_config: dict[str, Any], state: RecordDict) -> RecordDict:
+    """One round of one client, step by step."""
     began = time.perf_counter()
-    cfg = RunConfig.from_flat(config_to_dict(content.config_records[protocol.RUN_CONFIG]))
-    plan = LayerPlan.from_dict(config_to_dict(content.config_records[protocol.PLAN]))
-    global_arrays = content.array_records[protocol.GLOBAL]
+    cfg, plan, arrays = decode(content)
     partition_id, splits = local_data(cfg, node_config)
     profile = profile_for(partition_id, cfg.devices.profiles, node_config)
-    model, tokenizer = cached_model(cfg, splits.num_labels, len(plan.block_sources))
-    layer_map = LayerMap(model)
-    # Below, tensors carry the client model's own (local) names; personal layers are stored and uploads
-    # are sent under global names. The two differ only for LEFF layouts.
-    sources = plan.block_sources or tuple(range(layer_map.num_blocks))
-    bytes_down = global_arrays.count_bytes()
-    received = arrays_to_state(global_arrays, release=True)
-    stored = arrays_to_state(state.array_records[PERSONAL_STATE]) if PERSONAL_STATE in state else {}
-    personal = to_local(stored, layer_map, sources)
-    load_tunable_state(model, received)
-    load_tunable_state(model, personal)
-    local_plan = dataclasses.replace(plan, train_groups=local_groups(plan.train_groups, sources))
-    # Frozen tensors now live only in the model; trained ones are kept as the start of the update.
-    received = {n: t for n, t in received.items() if layer_map.group_of(n) in local_plan.train_groups}
+    client = cached_model(cfg, splits.num_labels, len(plan.block_sources))
+    # The client model's own (local) names differ from the global ones only for LEFF layouts; the layout
+    # is the one place that switches between them.
+    layout = Layout.for_plan(client.layer_map, plan.block_sources)
+    local_plan = dataclasses.replace(plan, train_groups=layout.local_groups(plan.train_groups))
+    bytes_down = arrays.count_bytes()
+    received = load_global(client, arrays, local_plan)
+    stored, personal = overlay_personal(client, layout, state)
 
-    def batches(table: Any, shuffle_seed: int | None, batch_size: int) -> list:
-        return make_batches(table, tokenizer, cfg.model.task, cfg.model.max_length, batch_size, shuffle_seed)
-
-    metrics: dict[str, float] = {}
     held_out = splits.test if len(splits.test) else splits.train
-    if plan.evaluate_local:
-        local_test = held_out.select(range(min(len(held_out), cfg.eval.client_examples or len(held_out))))
-        local = evaluate(model, batches(local_test, None, cfg.eval.batch_size), cfg.model.task, device())
-        metrics.update({f"personal_{k}": v for k, v in local.items()})
-    probe_table = held_out.select(range(min(len(held_out), plan.probe_examples)))
-    probe = batches(probe_table, None, cfg.eval.batch_size)
+    metrics, probe = evaluate_locally(client, cfg, plan, held_out)
+    outcome = train(client, cfg, local_plan, splits.train, received, personal)
     if probe:
-        metrics["probe_loss_before"] = evaluate(model, probe, cfg.model.task, device())["loss"]
+        metrics[wire.PROBE_LOSS_AFTER] = evaluate(client.model, probe, cfg.model.task, device())["loss"]
+    keep, held = select_personal(client, layout, plan, outcome, stored, state)
+    update = build_upload(client, layout, cfg, outcome, keep, personal, received)
+    metrics.update(outcome.metrics)
+    metrics.update(
+        {
+            wire.EXAMPLES: len(splits.train),
+            wire.PERSONAL_BLOCKS: len(keep),
+            wire.MODEL_BLOCKS: client.layer_map.num_blocks,
+            wire.DEVICE_TIME_S: outcome.metrics[wire.COMPUTE_TIME_S] / profile.speed,
+            wire.BYTES_DOWN: bytes_down,
+            wire.BYTES_UP: update.count_bytes(),
+            wire.WALL_TIME_S: time.perf_counter() - began,
+        }
+    )
+    return reply(update, metrics, profile, held)
 
-    outcome = train_plan(
-        model,
-        batches(splits.train, plan.seed, cfg.train.batch_size),
+
+def decode(content: RecordDict) -> tuple[RunConfig, LayerPlan, ArrayRecord]:
+    """The run config, this client's plan and the tensors sent with it."""
+    cfg = RunConfig.from_flat(config_to_dict(content.config_records[wire.RUN_CONFIG]))
+    plan = LayerPlan.from_dict(config_to_dict(content.config_records[wire.PLAN]))
+    return cfg, plan, content.array_records[wire.GLOBAL]
+
+
+def load_global(client: ClientModel, arrays: ArrayRecord, local_plan: LayerPlan) -> dict[str, torch.Tensor]:
+    """Load the server's values into the model; returns those of the trained groups (the update's start).
+
+    The payload is released tensor by tensor while converting, and frozen tensors then live only in the
+    model: each tensor is held once.
+    """
+    received = arrays_to_state(arrays, release=True)
+    load_tunable_state(client.model, received)
+    trained = set(local_plan.train_groups)
+    return {n: t for n, t in received.items() if client.layer_map.group_of(n) in trained}
+
+
+def overlay_personal(
+    client: ClientModel, layout: Layout, state: RecordDict
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Put this client's personal values over the global ones; returns them (global names, local names)."""
+    stored = arrays_to_state(state.array_records[PERSONAL_STATE]) if PERSONAL_STATE in state else {}
+    personal = layout.to_local(stored)
+    load_tunable_state(client.model, personal)
+    return stored, personal
+
+
+def batches_of(
+    client: ClientModel, cfg: RunConfig, table: Dataset, batch_size: int, shuffle_seed: int | None = None
+) -> list[Batch]:
+    task, max_length = cfg.model.task, cfg.model.max_length
+    return make_batches(table, client.tokenizer, task, max_length, batch_size, shuffle_seed)
+
+
+def evaluate_locally(
+    client: ClientModel, cfg: RunConfig, plan: LayerPlan, held_out: Dataset
+) -> tuple[dict[str, float], list[Batch]]:
+    """Before training: the personalised model on local held-out data, and the probe loss (bandit reward).
+
+    Returns the metrics and the probe batches, which are evaluated again after training.
+    """
+    metrics: dict[str, float] = {}
+    if plan.evaluate_local:
+        count = min(len(held_out), cfg.eval.client_examples or len(held_out))
+        local_test = batches_of(client, cfg, held_out.select(range(count)), cfg.eval.batch_size)
+        local = evaluate(client.model, local_test, cfg.model.task, device())
+        metrics.update({wire.PERSONAL_PREFIX + k: v for k, v in local.items()})
+    probe_table = held_out.select(range(min(len(held_out), plan.probe_examples)))
+    probe = batches_of(client, cfg, probe_table, cfg.eval.batch_size)
+    if probe:
+        metrics[wire.PROBE_LOSS_BEFORE] = evaluate(client.model, probe, cfg.model.task, device())["loss"]
+    return metrics, probe
+
+
+def train(
+    client: ClientModel,
+    cfg: RunConfig,
+    local_plan: LayerPlan,
+    train_table: Dataset,
+    received: dict[str, torch.Tensor],
+    personal: dict[str, torch.Tensor],
+) -> TrainOutcome:
+    """Run the local loop on the plan's groups (layer dropout inside, when the plan has drop rates)."""
+    return train_plan(
+        client.model,
+        batches_of(client, cfg, train_table, cfg.train.batch_size, local_plan.seed),
         local_plan,
         weight_decay=cfg.train.weight_decay,
         warmup_fraction=cfg.train.warmup_fraction,
@@ -130,43 +208,52 @@ def execute_train(content: RecordDict, node_config: dict[str, Any], state: Recor
         precision=cfg.train.precision,
         start=received | personal,  # the values the model was just loaded with: no extra copy
         device=device(),
+        layer_map=client.layer_map,
     )
-    if probe:
-        metrics["probe_loss_after"] = evaluate(model, probe, cfg.model.task, device())["loss"]
 
-    norms = group_update_norms(outcome.update, layer_map.group_of)
-    keep = set(choose_personal_groups(norms, plan.personal_fraction))
-    params = dict(model.named_parameters())
-    new_personal = {
-        n: params[n].detach().cpu().clone() for n in outcome.update if layer_map.group_of(n) in keep
-    }
-    # Blocks trained this round are personal only if kept now; untrained ones keep their personal value.
-    global_personal = to_global(new_personal, layer_map, sources)
-    carried = {n: t for n, t in stored.items() if layer_map.group_of(n) not in plan.train_groups}
-    state[PERSONAL_STATE] = ArrayRecord({**carried, **global_personal})
-    # Uploads are relative to the global value received, also where a personal value was trained from.
-    upload = {
-        name: delta + (personal[name] - received[name] if name in personal else 0.0)
-        for name, delta in outcome.update.items()
-        if layer_map.group_of(name) not in keep
-    }
-    update = state_to_arrays(to_global(upload, layer_map, sources), cfg.round.wire_dtype)
-    metrics.update(outcome.metrics)
-    metrics.update(
-        examples=len(splits.train),
-        personal_blocks=len(keep),
-        model_blocks=layer_map.num_blocks,
-        device_time_s=outcome.metrics["compute_time_s"] / profile.speed,
-        bytes_down=bytes_down,
-        bytes_up=update.count_bytes(),
-        wall_time_s=time.perf_counter() - began,
-    )
-    personal_groups = sorted({layer_map.group_of(name) for name in {**carried, **global_personal}})
-    report = {"device": profile.name, "personal-groups": personal_groups or [""]}
+
+def select_personal(
+    client: ClientModel,
+    layout: Layout,
+    plan: LayerPlan,
+    outcome: TrainOutcome,
+    stored: dict[str, torch.Tensor],
+    state: RecordDict,
+) -> tuple[set[str], list[str]]:
+    """Keep the most-updated trained blocks personal (node state, global names).
+
+    Returns the groups kept this round (local names) and every group the client now holds personal.
+    """
+    group_of = client.layer_map.group_of
+    keep, kept = keep_personal(client.model, outcome.update, group_of, plan.personal_fraction)
+    personal_state = next_personal_state(stored, layout.to_global(kept), plan.train_groups, group_of)
+    state[PERSONAL_STATE] = ArrayRecord(personal_state)
+    return keep, sorted({group_of(name) for name in personal_state})
+
+
+def build_upload(
+    client: ClientModel,
+    layout: Layout,
+    cfg: RunConfig,
+    outcome: TrainOutcome,
+    keep: set[str],
+    personal: dict[str, torch.Tensor],
+    received: dict[str, torch.Tensor],
+) -> ArrayRecord:
+    """The update of the shared trained groups, under global names, in the wire precision."""
+    upload = shared_update(outcome.update, keep, client.layer_map.group_of, personal, received)
+    return state_to_arrays(layout.to_global(upload), cfg.round.wire_dtype)
+
+
+def reply(
+    update: ArrayRecord, metrics: dict[str, float], profile: DeviceProfile, personal_groups: list[str]
+) -> RecordDict:
+    """The reply content: the update, the numbers, and the facts that are not numbers."""
+    report = {wire.REPORT_DEVICE: profile.name, wire.REPORT_PERSONAL_GROUPS: personal_groups or [""]}
     return RecordDict(
         {
-            protocol.UPDATE: update,
-            protocol.TRAIN_METRICS: MetricRecord(metrics),
-            protocol.TRAIN_REPORT: ConfigRecord(report),
+            wire.UPDATE: update,
+            wire.TRAIN_METRICS: MetricRecord(metrics),
+            wire.TRAIN_REPORT: ConfigRecord(report),
         }
     )

@@ -10,21 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fedcore.methods.specs import METHODS, MethodSpec, TuningMode, method_spec
 from fedcore.presets import PRESETS, apply_preset
 
-Method = Literal["fedavg", "fedlora", "fedbitfit", "droppeft", "leff"]
-TuningMode = Literal["full", "lora", "bitfit"]
-
-#: The tuning each method implies; "auto" in ``tuning.mode`` picks this.
-METHOD_TUNING: dict[str, TuningMode] = {
-    "fedavg": "full",
-    "fedlora": "lora",
-    "fedbitfit": "bitfit",
-    "droppeft": "lora",
-    "leff": "full",
-}
 #: Learning rates that work for each tuning mode when ``train.lr`` is 0 (our defaults, not the papers').
 DEFAULT_LR: dict[str, float] = {"full": 5e-5, "lora": 1e-3, "bitfit": 1e-3}
 
@@ -138,13 +128,17 @@ class LayerDropConfig(Section):
     warmup: float = Field(
         0.0, ge=0, le=1, description="Share of the federation's steps over which drop rates ramp up from 0."
     )
-    shape: Literal["uniform", "incremental"] = "incremental"
+    shape: Literal["uniform", "incremental", "sensitivity"] = Field(
+        "incremental", description="How drop.mean-rate is spread over the blocks (mode=fixed)."
+    )
     rates: str = Field("0.15,0.3", description="Bandit arms: comma-separated mean rates.")
     shapes: str = Field("incremental", description="Bandit arms: comma-separated shapes.")
     exploration: float = Field(
         0.2, ge=0, description="UCB exploration weight (rewards are normalised to [0, 1] per device)."
     )
-    discount: float = Field(1.0, gt=0, le=1, description="1 = UCB1; < 1 = discounted UCB.")
+    discount: float = Field(
+        1.0, gt=0, le=1, description="1 = UCB1 with pruning of bad arms; < 1 = discounted UCB, no pruning."
+    )
     probe_examples: int = Field(
         64, ge=0, description="Held-out local examples for the bandit's loss-drop reward (0 = off)."
     )
@@ -154,9 +148,11 @@ class LayerDropConfig(Section):
         rates = self.rate_grid()
         if not rates or any(not 0 <= r < 1 for r in rates):
             raise ValueError(f"drop.rates must be comma-separated numbers in [0, 1) (got '{self.rates}')")
-        bad = [s for s in self.shape_grid() if s not in ("uniform", "incremental")]
+        bad = [s for s in self.shape_grid() if s not in ("uniform", "incremental", "sensitivity")]
         if bad or not self.shape_grid():
-            raise ValueError(f"drop.shapes must be from 'uniform', 'incremental' (got '{self.shapes}')")
+            raise ValueError(
+                f"drop.shapes must be from 'uniform', 'incremental', 'sensitivity' (got '{self.shapes}')"
+            )
         return self
 
     def rate_grid(self) -> list[float]:
@@ -218,7 +214,7 @@ class RunConfig(Section):
     preset: str = Field(
         "", description="A named bundle of settings (fedcore/presets.py); explicit values win."
     )
-    method: Method = "fedlora"
+    method: str = Field("fedlora", description="One of fedcore/methods/specs.py's METHODS.")
     seed: int = Field(0, ge=0)
     rounds: int = Field(5, ge=1, le=100000)
     resume_from: str = Field("", description="A run directory whose last checkpoint this run continues.")
@@ -235,35 +231,40 @@ class RunConfig(Section):
     devices: DevicesConfig = DevicesConfig()
     output: OutputConfig = OutputConfig()
 
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        if method not in METHODS:
+            raise ValueError(f"must be one of {', '.join(repr(m) for m in METHODS)}")
+        return method
+
     @model_validator(mode="after")
     def _tuning_fits_method(self) -> RunConfig:
-        fixed = {"fedavg", "fedlora", "fedbitfit"}
-        if self.method in fixed and self.tuning.mode not in ("auto", METHOD_TUNING[self.method]):
+        allowed = self.method_spec.allowed_tuning
+        if self.tuning.mode not in ("auto", *allowed):
             raise ValueError(
-                f"tuning.mode={self.tuning.mode} contradicts method={self.method}, which always uses "
-                f"'{METHOD_TUNING[self.method]}' (use 'auto')"
+                f"tuning.mode={self.tuning.mode} contradicts method={self.method}, which trains with "
+                f"{' or '.join(repr(m) for m in allowed)} (use 'auto')"
             )
-        if self.method == "leff" and self.tuning_mode != "full":
-            raise ValueError("method=leff trains whole blocks: tuning.mode must be 'auto' or 'full'")
         return self
 
     @property
+    def method_spec(self) -> MethodSpec:
+        return method_spec(self.method)
+
+    # The settings actually used: an explicit value, or for 'auto' the method's own (its MethodSpec).
+
+    @property
     def tuning_mode(self) -> TuningMode:
-        """The tuning actually used: the explicit mode, or the method's own."""
-        mode = self.tuning.mode
-        return METHOD_TUNING[self.method] if mode == "auto" else mode
+        return _explicit_or(self.tuning.mode, self.method_spec.tuning)
 
     @property
     def drop_mode(self) -> str:
-        if self.drop.mode == "auto":
-            return "bandit" if self.method == "droppeft" else "off"
-        return self.drop.mode
+        return _explicit_or(self.drop.mode, self.method_spec.drop_mode)
 
     @property
     def personal_fraction(self) -> float:
-        if self.ptls.fraction == "auto":
-            return 0.25 if self.method == "droppeft" else 0.0
-        return self.ptls.fraction
+        return _explicit_or(self.ptls.fraction, self.method_spec.personal_fraction)
 
     @property
     def learning_rate(self) -> float:
@@ -294,6 +295,10 @@ class RunConfig(Section):
     def to_flat(self) -> dict[str, Any]:
         """The inverse of from_flat: dotted kebab-case keys with scalar values."""
         return _flatten(self.model_dump(by_alias=True))
+
+
+def _explicit_or(value: Any, method_default: Any) -> Any:
+    return method_default if value == "auto" else value
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -7,6 +7,9 @@ model's *tunable* set; the client may freeze part of it further per round (that 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
 from torch import nn
@@ -119,6 +122,20 @@ def apply_tuning(model: nn.Module, mode: str, tuning: TuningConfig, task: str) -
         )
     set_tunable(model, tunable)
     return model
+
+
+@contextmanager
+def training_state_kept(model: nn.Module) -> Iterator[None]:
+    """Code inside may switch train/eval modes and requires_grad flags; both are as found afterwards."""
+    modes = [(module, module.training) for module in model.modules()]
+    flags = [(param, param.requires_grad) for param in model.parameters()]
+    try:
+        yield
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
+        for module, mode in modes:
+            module.train(mode)
 
 
 def set_tunable(model: nn.Module, names: list[str]) -> None:

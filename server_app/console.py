@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedcore.core import wire
+
 # (row key, title, width, number format); bytes are shown in MB
 _COLUMNS = [
     ("round", "round", 5, "d"),
@@ -11,8 +13,8 @@ _COLUMNS = [
     ("perplexity", "ppl", 8, ".2f"),
     ("loss", "loss", 7, ".4f"),
     ("round_wall_time_s", "wall s", 7, ".1f"),
-    ("bytes_down", "MB down", 8, ".2f"),
-    ("bytes_up", "MB up", 7, ".2f"),
+    (wire.BYTES_DOWN, "MB down", 8, ".2f"),
+    (wire.BYTES_UP, "MB up", 7, ".2f"),
     ("max_client_peak_rss_mb", "peak MB", 8, ".0f"),
     ("clients_ok", "ok", 3, "d"),
     ("clients_failed", "bad", 3, "d"),
@@ -35,7 +37,7 @@ def line(row: dict[str, Any], task: str) -> str:
         if value is None:
             cells.append("-".rjust(width))
             continue
-        if key.startswith("bytes"):
+        if key in (wire.BYTES_DOWN, wire.BYTES_UP):
             value = value / 1e6
         cells.append(format(value, f">{width}{spec}"))
     return " ".join(cells)

@@ -21,21 +21,23 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from fedcore.config import RunConfig
-from fedcore.core import protocol
+from fedcore.core import wire
 from fedcore.core.aggregate import ClientUpdate, UpdateRejected, aggregate_layerwise, validate_update
+from fedcore.core.files import write_json_atomic
 from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
 from fedcore.core.seeding import derive_seed
 from fedcore.core.wire import arrays_to_state, dict_to_config, state_to_arrays
 from fedcore.data.batching import Batch, make_batches
 from fedcore.data.splits import server_splits
-from fedcore.methods import ClientInfo, ClientResult, Planner, make_planner
+from fedcore.methods.base import ClientInfo, ClientPlan, ClientResult, Planner
+from fedcore.methods.registry import make_planner
 from fedcore.model import build_model, load_tunable_state, tunable_state
 from fedcore.training.evaluate import evaluate
 from server_app import console
 from server_app.checkpoint import Checkpoint, check_compatible, load_checkpoint, save_checkpoint
 from server_app.nodes import query_clients, replies_by_node, wait_for_nodes
-from server_app.run_log import RunLog, new_run_dir, write_json_atomic
+from server_app.run_log import RunLog, new_run_dir
 from server_app.samples import generate_samples
 
 #: the shortest wait for the clients' info replies at start-up, whatever round.timeout says
@@ -74,14 +76,12 @@ def sample_clients(clients: list[ClientInfo], cfg: RunConfig, round_number: int)
     return sorted(rng.sample(clients, cfg.clients.per_round), key=lambda c: c.partition_id)
 
 
-def train_message(
-    client: ClientInfo, plan: LayerPlan, cfg: RunConfig, payload: dict[str, torch.Tensor]
-) -> Message:
+def train_message(client: ClientInfo, planned: ClientPlan, cfg: RunConfig) -> Message:
     content = RecordDict(
         {
-            protocol.PLAN: dict_to_config(plan.to_dict()),
-            protocol.RUN_CONFIG: dict_to_config(cfg.to_flat()),
-            protocol.GLOBAL: state_to_arrays(payload, cfg.round.wire_dtype),
+            wire.PLAN: dict_to_config(planned.plan.to_dict()),
+            wire.RUN_CONFIG: dict_to_config(cfg.to_flat()),
+            wire.GLOBAL: state_to_arrays(planned.payload, cfg.round.wire_dtype),
         }
     )
     return Message(content, dst_node_id=client.node_id, message_type=MessageType.TRAIN)
@@ -100,16 +100,16 @@ def collect_reply(
     if reply.has_error():
         return ClientOutcome({**row, "status": "failed", "reason": reply.error.reason}, None)
     try:
-        metrics = dict(reply.content.metric_records[protocol.TRAIN_METRICS])
-        update = arrays_to_state(reply.content.array_records[protocol.UPDATE])
+        metrics = dict(reply.content.metric_records[wire.TRAIN_METRICS])
+        update = arrays_to_state(reply.content.array_records[wire.UPDATE])
         wanted = set(plan.train_groups)
         plan_expected = {n: s for n, s in expected.items() if layer_map.group_of(n) in wanted}
-        validate_update(update, metrics.get("examples"), plan_expected, layer_map.group_of)
+        validate_update(update, metrics.get(wire.EXAMPLES), plan_expected, layer_map.group_of)
     except (KeyError, TypeError, ValueError) as exc:
         reason = str(exc) if isinstance(exc, UpdateRejected) else f"malformed reply: {exc!r}"
         return ClientOutcome({**row, "status": "rejected", "reason": reason}, None)
     row.update(metrics, status="ok", reason=None)
-    return ClientOutcome(row, ClientUpdate(client.node_id, int(metrics["examples"]), update))
+    return ClientOutcome(row, ClientUpdate(client.node_id, int(metrics[wire.EXAMPLES]), update))
 
 
 def prepare(cfg: RunConfig) -> tuple[ServerState, RunLog, PreTrainedTokenizerBase]:
@@ -159,13 +159,12 @@ def run_round(
     """One round: plans out, replies in, layer-wise aggregate of the sound replies."""
     cfg = state.cfg
     chosen = sample_clients(clients, cfg, round_number)
-    plans = state.planner.plan(round_number, chosen)
-    messages = [
-        train_message(c, plans[c.node_id], cfg, state.planner.payload(c.node_id, state.global_state))
-        for c in chosen
-    ]
+    planned = state.planner.plan(round_number, chosen, state.global_state)
+    messages = [train_message(c, planned[c.node_id], cfg) for c in chosen]
+    plans = {node_id: p.plan for node_id, p in planned.items()}
+    del planned  # each payload now lives in its message only
     bytes_down = {
-        m.metadata.dst_node_id: m.content.array_records[protocol.GLOBAL].count_bytes() for m in messages
+        m.metadata.dst_node_id: m.content.array_records[wire.GLOBAL].count_bytes() for m in messages
     }
     replies = replies_by_node(grid.send_and_receive(messages, timeout=cfg.round.timeout), messages)
     outcomes = []
@@ -179,7 +178,7 @@ def run_round(
             row = {"node_id": client.node_id, "partition_id": client.partition_id, "status": "timeout"}
             outcome = ClientOutcome({**row, "reason": reason}, None)
         outcome.row.update(kind="client", round=round_number)
-        outcome.row.setdefault("bytes_down", bytes_down[client.node_id])
+        outcome.row.setdefault(wire.BYTES_DOWN, bytes_down[client.node_id])
         outcomes.append(outcome)
     good = [o.update for o in outcomes if o.update is not None]
     if len(good) >= cfg.clients.min:
@@ -209,9 +208,9 @@ def global_row(state: ServerState, round_number: int, outcomes: list[ClientOutco
         "round": round_number,
         **evaluate_server(state),
         "aggregated": len(ok_rows) >= state.cfg.clients.min,
-        "bytes_down": sum(o.row.get("bytes_down", 0) for o in outcomes),
-        "bytes_up": sum(r.get("bytes_up", 0) for r in ok_rows),
-        "max_client_peak_rss_mb": max((r["peak_rss_mb"] for r in ok_rows), default=None),
+        wire.BYTES_DOWN: sum(o.row.get(wire.BYTES_DOWN, 0) for o in outcomes),
+        wire.BYTES_UP: sum(r.get(wire.BYTES_UP, 0) for r in ok_rows),
+        "max_client_peak_rss_mb": max((r[wire.PEAK_RSS_MB] for r in ok_rows), default=None),
         "clients_ok": len(ok_rows),
         "clients_failed": len(outcomes) - len(ok_rows),
         "planner": state.planner.state_dict(),

@@ -8,9 +8,9 @@ from collections.abc import Iterable
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedcore.core import protocol
+from fedcore.core import wire
 from fedcore.core.wire import config_to_dict, dict_to_config
-from fedcore.methods import ClientInfo
+from fedcore.methods.base import ClientInfo
 
 
 def wait_for_nodes(grid: Grid, minimum: int, timeout_s: float, poll_s: float = 1.0) -> list[int]:
@@ -40,9 +40,9 @@ def query_clients(
     """Ask every node for its partition and profile; returns (answers, {node id: failure reason})."""
     messages = [
         Message(
-            RecordDict({protocol.RUN_CONFIG: dict_to_config(flat_config)}),
+            RecordDict({wire.RUN_CONFIG: dict_to_config(flat_config)}),
             dst_node_id=node_id,
-            message_type=f"{MessageType.QUERY}.{protocol.INFO_QUERY}",
+            message_type=f"{MessageType.QUERY}.{wire.INFO_QUERY}",
         )
         for node_id in node_ids
     ]
@@ -54,12 +54,11 @@ def query_clients(
         if reply.has_error():
             failures[node_id] = f"error: {reply.error.reason}"
             continue
-        info = config_to_dict(reply.content.config_records[protocol.NODE_INFO])
+        info = config_to_dict(reply.content.config_records[wire.NODE_INFO])
         clients.append(
             ClientInfo(
                 node_id=node_id,
-                partition_id=int(info.pop(protocol.NODE_PARTITION_ID)),
-                num_examples=int(info.pop("num-examples")),
+                partition_id=int(info.pop(wire.NODE_PARTITION_ID)),
                 profile=info,
             )
         )

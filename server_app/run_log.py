@@ -16,11 +16,7 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+from fedcore.core.files import write_atomic, write_json_atomic
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
@@ -67,9 +63,7 @@ class RunLog:
             for line in path.read_text(encoding="utf-8").splitlines()
             if line.strip() and json.loads(line).get("round", 0) <= round_number
         ]
-        tmp = path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, "".join(f"{line}\n" for line in kept))
         self._metrics = path.open("a", encoding="utf-8")
 
     def summary(self, summary: dict[str, Any]) -> None:

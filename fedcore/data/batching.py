@@ -13,6 +13,11 @@ from fedcore.data.chat import format_chat
 Batch = dict[str, torch.Tensor]
 
 
+def to_device(batch: Batch, device: torch.device, *, labels: bool = True) -> Batch:
+    """The batch's tensors on ``device``; ``labels=False`` leaves the labels out (then no loss)."""
+    return {k: v.to(device) for k, v in batch.items() if labels or k != "labels"}
+
+
 def make_batches(
     table: Dataset,
     tokenizer: PreTrainedTokenizerBase,

@@ -29,7 +29,8 @@ _GROUP = "__natural_group__"
 _RESERVED = ("text", "label")
 _CSV_SUFFIXES = (".csv", ".csv.bz2", ".csv.gz")
 _JSON_SUFFIXES = (".jsonl", ".json")
-_SUFFIXES = (*_CSV_SUFFIXES, *_JSON_SUFFIXES, ".parquet")
+#: local table files read_table understands
+TABLE_SUFFIXES = (*_CSV_SUFFIXES, *_JSON_SUFFIXES, ".parquet")
 #: Embedded unlabelled text for language modelling (each is also the name of its asset).
 _LM_EMBEDDED = ("austen", "chatterbot")
 
@@ -56,12 +57,15 @@ def load_dataset_table(cfg: DataConfig, task: str, seed: int) -> datasets.Datase
     name = cfg.name
     if name.startswith(assets.EMBEDDED_PREFIX):
         table = _load_embedded(name.removeprefix(assets.EMBEDDED_PREFIX), cfg, task)
-    elif name.lower().endswith(_SUFFIXES):
+    elif name.lower().endswith(TABLE_SUFFIXES) or Path(name).exists():
         table = _frame_to_table(
-            _read_file(Path(name)), cfg.text_column, cfg.label_column, cfg.natural_column, task, name
+            read_table(Path(name), "data.name"),
+            cfg.text_column,
+            cfg.label_column,
+            cfg.natural_column,
+            task,
+            name,
         )
-    elif Path(name).exists():
-        raise DataError(f"data.name: unsupported file type for {name}; use one of {', '.join(_SUFFIXES)}")
     else:
         table = _frame_to_table(
             _load_hub(name), cfg.text_column, cfg.label_column, cfg.natural_column, task, name
@@ -171,10 +175,16 @@ def chat_pairs(directory: Path) -> pd.DataFrame:
     return frame
 
 
-def _read_file(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise DataError(f"data.name: file not found: {path}")
+def read_table(path: Path, key: str) -> pd.DataFrame:
+    """A local table file by its suffix (``TABLE_SUFFIXES``; .json: records, else one object per line).
+
+    Every problem is a DataError naming ``key``, the config key that pointed at the file.
+    """
     lower = path.name.lower()
+    if not lower.endswith(TABLE_SUFFIXES):
+        raise DataError(f"{key}: unsupported file type for {path}; use one of {', '.join(TABLE_SUFFIXES)}")
+    if not path.is_file():
+        raise DataError(f"{key}: file not found: {path}")
     try:
         if lower.endswith(_CSV_SUFFIXES):
             return pd.read_csv(path)
@@ -187,7 +197,7 @@ def _read_file(path: Path) -> pd.DataFrame:
                 return pd.read_json(path, lines=True)
         return pd.read_parquet(path)
     except (ValueError, OSError) as exc:
-        raise DataError(f"data.name: cannot read {path}: {exc}") from exc
+        raise DataError(f"{key}: cannot read {path}: {exc}") from exc
 
 
 def _load_hub(name: str) -> pd.DataFrame:
@@ -383,17 +393,3 @@ def _natural(
     group = {values[j]: position % num_partitions for position, j in enumerate(order)}
     grouped = pool.add_column(_GROUP, [group[v] for v in natural])
     return _load(NaturalIdPartitioner(partition_by=_GROUP), grouped, partition_id).remove_columns(_GROUP)
-
-
-def label_divergence(parts: list[datasets.Dataset]) -> float:
-    """Mean total-variation distance between each non-empty partition's label mix and the pooled mix.
-
-    0 means every client sees the global label distribution; values near 1 mean near-disjoint labels.
-    """
-    nonempty = [p for p in parts if len(p)]
-    if not nonempty:
-        raise DataError("data: label divergence of empty partitions is undefined")
-    k = max(num_labels(p) for p in nonempty)
-    counts = [np.bincount(np.asarray(_column(p, "label"), dtype=np.int64), minlength=k) for p in nonempty]
-    pooled = np.sum(counts, axis=0) / np.sum(counts)
-    return float(np.mean([0.5 * np.abs(c / c.sum() - pooled).sum() for c in counts]))

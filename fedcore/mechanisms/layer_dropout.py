@@ -8,13 +8,110 @@ never enters this context and always runs the full depth.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 from fedcore.core.layers import find_blocks, swap_blocks
+
+Shape = Literal["uniform", "incremental", "sensitivity"]
+SHAPES: tuple[str, ...] = get_args(Shape)
+
+
+@dataclass(frozen=True)
+class DropConfig:
+    """A dropout configuration: the mean per-block drop probability and how it is spread over the depth.
+
+    A fixed configuration (``drop.mode=fixed``) and every arm of DropPEFT's bandit are one of these.
+    """
+
+    mean_rate: float
+    shape: Shape
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.mean_rate) and 0.0 <= self.mean_rate < 1.0):
+            raise ValueError(f"mean_rate must be in [0, 1), got {self.mean_rate!r}")
+        if self.shape not in SHAPES:
+            raise ValueError(f"shape must be one of {SHAPES}, got {self.shape!r}")
+
+    def rates(
+        self, num_blocks: int, max_rate: float = 0.95, sensitivity: Sequence[float] | None = None
+    ) -> tuple[float, ...]:
+        """Per-block drop probabilities whose mean is exactly `mean_rate`.
+
+        "incremental" follows the stochastic-depth rule p_l ∝ (l+1)/L, so deep blocks (closer to the head)
+        are dropped more often than shallow ones. "sensitivity" (this project's own) spreads the rate by
+        ``sensitivity_weights(sensitivity)``: blocks the pretrained model cannot do without are rarely
+        dropped (``fedcore/mechanisms/block_sensitivity.py``). Probabilities above `max_rate` are clipped
+        and the excess is spread proportionally over the unclipped blocks, which keeps the mean and the shape.
+        """
+        if num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+        if not (math.isfinite(max_rate) and 0.0 <= max_rate <= 1.0):
+            raise ValueError(f"max_rate must be in [0, 1], got {max_rate!r}")
+        if self.mean_rate > max_rate:
+            raise ValueError(f"mean_rate {self.mean_rate} exceeds max_rate {max_rate}")
+        if self.shape == "uniform":
+            return (self.mean_rate,) * num_blocks
+        if self.shape == "incremental":
+            return spread_rate(self.mean_rate, [block + 1 for block in range(num_blocks)], max_rate)
+        if sensitivity is None or len(sensitivity) != num_blocks:
+            raise ValueError(f"shape 'sensitivity' needs one sensitivity per block ({num_blocks})")
+        return spread_rate(self.mean_rate, sensitivity_weights(sensitivity), max_rate)
+
+    @property
+    def label(self) -> str:
+        """Readable and exactly invertible name, used as the arm key in logs and in `state_dict`."""
+        short = f"{self.mean_rate:.2f}"
+        rate = short if float(short) == self.mean_rate else repr(self.mean_rate)
+        return f"p{rate}-{self.shape}"
+
+    @classmethod
+    def from_label(cls, label: str) -> DropConfig:
+        """Inverse of `label`."""
+        rate, sep, shape = label.rpartition("-")
+        if not sep or not rate.startswith("p"):
+            raise ValueError(f"not a DropConfig label: {label!r}")
+        try:
+            mean_rate = float(rate[1:])
+        except ValueError:
+            raise ValueError(f"not a DropConfig label: {label!r}") from None
+        return cls(mean_rate, shape)  # type: ignore[arg-type]  # validated in __post_init__
+
+
+def sensitivity_weights(scores: Sequence[float]) -> list[float]:
+    """min(1, median / score) per block: a typical block weighs 1, one that matters k times more than the
+    median weighs 1/k, so the drop rate it receives shrinks in proportion."""
+    ordered = sorted(scores)
+    middle = len(ordered) // 2
+    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    return [1.0 if score <= median else median / score for score in scores]
+
+
+def spread_rate(mean_rate: float, weights: Sequence[float], max_rate: float) -> tuple[float, ...]:
+    """Per-block rates proportional to ``weights``, none above ``max_rate``, with mean exactly ``mean_rate``.
+
+    Water-filling: blocks whose share would exceed ``max_rate`` are clipped to it and the rest of the total
+    is spread over the others in proportion to their weights, until nothing exceeds the cap (clipping only
+    raises the others' share, so a block over the cap once stays over it).
+    """
+    if any(not math.isfinite(w) or w < 0 for w in weights) or not any(weights):
+        raise ValueError(f"weights must be finite, non-negative and not all zero, got {list(weights)}")
+    total = mean_rate * len(weights)
+    clipped: set[int] = set()
+    while True:
+        free = [i for i in range(len(weights)) if i not in clipped]
+        weight = sum(weights[i] for i in free)
+        scale = (total - max_rate * len(clipped)) / weight if weight else 0.0
+        over = {i for i in free if scale * weights[i] > max_rate}
+        if not over:
+            return tuple(max_rate if i in clipped else scale * weights[i] for i in range(len(weights)))
+        clipped |= over
 
 
 def sample_active_blocks(drop_rates: Sequence[float], generator: torch.Generator) -> list[int]:

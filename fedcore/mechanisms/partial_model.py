@@ -10,6 +10,7 @@ full model. ``sources[j]`` names the global block that local block ``j`` is, or 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from fedcore.config import RunConfig
-from fedcore.core.layers import EMBED, LayerMap
+from fedcore.core.layers import EMBED, LayerMap, block_group, block_of_group
 from fedcore.model import ModelLoadError, apply_tuning, load_tokenizer, model_location
 
 STUDENT = -1
@@ -57,12 +58,15 @@ def to_global(
 
 def local_groups(groups: Sequence[str], sources: Sequence[int]) -> tuple[str, ...]:
     """Global group names ("block.7", "head") -> the client's own ("block.1", "head")."""
-    position = {
-        f"block.{source}": f"block.{local}" for local, source in enumerate(sources) if source != STUDENT
-    }
-    return tuple(
-        position.get(group, group) for group in groups if not group.startswith("block.") or group in position
-    )
+    position = {source: local for local, source in enumerate(sources) if source != STUDENT}
+    local = []
+    for group in groups:
+        block = block_of_group(group)
+        if block is None:
+            local.append(group)
+        elif block in position:
+            local.append(block_group(position[block]))
+    return tuple(local)
 
 
 def student_state(students: Sequence[nn.Module], first_position: int, layer_map: LayerMap) -> dict:
@@ -72,6 +76,37 @@ def student_state(students: Sequence[nn.Module], first_position: int, layer_map:
         for inner, tensor in block.named_parameters():
             state[layer_map.block_param_name(first_position + offset, inner)] = tensor.detach()
     return state
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which global block each block of a client's model is, and the name switching that follows from it.
+
+    The client trains and stores under its model's own (local) names; the server, personal state and
+    uploads use global names. For a client holding the full model both are the same and every method
+    is the identity.
+    """
+
+    layer_map: LayerMap
+    #: ``sources[j]``: the global block that local block ``j`` is, or STUDENT
+    sources: tuple[int, ...]
+
+    @classmethod
+    def for_plan(cls, layer_map: LayerMap, block_sources: Sequence[int]) -> Layout:
+        """The layout a plan names; a plan without block sources means the full model."""
+        return cls(layer_map, tuple(block_sources) or tuple(range(layer_map.num_blocks)))
+
+    def to_local(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return to_local(state, self.layer_map, self.sources)
+
+    def to_global(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return to_global(state, self.layer_map, self.sources)
+
+    def local_groups(self, groups: Sequence[str]) -> tuple[str, ...]:
+        return local_groups(groups, self.sources)
+
+    def student_state(self, students: Sequence[nn.Module], first_position: int) -> dict[str, torch.Tensor]:
+        return student_state(students, first_position, self.layer_map)
 
 
 def _checkpoint_files(location: str) -> list[Path]:

@@ -1,12 +1,7 @@
 """Planners decide, per round and per client, what each layer group does (one LayerPlan each).
 
-Every federated method in fedlayer is a planner; the client executor and the layer-wise aggregator are
-shared by all of them.
+Every federated method in fedlayer is a planner: ``specs`` lists them, ``registry`` builds the one a run
+asks for, ``base`` holds the protocol and the plan every method starts from. The client executor and the
+layer-wise aggregator are shared by all of them. (Nothing is imported here, so reading the method table
+does not load the planners.)
 """
-
-from __future__ import annotations
-
-from fedcore.methods.base import ClientInfo, ClientResult, Planner
-from fedcore.methods.registry import make_planner
-
-__all__ = ["ClientInfo", "ClientResult", "Planner", "make_planner"]

@@ -1,13 +1,29 @@
-"""The Planner protocol and the facts planners work from."""
+"""The Planner protocol, the facts planners work from, and the plan every method starts from.
+
+``base_plan`` is where the options every method accepts enter a plan: a fixed layer-dropout
+configuration (``drop.mode=fixed``) and personal layers (``ptls.fraction``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+from datasets import Dataset
+from torch import nn
+from transformers import PreTrainedTokenizerBase
 
+from fedcore.config import RunConfig
+from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
+from fedcore.core.seeding import derive_seed
+from fedcore.data.batching import make_batches
+from fedcore.data.proxy import load_proxy_texts
+from fedcore.mechanisms.block_sensitivity import block_sensitivity
+from fedcore.mechanisms.layer_dropout import DropConfig
+from fedcore.model import tunable_names
 
 
 @dataclass(frozen=True)
@@ -16,9 +32,17 @@ class ClientInfo:
 
     node_id: int
     partition_id: int
-    num_examples: int = 0
     #: device profile from the SuperNode's node config or measured (memory budget, speed...)
     profile: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClientPlan:
+    """One client's round as a planner decides it: the plan and the tensors sent with it."""
+
+    plan: LayerPlan
+    #: every tunable parameter the client's model holds, under the client's own names
+    payload: dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -31,12 +55,16 @@ class ClientResult:
 
 
 class Planner(Protocol):
-    def plan(self, round_number: int, clients: list[ClientInfo]) -> dict[int, LayerPlan]:
-        """One plan per client, keyed by node id."""
-        ...
+    """A method: plans every round for the clients picked, and learns from their results.
 
-    def payload(self, node_id: int, global_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The tensors this client receives with its plan (every tunable parameter its model holds)."""
+    Planner classes are built by ``from_model(cfg, model, tokenizer)`` from the server's global model
+    (``fedcore/methods/registry.py``).
+    """
+
+    def plan(
+        self, round_number: int, clients: list[ClientInfo], global_state: dict[str, torch.Tensor]
+    ) -> dict[int, ClientPlan]:
+        """Each picked client's plan and payload, keyed by node id (``global_state``: current tunables)."""
         ...
 
     def observe(self, round_number: int, results: list[ClientResult]) -> None:
@@ -50,3 +78,65 @@ class Planner(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a checkpointed state_dict."""
         ...
+
+
+def fixed_drop(cfg: RunConfig) -> DropConfig | None:
+    return DropConfig(cfg.drop.mean_rate, cfg.drop.shape) if cfg.drop_mode == "fixed" else None
+
+
+#: proxy examples for the block sensitivity that the 'sensitivity' drop shape reads
+SENSITIVITY_PROXY_EXAMPLES = 64
+
+
+def drop_sensitivity(
+    cfg: RunConfig, model: nn.Module, tokenizer: PreTrainedTokenizerBase
+) -> list[float] | None:
+    """Block removal sensitivity of the server's starting model, when the run's dropout needs it.
+
+    Measured once, on the proxy text (``leff.proxy``), from the model the federation starts from, so a
+    resumed run computes the same numbers again.
+    """
+    if cfg.drop_mode == "bandit":
+        shapes = set(cfg.drop.shape_grid())
+    else:
+        shapes = {cfg.drop.shape} if cfg.drop_mode == "fixed" else set()
+    if "sensitivity" not in shapes:
+        return None
+    texts = load_proxy_texts(cfg.leff.proxy, SENSITIVITY_PROXY_EXAMPLES, cfg.seed)
+    table = Dataset.from_dict({"text": texts})
+    return block_sensitivity(model, make_batches(table, tokenizer, cfg.model.task, cfg.model.max_length, 32))
+
+
+def base_plan(
+    cfg: RunConfig,
+    round_number: int,
+    client: ClientInfo,
+    train_groups: list[str],
+    num_blocks: int,
+    drop: DropConfig | None = None,
+    sensitivity: Sequence[float] | None = None,
+) -> LayerPlan:
+    """The plan every method starts from: train these groups with the run's local-training settings
+    (``sensitivity``: per block, for the 'sensitivity' drop shape)."""
+    personal = cfg.personal_fraction
+    return LayerPlan(
+        round=round_number,
+        rounds=cfg.rounds,
+        train_groups=tuple(train_groups),
+        drop_rates=drop.rates(num_blocks, sensitivity=sensitivity) if drop and drop.mean_rate > 0 else (),
+        drop_warmup=cfg.drop.warmup,
+        personal_fraction=personal,
+        steps=cfg.train.local_steps,
+        epochs=cfg.train.local_epochs,
+        lr=cfg.learning_rate,
+        seed=derive_seed(cfg.seed, round_number, client.partition_id),
+        evaluate_local=personal > 0,
+        label=drop.label if drop else "",
+    )
+
+
+def tunable_groups(model: nn.Module) -> list[str]:
+    """The groups of ``model`` holding a tunable parameter, in model order."""
+    layer_map = LayerMap(model)
+    present = {layer_map.group_of(name) for name in tunable_names(model)}
+    return [g for g in layer_map.all_groups() if g in present]

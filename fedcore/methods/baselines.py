@@ -1,9 +1,7 @@
 """FedAvg (full), FedLoRA and FedBitFit: every client trains every tunable group, every round.
 
 The three baselines differ only in which parameters are tunable (the model's tuning mode), so one
-planner serves all of them. ``base_plan`` is also where the orthogonal options every method accepts
-enter a plan: a fixed layer-dropout configuration (``drop.mode=fixed``) and personal layers
-(``ptls.fraction``).
+planner serves all of them.
 """
 
 from __future__ import annotations
@@ -11,65 +9,63 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from fedcore.config import RunConfig
+from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
-from fedcore.core.seeding import derive_seed
-from fedcore.methods.base import ClientInfo, ClientResult
-from fedcore.methods.droppeft.bandit import DropConfig
-
-
-def fixed_drop(cfg: RunConfig) -> DropConfig | None:
-    return DropConfig(cfg.drop.mean_rate, cfg.drop.shape) if cfg.drop_mode == "fixed" else None
-
-
-def base_plan(
-    cfg: RunConfig,
-    round_number: int,
-    client: ClientInfo,
-    train_groups: list[str],
-    num_blocks: int,
-    drop: DropConfig | None = None,
-) -> LayerPlan:
-    """The plan every method starts from: train these groups with the run's local-training settings."""
-    personal = cfg.personal_fraction
-    return LayerPlan(
-        round=round_number,
-        rounds=cfg.rounds,
-        train_groups=tuple(train_groups),
-        drop_rates=drop.rates(num_blocks) if drop and drop.mean_rate > 0 else (),
-        drop_warmup=cfg.drop.warmup,
-        personal_fraction=personal,
-        steps=cfg.train.local_steps,
-        epochs=cfg.train.local_epochs,
-        lr=cfg.learning_rate,
-        seed=derive_seed(cfg.seed, round_number, client.partition_id),
-        evaluate_local=personal > 0,
-        label=drop.label if drop else "",
-    )
+from fedcore.methods.base import (
+    ClientInfo,
+    ClientPlan,
+    ClientResult,
+    base_plan,
+    drop_sensitivity,
+    fixed_drop,
+    tunable_groups,
+)
 
 
 class AllLayersPlanner:
-    def __init__(self, cfg: RunConfig, tunable_groups: list[str], num_blocks: int) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        tunable_groups: list[str],
+        num_blocks: int,
+        sensitivity: list[float] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.tunable_groups = tunable_groups
         self.num_blocks = num_blocks
         self.drop = fixed_drop(cfg)
+        #: block removal sensitivity, when a dropout shape reads it
+        self.sensitivity = sensitivity
 
-    def plan(self, round_number: int, clients: list[ClientInfo]) -> dict[int, LayerPlan]:
-        return {
-            c.node_id: base_plan(self.cfg, round_number, c, self.tunable_groups, self.num_blocks, self.drop)
-            for c in clients
-        }
+    @classmethod
+    def from_model(
+        cls, cfg: RunConfig, model: nn.Module, tokenizer: PreTrainedTokenizerBase
+    ) -> AllLayersPlanner:
+        """Every tunable group of the server's global model, every round."""
+        return cls(
+            cfg, tunable_groups(model), LayerMap(model).num_blocks, drop_sensitivity(cfg, model, tokenizer)
+        )
 
-    def payload(self, node_id: int, global_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return global_state
+    def plan(
+        self, round_number: int, clients: list[ClientInfo], global_state: dict[str, torch.Tensor]
+    ) -> dict[int, ClientPlan]:
+        """Every client gets every tunable parameter."""
+        return {c.node_id: ClientPlan(self.client_plan(round_number, c), global_state) for c in clients}
+
+    def client_plan(self, round_number: int, client: ClientInfo) -> LayerPlan:
+        return base_plan(
+            self.cfg, round_number, client, self.tunable_groups, self.num_blocks, self.drop, self.sensitivity
+        )
 
     def observe(self, round_number: int, results: list[ClientResult]) -> None:
         pass
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        return {"block_sensitivity": self.sensitivity} if self.sensitivity else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass

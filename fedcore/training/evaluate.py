@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from fedcore.data.batching import Batch
+from fedcore.data.batching import Batch, to_device
 
 
 def macro_f1(predictions: list[int], labels: list[int]) -> float:
@@ -32,7 +32,7 @@ def evaluate(model: nn.Module, batches: list[Batch], task: str, device: torch.de
         labels: list[int] = []
         loss_sum = 0.0
         for batch in batches:
-            batch = {k: v.to(device) for k, v in batch.items()}
+            batch = to_device(batch, device)
             out = model(**batch)
             loss_sum += out.loss.item() * len(batch["labels"])
             predictions += out.logits.argmax(-1).tolist()
@@ -43,7 +43,7 @@ def evaluate(model: nn.Module, batches: list[Batch], task: str, device: torch.de
     nll_sum = 0.0
     tokens = 0
     for batch in batches:
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = to_device(batch, device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         targets = batch["labels"][:, 1:]
         nll = nn.functional.cross_entropy(

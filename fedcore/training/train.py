@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from fedcore.core import wire
 from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
-from fedcore.data.batching import Batch
+from fedcore.data.batching import Batch, to_device
 from fedcore.mechanisms.layer_dropout import only_blocks, sample_active_blocks
 from fedcore.model import tunable_names
 from fedcore.training.memory import ActivationMeter, peak_memory
@@ -88,14 +89,16 @@ def train_plan(
     precision: str = "fp32",
     start: Mapping[str, torch.Tensor] | None = None,
     device: torch.device | None = None,
+    layer_map: LayerMap | None = None,
 ) -> TrainOutcome:
     """Train the plan's groups; ``start`` may hold the trained parameters' current values (on the CPU)
-    when the caller keeps them anyway, which spares a copy of every trained parameter."""
+    when the caller keeps them anyway, which spares a copy of every trained parameter; ``layer_map`` is
+    the model's, when the caller has built it already."""
     if not batches:
         raise ValueError("no training data on this client")
     device = device or torch.device("cpu")
     model.to(device).train()
-    layer_map = LayerMap(model)
+    layer_map = layer_map or LayerMap(model)
     if plan.drop_rates and len(plan.drop_rates) != layer_map.num_blocks:
         raise ValueError(f"plan has {len(plan.drop_rates)} drop rates for {layer_map.num_blocks} blocks")
     params = trained_parameters(model, layer_map, plan)
@@ -112,7 +115,7 @@ def train_plan(
     began = time.perf_counter()
     with peak_memory() as memory:
         for step in range(steps):
-            batch = {k: v.to(device) for k, v in batches[step % len(batches)].items()}
+            batch = to_device(batches[step % len(batches)], device)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(plan, step, steps, warmup_fraction)
             scale = drop_scale(plan, step, steps)
@@ -138,14 +141,14 @@ def train_plan(
     return TrainOutcome(
         update=update,
         metrics={
-            "train_loss": sum(losses) / len(losses),
-            "steps": steps,
-            "samples_processed": sum(len(batches[s % len(batches)]["labels"]) for s in range(steps)),
-            "compute_time_s": compute_time,
-            "peak_rss_mb": memory.peak_rss_mb,
-            "peak_cuda_mb": memory.peak_cuda_mb,
-            "activation_mb": meter.peak_mb,
-            "mean_active_blocks": blocks_run / steps,
+            wire.TRAIN_LOSS: sum(losses) / len(losses),
+            wire.STEPS: steps,
+            wire.SAMPLES_PROCESSED: sum(len(batches[s % len(batches)]["labels"]) for s in range(steps)),
+            wire.COMPUTE_TIME_S: compute_time,
+            wire.PEAK_RSS_MB: memory.peak_rss_mb,
+            wire.PEAK_CUDA_MB: memory.peak_cuda_mb,
+            wire.ACTIVATION_MB: meter.peak_mb,
+            wire.MEAN_ACTIVE_BLOCKS: blocks_run / steps,
         },
     )
 

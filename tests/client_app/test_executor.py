@@ -13,13 +13,13 @@ from flwr.supercore.task_identity import TaskIdentity
 from client_app.app import app as client_app
 from client_app.executor import PERSONAL_STATE, cached_model
 from fedcore.config import RunConfig
-from fedcore.core import protocol
+from fedcore.core import wire
 from fedcore.core.aggregate import ClientUpdate, aggregate_layerwise
 from fedcore.core.devices import DeviceProfile
 from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
 from fedcore.core.wire import arrays_to_state, config_to_dict, dict_to_config, state_to_arrays
-from fedcore.methods import ClientInfo
+from fedcore.methods.base import ClientInfo
 from fedcore.methods.leff.planner import LeffPlanner
 from fedcore.model import build_model, tunable_state
 from tests.conftest import make_tiny_model_dir, tiny_run_config
@@ -31,9 +31,9 @@ def call_client(cfg: RunConfig, plan: LayerPlan, payload: dict, context: Context
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, NODE_ID, 1
     content = RecordDict(
         {
-            protocol.PLAN: dict_to_config(plan.to_dict()),
-            protocol.RUN_CONFIG: dict_to_config(cfg.to_flat()),
-            protocol.GLOBAL: state_to_arrays(payload),
+            wire.PLAN: dict_to_config(plan.to_dict()),
+            wire.RUN_CONFIG: dict_to_config(cfg.to_flat()),
+            wire.GLOBAL: state_to_arrays(payload),
         }
     )
     reply = client_app(Message(content, dst_node_id=NODE_ID, message_type=MessageType.TRAIN), context)
@@ -57,9 +57,9 @@ def test_personal_layers_stay_on_the_client_and_survive_rounds(
     first = LayerPlan(round=1, rounds=2, train_groups=all_groups, personal_fraction=0.5, steps=2, lr=1e-2)
     reply = call_client(cfg, first, global_state, context)
 
-    personal = config_to_dict(reply.config_records[protocol.TRAIN_REPORT])["personal-groups"]
+    personal = config_to_dict(reply.config_records[wire.TRAIN_REPORT])[wire.REPORT_PERSONAL_GROUPS]
     assert len(personal) == 2 and all(g.startswith("block.") for g in personal)
-    uploaded = {layer_map.group_of(n) for n in reply.array_records[protocol.UPDATE]}
+    uploaded = {layer_map.group_of(n) for n in reply.array_records[wire.UPDATE]}
     assert uploaded == set(all_groups) - set(personal), "personal blocks must never be uploaded"
     stored = arrays_to_state(context.state.array_records[PERSONAL_STATE])
     assert {layer_map.group_of(n) for n in stored} == set(personal)
@@ -70,7 +70,7 @@ def test_personal_layers_stay_on_the_client_and_survive_rounds(
     }
     second = dataclasses.replace(first, round=2, train_groups=("head",))
     call_client(cfg, second, hostile, context)
-    model, _ = cached_model(cfg, 2, 0)
+    model = cached_model(cfg, 2, 0).model
     params = dict(model.named_parameters())
     for name, value in arrays_to_state(context.state.array_records[PERSONAL_STATE]).items():
         assert torch.equal(value, stored[name])
@@ -93,14 +93,14 @@ def test_leff_client_holds_window_and_students_and_uploads_only_the_window(
     global_state = tunable_state(server_model)
     planner = LeffPlanner(cfg, server_model, tokenizer)
     client = ClientInfo(NODE_ID, 0, profile=DeviceProfile("edge", max_blocks=2).as_config())
-    plan = planner.plan(2, [client])[NODE_ID]  # round-robin, client 0, round 2: window 2-3
+    planned = planner.plan(2, [client], global_state)[NODE_ID]  # round-robin, client 0, round 2: window 2-3
+    plan, payload = planned.plan, planned.payload
     assert plan.block_sources == (-1, 2, 3, -1, -1)  # students of ceil(2 * .5)=1 and ceil(4 * .5)=2 blocks
-    payload = planner.payload(NODE_ID, global_state)
     assert not any("embeddings" in name for name in payload), "embeddings come from the client's disk"
 
     reply = call_client(cfg, plan, payload, node_context())
 
-    model, _ = cached_model(cfg, 2, len(plan.block_sources))
+    model = cached_model(cfg, 2, len(plan.block_sources)).model
     client_map = LayerMap(model)
     assert client_map.num_blocks == 5
     per_block = sum(p.numel() for p in server_model.bert.encoder.layer[0].parameters())
@@ -112,9 +112,9 @@ def test_leff_client_holds_window_and_students_and_uploads_only_the_window(
     params = dict(model.named_parameters())
     assert all(torch.equal(params[n].detach(), t) for n, t in students.items()), "students must stay frozen"
 
-    update = arrays_to_state(reply.array_records[protocol.UPDATE])
+    update = arrays_to_state(reply.array_records[wire.UPDATE])
     assert {layer_map.group_of(n) for n in update} == {"block.2", "block.3", "head"}
-    examples = int(reply.metric_records[protocol.TRAIN_METRICS]["examples"])
+    examples = int(reply.metric_records[wire.TRAIN_METRICS]["examples"])
     new_state = aggregate_layerwise(global_state, [ClientUpdate(NODE_ID, examples, update)])
     for name, before in global_state.items():
         changed = not torch.equal(new_state[name], before)
@@ -128,13 +128,13 @@ def test_float16_wire_halves_the_upload_and_keeps_the_update(
 ) -> None:
     plan = LayerPlan(round=1, rounds=1, train_groups=("block.1", "head"), steps=2, lr=1e-2)
     replies = {}
-    for wire in ("float32", "float16"):
+    for dtype in ("float32", "float16"):
         cfg = tiny_run_config(
-            tiny_models["bert"], tmp_path / wire, method="fedavg", **{"round.wire-dtype": wire}
+            tiny_models["bert"], tmp_path / dtype, method="fedavg", **{"round.wire-dtype": dtype}
         )
         server_model, _ = build_model(cfg, num_labels=2)
-        replies[wire] = call_client(cfg, plan, tunable_state(server_model), node_context())
-    full, half = (replies[w].array_records[protocol.UPDATE] for w in ("float32", "float16"))
+        replies[dtype] = call_client(cfg, plan, tunable_state(server_model), node_context())
+    full, half = (replies[w].array_records[wire.UPDATE] for w in ("float32", "float16"))
     assert half.count_bytes() < 0.55 * full.count_bytes()
     assert {a.dtype for a in half.values()} == {"float16"}
     # Same seed, same start: the half-precision update is the full one rounded.

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from fedcore.core.layers import EMBED, HEAD, LayerMap, block_group
+from fedcore.core.layers import EMBED, HEAD, LayerMap, block_group, block_of_group
 from fedcore.model import ModelLoadError, build_model, tunable_names
 from tests.conftest import ARCHITECTURES, tiny_run_config
 
@@ -186,3 +186,8 @@ def test_paper_bitfit_set_trains_every_bias_and_no_weight(
 def _built(tiny_models: dict[str, Path], tmp_path: Path, arch: str) -> nn.Module:
     cfg = tiny_run_config(tiny_models[arch], tmp_path / "default", method="fedbitfit")
     return build_model(cfg, num_labels=2)[0]
+
+
+def test_group_names_parse_back_to_blocks() -> None:
+    assert [block_of_group(block_group(i)) for i in range(3)] == [0, 1, 2]
+    assert block_of_group(EMBED) is None and block_of_group(HEAD) is None

@@ -1,12 +1,14 @@
-"""Stochastic transformer layer dropout: sampling, real skipping of dropped blocks, and full-depth eval.
+"""Stochastic transformer layer dropout: configurations, sampling, real skipping, and full-depth eval.
 
-Dropped blocks must do no forward or backward work (that is the memory and compute the method saves),
-the model must get its full block list back afterwards, and dropping nothing must change nothing.
+A configuration's mean drop rate is what its label says; dropped blocks must do no forward or backward
+work (that is the memory and compute the method saves), the model must get its full block list back
+afterwards, and dropping nothing must change nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +22,13 @@ from transformers import PreTrainedTokenizerBase
 from fedcore.core.layers import LayerMap, find_blocks
 from fedcore.core.plan import LayerPlan
 from fedcore.data.batching import Batch, make_batches
-from fedcore.mechanisms.layer_dropout import only_blocks, sample_active_blocks
+from fedcore.mechanisms.layer_dropout import (
+    DropConfig,
+    only_blocks,
+    sample_active_blocks,
+    sensitivity_weights,
+    spread_rate,
+)
 from fedcore.model import build_model
 from fedcore.training.evaluate import evaluate
 from fedcore.training.memory import ActivationMeter
@@ -229,3 +237,98 @@ def test_drop_warmup_runs_more_blocks_early(tiny_models: dict[str, Path], tmp_pa
     abrupt = train_plan(model, batches, plan).metrics["mean_active_blocks"]
     ramped = train_plan(model, batches, dataclasses.replace(plan, drop_warmup=1.0)).metrics
     assert ramped["mean_active_blocks"] > abrupt
+
+
+@pytest.mark.parametrize("shape", ["uniform", "incremental"])
+@pytest.mark.parametrize("num_blocks", [1, 6, 30])
+@pytest.mark.parametrize("mean_rate", [0.0, 0.1, 0.5, 0.75])
+def test_rates_mean_is_exact_and_incremental_increases(shape: str, num_blocks: int, mean_rate: float) -> None:
+    rates = DropConfig(mean_rate, shape).rates(num_blocks)  # type: ignore[arg-type]
+    assert len(rates) == num_blocks
+    assert math.isclose(sum(rates) / num_blocks, mean_rate, abs_tol=1e-9)
+    assert all(0.0 <= p <= 0.95 for p in rates)
+    if shape == "uniform":
+        assert set(rates) == {mean_rate}
+        return
+    assert all(a <= b for a, b in zip(rates, rates[1:], strict=False))
+    unclipped = [p for p in rates if p < 0.95]
+    if mean_rate > 0:
+        assert all(a < b for a, b in zip(unclipped, unclipped[1:], strict=False))
+
+
+def test_incremental_follows_stochastic_depth_rule_when_unclipped() -> None:
+    rates = DropConfig(0.3, "incremental").rates(6)
+    assert rates == pytest.approx([0.3 * 2 * (block + 1) / 7 for block in range(6)])
+
+
+def test_clipping_at_max_rate_keeps_mean_and_shape() -> None:
+    # Unclipped, the deepest block would get 0.75 * 2 * 6 / 7 > 0.9.
+    rates = DropConfig(0.75, "incremental").rates(6, max_rate=0.9)
+    assert max(rates) == 0.9
+    assert rates.count(0.9) >= 2
+    assert math.isclose(sum(rates) / 6, 0.75, abs_tol=1e-9)
+    free = [p for p in rates if p < 0.9]
+    # The excess is spread proportionally, so the unclipped blocks keep the (l+1) shape.
+    assert [p / free[0] for p in free] == pytest.approx(list(range(1, len(free) + 1)))
+    assert DropConfig(0.5, "incremental").rates(4, max_rate=0.5) == (0.5, 0.5, 0.5, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("mean_rate", "num_blocks", "max_rate"),
+    [(0.5, 0, 0.95), (0.5, 4, 0.4), (0.2, 4, 1.5), (0.2, 4, -0.1)],
+)
+def test_rates_refuse_invalid_inputs(mean_rate: float, num_blocks: int, max_rate: float) -> None:
+    with pytest.raises(ValueError):
+        DropConfig(mean_rate, "incremental").rates(num_blocks, max_rate=max_rate)
+
+
+@pytest.mark.parametrize(
+    ("mean_rate", "shape"), [(1.0, "uniform"), (-0.1, "uniform"), (math.nan, "uniform"), (0.1, "linear")]
+)
+def test_dropconfig_refuses_invalid_fields(mean_rate: float, shape: str) -> None:
+    with pytest.raises(ValueError):
+        DropConfig(mean_rate, shape)  # type: ignore[arg-type]
+
+
+def test_label_round_trip() -> None:
+    assert DropConfig(0.3, "incremental").label == "p0.30-incremental"
+    configs = [
+        DropConfig(0.0, "uniform"),
+        DropConfig(0.6, "incremental"),
+        DropConfig(0.125, "uniform"),
+        DropConfig(1e-5, "incremental"),
+        DropConfig(0.1 + 0.2, "uniform"),
+    ]
+    for config in configs:
+        assert DropConfig.from_label(config.label) == config
+    for bad in ["0.30-uniform", "p0.30", "px-uniform", "p0.30-linear", "p1.00-uniform"]:
+        with pytest.raises(ValueError):
+            DropConfig.from_label(bad)
+
+
+def test_spread_rate_keeps_the_mean_caps_and_stays_proportional() -> None:
+    weights = [0.02, 1.0, 1.0, 0.5, 1.0, 0.1]
+    rates = spread_rate(0.3, weights, max_rate=0.95)
+    assert math.isclose(sum(rates) / 6, 0.3, abs_tol=1e-12)
+    assert [r / rates[1] for r in rates] == pytest.approx(weights)
+    capped = spread_rate(0.6, [0.01, 1.0, 1.0, 1.0], max_rate=0.7)
+    assert capped[1:] == (0.7, 0.7, 0.7) and math.isclose(sum(capped) / 4, 0.6, abs_tol=1e-12)
+    assert capped[0] == pytest.approx(0.6 * 4 - 2.1)
+    for bad in ([0.0, 0.0], [1.0, -1.0], [1.0, math.inf]):
+        with pytest.raises(ValueError, match="weights"):
+            spread_rate(0.3, bad, max_rate=0.95)
+
+
+def test_sensitivity_shape_spares_the_blocks_the_model_needs() -> None:
+    """Measured on SmolLM2 (benchmarks/results/stld_shapes.md): blocks 0 and 3 matter far more here."""
+    scores = [2.7, 0.2, 0.1, 2.0, 0.15, 0.3]
+    weights = sensitivity_weights(scores)
+    assert weights == pytest.approx([0.25 / 2.7, 1.0, 1.0, 0.25 / 2.0, 1.0, 0.25 / 0.3])  # median 0.25
+    rates = DropConfig(0.3, "sensitivity").rates(6, sensitivity=scores)
+    assert math.isclose(sum(rates) / 6, 0.3, abs_tol=1e-12)
+    assert max(rates[0], rates[3]) < 0.1 < min(rates[1], rates[2], rates[4])
+    assert DropConfig.from_label(DropConfig(0.3, "sensitivity").label).shape == "sensitivity"
+    with pytest.raises(ValueError, match="one sensitivity per block"):
+        DropConfig(0.3, "sensitivity").rates(6)
+    with pytest.raises(ValueError, match="one sensitivity per block"):
+        DropConfig(0.3, "sensitivity").rates(6, sensitivity=scores[:5])

@@ -5,7 +5,7 @@ strategy. Everything else here is our choice (project notes, DropPEFT section): 
 shape) pair, each device key has its own independent arm statistics, selection is UCB1 (or discounted UCB for
 devices whose speed drifts), and the reward is training progress per second of that device's round.
 
-This module is pure Python and deterministic: the same updates in the same order give the same choices,
+This module is deterministic: the same updates in the same order give the same choices,
 and `state_dict` captures all of it, so a restarted server continues exactly where it stopped.
 """
 
@@ -13,77 +13,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
-Shape = Literal["uniform", "incremental"]
-SHAPES: tuple[str, ...] = get_args(Shape)
+from fedcore.mechanisms.layer_dropout import DropConfig
+
 STATE_VERSION = 1
 
 
 def _check_finite(name: str, value: float) -> None:
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
-
-
-@dataclass(frozen=True)
-class DropConfig:
-    """One bandit arm: the mean per-block drop probability and how it is spread over the depth."""
-
-    mean_rate: float
-    shape: Shape
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.mean_rate) and 0.0 <= self.mean_rate < 1.0):
-            raise ValueError(f"mean_rate must be in [0, 1), got {self.mean_rate!r}")
-        if self.shape not in SHAPES:
-            raise ValueError(f"shape must be one of {SHAPES}, got {self.shape!r}")
-
-    def rates(self, num_blocks: int, max_rate: float = 0.95) -> tuple[float, ...]:
-        """Per-block drop probabilities whose mean is exactly `mean_rate`.
-
-        "incremental" follows the stochastic-depth rule p_l ∝ (l+1)/L, so deep blocks (closer to the head)
-        are dropped more often than shallow ones. Probabilities above `max_rate` are clipped and the excess is
-        spread proportionally over the unclipped blocks, which keeps both the mean and the increasing shape.
-        """
-        if num_blocks < 1:
-            raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
-        if not (math.isfinite(max_rate) and 0.0 <= max_rate <= 1.0):
-            raise ValueError(f"max_rate must be in [0, 1], got {max_rate!r}")
-        if self.mean_rate > max_rate:
-            raise ValueError(f"mean_rate {self.mean_rate} exceeds max_rate {max_rate}")
-        if self.shape == "uniform":
-            return (self.mean_rate,) * num_blocks
-        # Water-filling: the clipped blocks form a suffix (weights increase), so grow it until the largest
-        # unclipped block fits under max_rate.
-        total = self.mean_rate * num_blocks
-        clipped = 0
-        while True:
-            free = num_blocks - clipped
-            if free == 0:
-                return (max_rate,) * num_blocks
-            scale = (total - clipped * max_rate) / (free * (free + 1) / 2)
-            if scale * free <= max_rate:
-                return tuple(scale * (block + 1) for block in range(free)) + (max_rate,) * clipped
-            clipped += 1
-
-    @property
-    def label(self) -> str:
-        """Readable and exactly invertible name, used as the arm key in logs and in `state_dict`."""
-        short = f"{self.mean_rate:.2f}"
-        rate = short if float(short) == self.mean_rate else repr(self.mean_rate)
-        return f"p{rate}-{self.shape}"
-
-    @classmethod
-    def from_label(cls, label: str) -> DropConfig:
-        """Inverse of `label`."""
-        rate, sep, shape = label.rpartition("-")
-        if not sep or not rate.startswith("p"):
-            raise ValueError(f"not a DropConfig label: {label!r}")
-        try:
-            mean_rate = float(rate[1:])
-        except ValueError:
-            raise ValueError(f"not a DropConfig label: {label!r}") from None
-        return cls(mean_rate, shape)  # type: ignore[arg-type]  # validated in __post_init__
 
 
 def arm_grid(rates: list[float], shapes: list[str]) -> list[DropConfig]:
@@ -129,7 +68,7 @@ class DropoutBandit:
     clients sharing a device key in one round get the same configuration.
 
     Pruning is permanent. With `discount < 1` (non-stationary devices) an arm pruned early could never come
-    back when it later becomes the best, so prefer `prune=False` there.
+    back when it later becomes the best, so the DropPEFT planner prunes only when `discount == 1`.
     """
 
     def __init__(
@@ -224,19 +163,6 @@ class DropoutBandit:
             if mean + radius < best_lower:
                 stats.pruned[i] = True
 
-    def summary(self, device: str) -> dict[str, dict[str, Any]]:
-        """Per-arm pulls, discounted count, mean raw reward (None if untried) and pruned flag, for logs."""
-        stats = self._devices.get(device) or _DeviceStats.empty(len(self._arms))
-        return {
-            arm.label: {
-                "count": stats.pulls[i],
-                "effective_count": stats.counts[i],
-                "mean_reward": stats.sums[i] / stats.counts[i] if stats.counts[i] > 0.0 else None,
-                "pruned": stats.pruned[i],
-            }
-            for i, arm in enumerate(self._arms)
-        }
-
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable snapshot; floats survive JSON exactly, so a restored bandit replays exactly."""
         return {
@@ -293,13 +219,6 @@ class DropoutBandit:
         self.prune = restored.prune
         self.min_pulls_to_prune = restored.min_pulls_to_prune
         self._devices = restored._devices
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> DropoutBandit:
-        """Build a bandit from `state_dict()` output alone (arms are recovered from their labels)."""
-        bandit = cls([DropConfig.from_label(label) for label in state["arms"]])
-        bandit.load_state_dict(state)
-        return bandit
 
 
 def progress_reward(loss_before: float, loss_after: float, wall_time_s: float) -> float:

@@ -11,11 +11,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
+
 from fedcore.config import RunConfig
+from fedcore.core import wire
 from fedcore.core.plan import LayerPlan
-from fedcore.methods.base import ClientInfo, ClientResult
-from fedcore.methods.baselines import AllLayersPlanner, base_plan
-from fedcore.methods.droppeft.bandit import DropConfig, DropoutBandit, arm_grid, progress_reward
+from fedcore.mechanisms.layer_dropout import DropConfig
+from fedcore.methods.base import ClientInfo, ClientPlan, ClientResult, base_plan
+from fedcore.methods.baselines import AllLayersPlanner
+from fedcore.methods.droppeft.bandit import DropoutBandit, arm_grid, progress_reward
 
 
 def device_key(partition_id: int) -> str:
@@ -26,26 +30,38 @@ def device_key(partition_id: int) -> str:
 class DropPeftPlanner(AllLayersPlanner):
     """The baselines' plan (all tunable groups, same payload) with a bandit-chosen dropout configuration."""
 
-    def __init__(self, cfg: RunConfig, tunable_groups: list[str], num_blocks: int) -> None:
-        super().__init__(cfg, tunable_groups, num_blocks)
+    def __init__(
+        self,
+        cfg: RunConfig,
+        tunable_groups: list[str],
+        num_blocks: int,
+        sensitivity: list[float] | None = None,
+    ) -> None:
+        super().__init__(cfg, tunable_groups, num_blocks, sensitivity)
         self.bandit = DropoutBandit(
             arm_grid(cfg.drop.rate_grid(), cfg.drop.shape_grid()),
             exploration=cfg.drop.exploration,
             discount=cfg.drop.discount,
+            prune=cfg.drop.discount == 1.0,  # a pruned arm never returns: wrong for drifting devices
         )
         self.choices: dict[int, DropConfig] = {}
         self.rewards: dict[str, float] = {}
 
-    def plan(self, round_number: int, clients: list[ClientInfo]) -> dict[int, LayerPlan]:
-        plans = {}
-        for client in clients:
-            arm = self.drop or self.bandit.select(device_key(client.partition_id))
-            self.choices[client.partition_id] = arm
-            plan = base_plan(self.cfg, round_number, client, self.tunable_groups, self.num_blocks, arm)
-            if self.drop is None:
-                plan = dataclasses.replace(plan, probe_examples=self.cfg.drop.probe_examples)
-            plans[client.node_id] = plan
-        return plans
+    def plan(
+        self, round_number: int, clients: list[ClientInfo], global_state: dict[str, torch.Tensor]
+    ) -> dict[int, ClientPlan]:
+        self.choices = {}  # this round's arms only: observe() and the logs speak of the clients picked
+        return super().plan(round_number, clients, global_state)
+
+    def client_plan(self, round_number: int, client: ClientInfo) -> LayerPlan:
+        arm = self.drop or self.bandit.select(device_key(client.partition_id))
+        self.choices[client.partition_id] = arm
+        plan = base_plan(
+            self.cfg, round_number, client, self.tunable_groups, self.num_blocks, arm, self.sensitivity
+        )
+        if self.drop is None:
+            plan = dataclasses.replace(plan, probe_examples=self.cfg.drop.probe_examples)
+        return plan
 
     def observe(self, round_number: int, results: list[ClientResult]) -> None:
         self.rewards = {}
@@ -53,10 +69,10 @@ class DropPeftPlanner(AllLayersPlanner):
             return
         for result in results:
             metrics = result.metrics
-            if not result.ok or "probe_loss_before" not in metrics:
+            if not result.ok or wire.PROBE_LOSS_BEFORE not in metrics:
                 continue
             reward = progress_reward(
-                metrics["probe_loss_before"], metrics["probe_loss_after"], metrics["device_time_s"]
+                metrics[wire.PROBE_LOSS_BEFORE], metrics[wire.PROBE_LOSS_AFTER], metrics[wire.DEVICE_TIME_S]
             )
             key = device_key(result.partition_id)
             self.bandit.update(key, self.choices[result.partition_id], reward)
@@ -67,6 +83,7 @@ class DropPeftPlanner(AllLayersPlanner):
             "choices": {device_key(p): arm.label for p, arm in sorted(self.choices.items())},
             "rewards": self.rewards,
             "bandit": self.bandit.state_dict(),
+            **super().state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

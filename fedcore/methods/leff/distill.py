@@ -45,7 +45,9 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from fedcore.core.layers import find_blocks, swap_blocks
-from fedcore.data.batching import Batch
+from fedcore.data.batching import Batch, to_device
+from fedcore.model import training_state_kept
+from fedcore.training.feature_error import feature_variance, masked_mse
 
 #: ceil(n * r) tolerance so that float products such as 10 * 0.3 = 3.0000000000000004 give 3, not 4
 _CEIL_SLACK = 1e-9
@@ -115,25 +117,6 @@ def init_student(teacher_blocks: Sequence[nn.Module], depth: int) -> tuple[nn.Mo
     return nn.ModuleList(students), sources
 
 
-def compressed_block_list(
-    model: nn.Module, window: range, compressed: Sequence[CompressedSegment]
-) -> nn.ModuleList:
-    """[student of the blocks before, the model's own window blocks, student of the blocks after].
-
-    The window blocks are the model's module objects (trained in place); ``compressed`` must hold exactly
-    the segments outside the window.
-    """
-    _, blocks = find_blocks(model)
-    expected = segments_outside(window.start, len(window), len(blocks))
-    by_segment = {part.segment: part for part in compressed}
-    if sorted(by_segment, key=lambda r: r.start) != expected or len(compressed) != len(expected):
-        got = [part.segment for part in compressed]
-        raise ValueError(f"window {window} needs compressed segments {expected}, got {got}")
-    before = [b for part in compressed if part.segment.stop <= window.start for b in part.blocks]
-    after = [b for part in compressed if part.segment.start >= window.stop for b in part.blocks]
-    return nn.ModuleList([*before, *(blocks[i] for i in window), *after])
-
-
 def _hidden(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
     return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
 
@@ -149,33 +132,23 @@ def _distill_mode(model: nn.Module, eager: bool) -> Iterator[None]:
 
     Freezing the teacher keeps its .grad untouched while the student trains through the shared embeddings.
     """
-    modes = [(module, module.training) for module in model.modules()]
-    flags = [(param, param.requires_grad) for param in model.parameters()]
     config = model.config
     use_cache = getattr(config, "use_cache", None)
     attn = config._attn_implementation
-    try:
-        model.eval()
-        for param, _ in flags:
-            param.requires_grad_(False)
-        if use_cache is not None:
-            config.use_cache = False
-        if eager and attn != "eager":
-            config._attn_implementation = "eager"
-        yield
-    finally:
-        if eager and attn != "eager":
-            config._attn_implementation = attn
-        if use_cache is not None:
-            config.use_cache = use_cache
-        for param, flag in flags:
-            param.requires_grad_(flag)
-        for module, mode in modes:
-            module.train(mode)
-
-
-def _model_inputs(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    with training_state_kept(model):
+        try:
+            model.eval()
+            model.requires_grad_(False)
+            if use_cache is not None:
+                config.use_cache = False
+            if eager and attn != "eager":
+                config._attn_implementation = "eager"
+            yield
+        finally:
+            if eager and attn != "eager":
+                config._attn_implementation = attn
+            if use_cache is not None:
+                config.use_cache = use_cache
 
 
 def _teacher_targets(
@@ -257,34 +230,6 @@ def _student_forward(
     return captured["output"], attentions
 
 
-def _feature_variance(outputs: Sequence[torch.Tensor], masks: Sequence[torch.Tensor | None]) -> torch.Tensor:
-    """Variance of every hidden dimension over the real tokens of all proxy batches, floored at 1% of the
-    mean variance: a nearly constant dimension must not weigh thousands of times more than a typical one."""
-    tokens = torch.cat(
-        [
-            out.float().reshape(-1, out.shape[-1])[m.reshape(-1).bool()]
-            if m is not None
-            else out.float().reshape(-1, out.shape[-1])
-            for out, m in zip(outputs, masks, strict=True)
-        ]
-    )
-    variance = tokens.var(dim=0, unbiased=False)
-    return variance.clamp_min(1e-2 * float(variance.mean()) + 1e-12)
-
-
-def _masked_mse(
-    student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None, scale: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Mean squared error over real tokens only (padding carries no signal), each dimension divided by
-    ``scale`` when given."""
-    error = (student.float() - teacher.float()).pow(2)
-    error = (error / scale if scale is not None else error).mean(dim=-1)
-    if mask is None:
-        return error.mean()
-    weights = mask.to(error.dtype)
-    return (error * weights).sum() / weights.sum().clamp_min(1.0)
-
-
 def _attention_kl(
     student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], mask: torch.Tensor | None
 ) -> torch.Tensor:
@@ -336,14 +281,14 @@ def distill_segment(
     sources = _student_sources(len(segment), depth)
     with_attentions = alpha > 0
     device = next(model.parameters()).device
-    inputs = [_model_inputs(batch, device) for batch in proxy_batches]
+    inputs = [to_device(batch, device, labels=False) for batch in proxy_batches]
     masks = [batch.get("attention_mask") for batch in inputs]
     with _distill_mode(model, eager=with_attentions):
         # The teacher runs first: it also installs transformers' lazy output-capturing hooks on its blocks,
         # which the student copies must carry to report attention maps.
         attention_layers = [segment.start + i for i in sources] if with_attentions else []
         targets = [_teacher_targets(model, segment, batch, attention_layers) for batch in inputs]
-        variance = _feature_variance([out for _, out, _ in targets], masks)
+        variance = feature_variance([out for _, out, _ in targets], masks)
         train_scale = variance if loss == "normalised" else None
         student, _ = init_student([blocks[i] for i in segment], depth)
         student.eval()
@@ -352,8 +297,8 @@ def distill_segment(
             """(training loss, normalised error) of one proxy batch."""
             teacher_in, teacher_out, teacher_attn = targets[index]
             output, attn = _student_forward(model, student, inputs[index], teacher_in, with_attentions)
-            error = _masked_mse(output, teacher_out, masks[index], variance)
-            fit = error if train_scale is not None else _masked_mse(output, teacher_out, masks[index])
+            error = masked_mse(output, teacher_out, masks[index], variance)
+            fit = error if train_scale is not None else masked_mse(output, teacher_out, masks[index])
             if not with_attentions:
                 return fit, error
             return (1 - alpha) * fit + alpha * _attention_kl(attn, teacher_attn, masks[index]), error

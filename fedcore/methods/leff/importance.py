@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from fedcore.core.layers import LayerMap
-from fedcore.data.batching import Batch
+from fedcore.data.batching import Batch, to_device
+from fedcore.model import training_state_kept
 
 STRATEGIES = ("importance", "random", "round-robin")
 
@@ -51,35 +52,31 @@ def block_importance(model: nn.Module, batches: Sequence[Batch], task: str) -> l
         raise ValueError("block_importance needs at least one batch")
     layer_map = LayerMap(model)
     named = list(model.named_parameters())
-    saved_flags = [p.requires_grad for _, p in named]
     saved_grads = [p.grad for _, p in named]
-    saved_modes = [(m, m.training) for m in model.modules()]
     block_params: list[list[nn.Parameter]] = [[] for _ in range(layer_map.num_blocks)]
     for name, param in named:
-        group = layer_map.group_of(name)
-        if group.startswith("block."):
-            block_params[int(group.split(".")[1])].append(param)
+        block = layer_map.block_index(name)
+        if block is not None:
+            block_params[block].append(param)
     device = named[0][1].device
-    try:
-        model.eval()
-        for name, param in named:
-            param.grad = None
-            param.requires_grad_(layer_map.group_of(name).startswith("block."))
-        with torch.enable_grad():
-            for batch in batches:
-                inputs = {k: v.to(device) for k, v in batch.items()}
-                (_loss(model, inputs, task) / len(batches)).backward()
-        with torch.no_grad():
-            return [
-                float(sum(((p.grad * p).double() ** 2).sum() for p in params if p.grad is not None))
-                for params in block_params
-            ]
-    finally:
-        for (_, param), flag, grad in zip(named, saved_flags, saved_grads, strict=True):
-            param.requires_grad_(flag)
-            param.grad = grad
-        for module, mode in saved_modes:
-            module.train(mode)
+    with training_state_kept(model):
+        try:
+            model.eval()
+            for name, param in named:
+                param.grad = None
+                param.requires_grad_(layer_map.block_index(name) is not None)
+            with torch.enable_grad():
+                for batch in batches:
+                    inputs = to_device(batch, device)
+                    (_loss(model, inputs, task) / len(batches)).backward()
+            with torch.no_grad():
+                return [
+                    float(sum(((p.grad * p).double() ** 2).sum() for p in params if p.grad is not None))
+                    for params in block_params
+                ]
+        finally:
+            for (_, param), grad in zip(named, saved_grads, strict=True):
+                param.grad = grad
 
 
 def window_scores(importance: Sequence[float], width: int) -> list[float]:

@@ -22,16 +22,13 @@ from transformers import PreTrainedTokenizerBase
 from fedcore.config import RunConfig
 from fedcore.core.devices import DeviceProfile
 from fedcore.core.layers import HEAD, LayerMap, block_group
-from fedcore.core.plan import LayerPlan
 from fedcore.core.seeding import derive_seed
 from fedcore.data.batching import make_batches
-from fedcore.mechanisms.partial_model import STUDENT, student_state, to_local
-from fedcore.methods.base import ClientInfo, ClientResult
-from fedcore.methods.baselines import base_plan, fixed_drop
-from fedcore.methods.droppeft.bandit import DropConfig
+from fedcore.data.proxy import load_proxy_texts
+from fedcore.mechanisms.partial_model import STUDENT, Layout
+from fedcore.methods.base import ClientInfo, ClientPlan, ClientResult, base_plan, drop_sensitivity, fixed_drop
 from fedcore.methods.leff.distill import CompressedSegment, distill_segment, segments_outside, student_depth
 from fedcore.methods.leff.importance import block_importance, choose_window
-from fedcore.methods.leff.proxy import load_proxy_texts
 
 
 @dataclasses.dataclass
@@ -60,10 +57,15 @@ class LeffPlanner:
             Dataset.from_dict({"text": texts}), tokenizer, cfg.model.task, cfg.model.max_length, 32
         )
         self.drop = fixed_drop(cfg)
+        self.sensitivity = drop_sensitivity(cfg, model, tokenizer)
         self.importance: list[float] = []
-        self.assignments: dict[int, Assignment] = {}
+        self.windows: dict[str, list[int]] = {}  # the last round's, for the logs
         self.cache: dict[tuple[int, int], CompressedSegment] = {}
         self.stats: dict[str, Any] = {}
+
+    @classmethod
+    def from_model(cls, cfg: RunConfig, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> LeffPlanner:
+        return cls(cfg, model, tokenizer)
 
     def _student(self, segment: range, round_number: int) -> CompressedSegment:
         key = (segment.start, segment.stop)
@@ -88,7 +90,9 @@ class LeffPlanner:
         self.cache[key] = compressed
         return compressed
 
-    def plan(self, round_number: int, clients: list[ClientInfo]) -> dict[int, LayerPlan]:
+    def plan(
+        self, round_number: int, clients: list[ClientInfo], global_state: dict[str, torch.Tensor]
+    ) -> dict[int, ClientPlan]:
         leff = self.cfg.leff
         num_blocks = self.layer_map.num_blocks
         if not self.importance or (round_number - 1) % leff.importance_every == 0:
@@ -96,6 +100,7 @@ class LeffPlanner:
         self.cache = {}  # the global model changed: every student must be distilled anew
         self.stats = {"distill_seconds": 0.0, "cache_hits": 0, "cache_misses": 0, "student_error": []}
         rng = np.random.default_rng(derive_seed(self.cfg.seed, round_number))
+        self.windows = {}
         plans = {}
         for index, client in enumerate(clients):
             width = DeviceProfile.from_config(client.profile).trainable_blocks(num_blocks)
@@ -107,7 +112,7 @@ class LeffPlanner:
             before = self._student(segments[True], round_number) if True in segments else None
             after = self._student(segments[False], round_number) if False in segments else None
             assignment = Assignment(client.partition_id, window, before, after)
-            self.assignments[client.node_id] = assignment
+            self.windows[f"client-{client.partition_id}"] = [start, width]
             plan = base_plan(
                 self.cfg,
                 round_number,
@@ -115,30 +120,35 @@ class LeffPlanner:
                 [*(block_group(i) for i in window), HEAD],
                 num_blocks,
             )
-            plans[client.node_id] = dataclasses.replace(
+            plan = dataclasses.replace(
                 plan,
                 block_sources=assignment.sources,
                 drop_rates=self._drop_rates(assignment),
                 label=f"window {start}-{start + width - 1}",
             )
+            plans[client.node_id] = ClientPlan(plan, self._payload(assignment, global_state))
         return plans
 
     def _drop_rates(self, assignment: Assignment) -> tuple[float, ...]:
         """STLD inside the window only (students are never dropped); empty when dropout is off."""
         if self.drop is None or self.drop.mean_rate == 0:
             return ()
-        window_rates = iter(DropConfig(self.drop.mean_rate, self.drop.shape).rates(len(assignment.window)))
+        window = assignment.window
+        sensitivity = [self.sensitivity[i] for i in window] if self.sensitivity else None
+        window_rates = iter(self.drop.rates(len(window), sensitivity=sensitivity))
         return tuple(next(window_rates) if s != STUDENT else 0.0 for s in assignment.sources)
 
-    def payload(self, node_id: int, global_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _payload(
+        self, assignment: Assignment, global_state: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         """Window blocks and head (local names) plus the students; embeddings come from the client's disk."""
-        assignment = self.assignments[node_id]
-        payload = to_local(global_state, self.layer_map, assignment.sources)
+        layout = Layout(self.layer_map, assignment.sources)
+        payload = layout.to_local(global_state)
         if assignment.before:
-            payload.update(student_state(assignment.before.blocks, 0, self.layer_map))
+            payload.update(layout.student_state(assignment.before.blocks, 0))
         if assignment.after:
             first = len(assignment.sources) - len(assignment.after.blocks)
-            payload.update(student_state(assignment.after.blocks, first, self.layer_map))
+            payload.update(layout.student_state(assignment.after.blocks, first))
         return payload
 
     def observe(self, round_number: int, results: list[ClientResult]) -> None:
@@ -148,9 +158,7 @@ class LeffPlanner:
         lookups = self.stats.get("cache_hits", 0) + self.stats.get("cache_misses", 0)
         return {
             "importance": self.importance,
-            "windows": {
-                f"client-{a.partition_id}": [a.window.start, len(a.window)] for a in self.assignments.values()
-            },
+            "windows": self.windows,
             "distill_seconds": self.stats.get("distill_seconds", 0.0),
             "cache_hit_rate": self.stats.get("cache_hits", 0) / lookups if lookups else None,
             "student_error": self.stats.get("student_error", []),

@@ -1,8 +1,8 @@
 """Unlabelled public proxy text for the server's LEFF work (block importance, distillation).
 
 LEFF's paper notes that the proxy domain barely matters; the default is the embedded set of news
-headlines. A local file works too: .txt (one text per line) or a .csv/.jsonl/.parquet with a ``text``
-column.
+headlines. A local file works too: .txt (one text per line) or any table file the data loader reads
+(.csv, .jsonl, .json, .parquet) with a ``text`` column.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from fedcore.data import assets
+from fedcore.data.tables import DataError, read_table
 
 
 class ProxyError(ValueError):
@@ -32,15 +33,13 @@ def load_proxy_texts(ref: str, count: int, seed: int) -> list[str]:
         try:
             if path.suffix == ".txt":
                 texts = path.read_text(encoding="utf-8", errors="replace").splitlines()
-            elif path.suffix == ".parquet":
-                texts = pd.read_parquet(path)["text"].astype(str).tolist()
-            elif path.suffix in (".jsonl", ".json"):
-                texts = pd.read_json(path, lines=path.suffix == ".jsonl")["text"].astype(str).tolist()
             else:
-                texts = pd.read_csv(path)["text"].astype(str).tolist()
+                texts = read_table(path, "leff.proxy")["text"].astype(str).tolist()
         except KeyError:
             raise ProxyError(f"leff.proxy: {path} has no 'text' column") from None
-        except (OSError, ValueError) as exc:
+        except DataError as exc:
+            raise ProxyError(str(exc)) from None
+        except OSError as exc:
             raise ProxyError(f"leff.proxy: cannot read {path}: {exc}") from None
     texts = [t.strip() for t in texts if t.strip()]
     if not texts:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_model_dir, tiny_run_config
 
-from fedcore.layers import find_blocks
+from fedcore.core.layers import find_blocks
+from fedcore.mechanisms.block_sensitivity import block_sensitivity
 from fedcore.model import build_model
-from fedcore.sensitivity import block_sensitivity
+from tests.conftest import make_tiny_model_dir, tiny_run_config
 
 
 @pytest.mark.parametrize("task", ["seq-cls", "causal-lm"])

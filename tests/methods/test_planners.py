@@ -1,0 +1,136 @@
+"""Each planner on its own: what a round's plans and payloads hold, and that no round leaks into the next."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedcore.core import wire
+from fedcore.core.devices import DeviceProfile
+from fedcore.core.layers import HEAD, LayerMap
+from fedcore.methods.base import ClientInfo, ClientResult, tunable_groups
+from fedcore.methods.baselines import AllLayersPlanner
+from fedcore.methods.droppeft.planner import DropPeftPlanner
+from fedcore.methods.leff.planner import LeffPlanner
+from fedcore.methods.registry import make_planner
+from fedcore.model import build_model, tunable_state
+from tests.conftest import make_tiny_model_dir, tiny_run_config
+
+CLIENTS = [ClientInfo(node_id=10 + p, partition_id=p) for p in range(3)]
+
+
+def _planner_and_state(model_dir: Path, tmp_path: Path, **overrides: object) -> tuple:
+    cfg = tiny_run_config(model_dir, tmp_path, **overrides)
+    model, tokenizer = build_model(cfg, num_labels=2)
+    return make_planner(cfg, model, tokenizer), model, tunable_state(model)
+
+
+@pytest.mark.parametrize("method", ["fedavg", "fedlora", "fedbitfit"])
+def test_baselines_send_every_tunable_group_to_every_client(
+    tiny_models: dict[str, Path], tmp_path: Path, method: str
+) -> None:
+    planner, model, state = _planner_and_state(tiny_models["bert"], tmp_path, method=method)
+    assert type(planner) is AllLayersPlanner
+    planned = planner.plan(1, CLIENTS, state)
+    assert set(planned) == {c.node_id for c in CLIENTS}
+    groups = tuple(tunable_groups(model))
+    assert HEAD in groups and "embed" not in groups
+    for client_plan in planned.values():
+        assert client_plan.plan.train_groups == groups
+        assert client_plan.plan.drop_rates == () and client_plan.plan.personal_fraction == 0
+        assert client_plan.payload is state
+    assert len({p.plan.seed for p in planned.values()}) == len(CLIENTS), "one seed per client"
+    assert planner.state_dict() == {}
+
+
+def test_fixed_dropout_and_personal_layers_enter_any_plan(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    overrides = {"method": "fedavg", "drop.mode": "fixed", "drop.mean-rate": 0.3, "ptls.fraction": 0.5}
+    planner, model, state = _planner_and_state(tiny_models["bert"], tmp_path, **overrides)
+    plan = planner.plan(1, CLIENTS[:1], state)[CLIENTS[0].node_id].plan
+    assert len(plan.drop_rates) == LayerMap(model).num_blocks
+    assert sum(plan.drop_rates) / len(plan.drop_rates) == pytest.approx(0.3)
+    assert plan.personal_fraction == 0.5 and plan.evaluate_local
+
+
+@pytest.mark.parametrize("method", ["fedlora", "droppeft"])
+def test_sensitivity_shape_reads_the_starting_model(
+    tiny_models: dict[str, Path], tmp_path: Path, method: str
+) -> None:
+    """drop.shape(s)=sensitivity: the planner measures block sensitivity once and spreads the rate by it."""
+    overrides = (
+        {"drop.mode": "fixed", "drop.mean-rate": 0.3, "drop.shape": "sensitivity"}
+        if method == "fedlora"
+        else {"drop.rates": "0.3", "drop.shapes": "sensitivity"}
+    )
+    planner, model, state = _planner_and_state(tiny_models["llama"], tmp_path, method=method, **overrides)
+    scores = planner.sensitivity
+    assert scores is not None and len(scores) == LayerMap(model).num_blocks and min(scores) > 0
+    plan = planner.plan(1, CLIENTS[:1], state)[CLIENTS[0].node_id].plan
+    assert sum(plan.drop_rates) / len(plan.drop_rates) == pytest.approx(0.3)
+    most = max(range(len(scores)), key=scores.__getitem__)
+    least = min(range(len(scores)), key=scores.__getitem__)
+    assert plan.drop_rates[most] < plan.drop_rates[least]
+    assert planner.state_dict()["block_sensitivity"] == scores
+    plain, _, _ = _planner_and_state(tiny_models["llama"], tmp_path, method=method)
+    assert plain.sensitivity is None  # measured only when a shape reads it
+
+
+def test_droppeft_plans_bandit_arms_and_learns_only_from_the_round(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    planner, _, state = _planner_and_state(tiny_models["bert"], tmp_path, method="droppeft")
+    assert type(planner) is DropPeftPlanner and planner.bandit.prune
+    planned = planner.plan(1, CLIENTS, state)
+    for client_plan in planned.values():
+        assert client_plan.plan.drop_rates and client_plan.plan.probe_examples > 0
+        assert client_plan.payload is state
+    metrics = {wire.PROBE_LOSS_BEFORE: 0.7, wire.PROBE_LOSS_AFTER: 0.5, wire.DEVICE_TIME_S: 2.0}
+    planner.observe(1, [ClientResult(0, True, metrics), ClientResult(1, False, {})])
+    assert planner.rewards == {"client-0": pytest.approx(0.1)}
+
+    planner.plan(2, CLIENTS[2:], state)  # clients.per-round: only client 2 this round
+    assert list(planner.state_dict()["choices"]) == ["client-2"]
+    restored, _, _ = _planner_and_state(tiny_models["bert"], tmp_path, method="droppeft")
+    restored.load_state_dict(planner.state_dict())
+    assert restored.state_dict() == planner.state_dict()
+
+
+def test_droppeft_does_not_prune_arms_of_drifting_devices(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    planner, _, _ = _planner_and_state(
+        tiny_models["bert"], tmp_path, method="droppeft", **{"drop.discount": 0.9}
+    )
+    assert not planner.bandit.prune
+
+
+def test_leff_plans_carry_their_payload_and_log_only_the_round(tmp_path: Path) -> None:
+    model_dir = make_tiny_model_dir(tmp_path / "bert6", "bert", layers=6)
+    overrides = {"leff.window": "round-robin", "leff.distill-steps": 1, "leff.proxy-examples": 16}
+    planner, model, state = _planner_and_state(model_dir, tmp_path, method="leff", **overrides)
+    assert type(planner) is LeffPlanner
+    profile = DeviceProfile("edge", max_blocks=2).as_config()
+    clients = [ClientInfo(node_id=10 + p, partition_id=p, profile=profile) for p in range(2)]
+
+    planned = planner.plan(1, clients, state)
+    layer_map = LayerMap(model)
+    for client_plan in planned.values():
+        sources = client_plan.plan.block_sources
+        window = [s for s in sources if s >= 0]
+        assert len(window) == 2 and client_plan.plan.train_groups == (*(f"block.{s}" for s in window), HEAD)
+        payload_blocks = {layer_map.block_index(n) for n in client_plan.payload} - {None}
+        assert payload_blocks == set(range(len(sources))), "window and students, under local names"
+        assert not any(layer_map.group_of(n) == "embed" for n in client_plan.payload)
+        local = sources.index(window[0])
+        name = next(n for n in client_plan.payload if layer_map.block_index(n) == local)
+        torch.testing.assert_close(
+            client_plan.payload[name], state[layer_map.with_block_index(name, window[0])], rtol=0, atol=0
+        )
+    assert set(planner.state_dict()["windows"]) == {"client-0", "client-1"}
+
+    planner.plan(2, clients[1:], state)  # clients.per-round: client 0 is not picked this round
+    assert set(planner.state_dict()["windows"]) == {"client-1"}
