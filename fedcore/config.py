@@ -189,8 +189,8 @@ class LeffConfig(Section):
     distill_alpha: float = Field(0.0, ge=0, le=1, description="Weight of the attention-map KL term.")
     distill_steps: int = Field(20, ge=0, description="Distillation steps per compressed segment.")
     distill_lr: float = Field(1e-4, gt=0, lt=1)
-    distill_loss: Literal["normalised", "mse"] = Field(
-        "normalised",
+    distill_loss: Literal["mse", "normalised"] = Field(
+        "mse",
         description="Student output loss: variance-normalised per dimension, or the paper's mse.",
     )
     proxy: str = Field("embedded:proxy-text", description="Unlabelled text: embedded asset or local file.")
