@@ -47,15 +47,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     # per round on heterogeneous devices; hyperparameters are chosen on the server's validation split
     "paper-cls": {
         **_SMOLLM2,
-        "model.max-length": 48,
+        "model.max-length": 32,
         "data.name": "embedded:bbc-news",
         "data.dirichlet-alpha": 0.1,
-        "data.validation-fraction": 0.1,
+        "data.validation-fraction": 0.05,
         "clients.num-partitions": 8,
         "clients.per-round": 4,
         "rounds": 10,
         "train.local-steps": 5,
-        "eval.client-examples": 50,
+        "eval.max-examples": 100,
+        "eval.batch-size": 32,
+        "eval.client-examples": 32,
+        "drop.probe-examples": 32,
     },
     # the same 30-block model as a sentiment classifier: the deep testbed for layer dropout and windows
     "llm-classifier": {
