@@ -133,18 +133,23 @@ def main(argv: list[str] | None = None) -> int:
     runs_root = ROOT / "benchmarks" / "runs" / time.strftime("%Y%m%d-%H%M%S")
     run_dirs = []
     for name, run_overrides in runs_wanted:
-        out = runs_root / name
-        overrides = merge_overrides(run_overrides, f"output.dir='{out}'")
-        code = simulate(ROOT, ROOT / ".flwr", args.supernodes, args.cpus, overrides)
-        found = sorted(out.glob("*/metrics.jsonl"))
-        if code != 0 or not found:
-            print(f"benchmarks: {name} did not complete; see the log above", file=sys.stderr)
-            continue
-        # The run directory is renamed after the variant so tables and legends say which run is which.
-        stamp = found[-1].parent.name.rsplit("-", 1)[0]
-        run_dir = found[-1].parent.rename(runs_root / f"{stamp}-{name}")
-        run_dirs.append(run_dir)
+        run_dir = run_one(runs_root, name, run_overrides, args.supernodes, args.cpus)
+        if run_dir is not None:
+            run_dirs.append(run_dir)
     return report_runs(args, info, runs_root, run_dirs, runs_wanted)
+
+
+def run_one(runs_root: Path, name: str, overrides: str, supernodes: int, cpus: float) -> Path | None:
+    """Simulate one run into ``runs_root/<stamp>-<name>``; None (with a message) if it did not complete."""
+    out = runs_root / name
+    code = simulate(ROOT, ROOT / ".flwr", supernodes, cpus, merge_overrides(overrides, f"output.dir='{out}'"))
+    found = sorted(out.glob("*/metrics.jsonl"))
+    if code != 0 or not found:
+        print(f"benchmarks: {name} did not complete; see the log above", file=sys.stderr)
+        return None
+    # The run directory is renamed after the variant so tables and legends say which run is which.
+    stamp = found[-1].parent.name.rsplit("-", 1)[0]
+    return found[-1].parent.rename(runs_root / f"{stamp}-{name}")
 
 
 def report_runs(

@@ -28,9 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchlib import RESULTS, command_line, header, machine, table, write_results  # noqa: E402
-from methods import merge_overrides  # noqa: E402
+from methods import merge_overrides, run_one  # noqa: E402
 
-from fedcore.cli.launch import simulate  # noqa: E402
 from fedcore.cli.report import RunRecord, load_run, plot_runs  # noqa: E402
 
 NAME = "paper-testbed"
@@ -41,6 +40,8 @@ VARIANTS = {
     "fedbitfit": "method='fedbitfit'",
     "droppeft": "method='droppeft'",
     "leff": "method='leff'",
+    "droppeft-incremental": "method='droppeft' drop.shapes='incremental'",
+    "droppeft-fixed0.3": "method='droppeft' drop.mode='fixed' drop.mean-rate=0.3 drop.shape='sensitivity'",
     "leff-random": "method='leff' leff.window='random'",
     "leff-round-robin": "method='leff' leff.window='round-robin'",
 }
@@ -153,6 +154,12 @@ def report(args: argparse.Namespace, info: dict[str, Any], runs_root: Path, runs
     print(markdown, flush=True)
 
 
+def finished_runs(root: Path) -> list[tuple[str, int, RunRecord]]:
+    """(variant, seed, run) for every finished run in ``root``, in the order they ran."""
+    dirs = sorted(p.parent for p in root.glob("*-s[0-9]*/metrics.jsonl"))
+    return [(*_parse_run_dir(d), load_run(d)) for d in dirs]
+
+
 def _parse_run_dir(path: Path) -> tuple[str, int]:
     """Run directories are named <stamp>-<variant>-s<seed>."""
     stem, _, seed = path.name.rpartition("-s")
@@ -168,39 +175,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-config", default="", help="extra overrides for every run (after the preset)")
     parser.add_argument("--memory", type=Path, default=None, help="a client_round.py JSON result")
     parser.add_argument("--from-runs", type=Path, default=None, metavar="DIR")
+    parser.add_argument(
+        "--runs-root", type=Path, default=None, help="add to (and report) the runs already in this folder"
+    )
     args = parser.parse_args(argv)
     info = machine()
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.from_runs is not None:
-        dirs = sorted(p.parent for p in args.from_runs.glob("*/metrics.jsonl"))
-        runs = [(*_parse_run_dir(d), load_run(d)) for d in dirs]
-        report(args, info, args.from_runs, runs)
+        report(args, info, args.from_runs, finished_runs(args.from_runs))
         return 0
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"--variants: unknown {unknown}")
-    runs_root = ROOT / "benchmarks" / "runs" / time.strftime("%Y%m%d-%H%M%S")
-    runs: list[tuple[str, int, RunRecord]] = []
+    runs_root = args.runs_root or ROOT / "benchmarks" / "runs" / time.strftime("%Y%m%d-%H%M%S")
     for seed in (int(s) for s in args.seeds.split(",")):
         for variant in variants:
-            out = runs_root / f"{variant}-s{seed}"
             overrides = merge_overrides(
-                "preset='paper-cls'",
-                args.run_config,
-                VARIANTS[variant],
-                f"seed={seed}",
-                f"output.dir='{out}'",
+                "preset='paper-cls'", args.run_config, VARIANTS[variant], f"seed={seed}"
             )
-            code = simulate(ROOT, ROOT / ".flwr", args.supernodes, args.cpus, overrides)
-            found = sorted(out.glob("*/metrics.jsonl"))
-            if code != 0 or not found:
-                print(f"benchmarks: {variant} seed {seed} did not complete", file=sys.stderr)
-                continue
-            stamp = found[-1].parent.name.rsplit("-", 1)[0]
-            run_dir = found[-1].parent.rename(runs_root / f"{stamp}-{variant}-s{seed}")
-            runs.append((variant, seed, load_run(run_dir)))
-            report(args, info, runs_root, runs)
+            if run_one(runs_root, f"{variant}-s{seed}", overrides, args.supernodes, args.cpus) is not None:
+                report(args, info, runs_root, finished_runs(runs_root))
     return 0
 
 

@@ -30,14 +30,9 @@ def device_key(partition_id: int) -> str:
 class DropPeftPlanner(AllLayersPlanner):
     """The baselines' plan (all tunable groups, same payload) with a bandit-chosen dropout configuration."""
 
-    def __init__(
-        self,
-        cfg: RunConfig,
-        tunable_groups: list[str],
-        num_blocks: int,
-        sensitivity: list[float] | None = None,
-    ) -> None:
-        super().__init__(cfg, tunable_groups, num_blocks, sensitivity)
+    def __init__(self, cfg: RunConfig, *args: Any) -> None:
+        """The arguments of ``AllLayersPlanner``; the bandit's arms come from ``cfg.drop``."""
+        super().__init__(cfg, *args)
         self.bandit = DropoutBandit(
             arm_grid(cfg.drop.rate_grid(), cfg.drop.shape_grid()),
             exploration=cfg.drop.exploration,
