@@ -75,7 +75,8 @@ def test_sensitivity_shape_reads_the_starting_model(
     least = min(range(len(scores)), key=scores.__getitem__)
     assert plan.drop_rates[most] < plan.drop_rates[least]
     assert planner.state_dict()["block_sensitivity"] == scores
-    plain, _, _ = _planner_and_state(tiny_models["llama"], tmp_path, method=method)
+    other_shape = {"drop.shapes": "uniform,incremental"} if method == "droppeft" else {}
+    plain, _, _ = _planner_and_state(tiny_models["llama"], tmp_path, method=method, **other_shape)
     assert plain.sensitivity is None  # measured only when a shape reads it
 
 
