@@ -42,6 +42,8 @@ VARIANTS = {
     "leff": "method='leff'",
     "droppeft-incremental": "method='droppeft' drop.shapes='incremental'",
     "droppeft-fixed0.3": "method='droppeft' drop.mode='fixed' drop.mean-rate=0.3 drop.shape='sensitivity'",
+    "droppeft-stld-only": "method='droppeft' drop.mode='fixed' drop.mean-rate=0.3 drop.shape='sensitivity' "
+    "ptls.fraction=0",
     "leff-random": "method='leff' leff.window='random'",
     "leff-round-robin": "method='leff' leff.window='round-robin'",
 }
@@ -84,12 +86,22 @@ def run_rows(runs: list[tuple[str, int, RunRecord]], memory: dict[str, float]) -
                 "time_to_target_s": None if math.isnan(target) else _first_reach(run, target),
                 "wall_time_s": float(g["elapsed_s"].max()),
                 "mean_activation_mb": float(activation.mean()) if len(activation) else None,
+                "mean_client_compute_s": _column_mean(c, "compute_time_s"),
+                "mean_client_wall_s": _column_mean(c, "wall_time_s"),
                 "client_round_memory_mb": memory.get(run.method),
                 "accuracy_by_round": [round(float(a), 4) for a in g["accuracy"]],
                 "run_dir": str(run.path),
             }
         )
     return rows
+
+
+def _column_mean(rows: Any, column: str) -> float | None:
+    """Mean of a client-row column over the run's client rounds (None when no client reported it)."""
+    if column not in rows:
+        return None
+    values = rows[column].dropna()
+    return float(values.mean()) if len(values) else None
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -116,6 +128,8 @@ def _summary(rows: list[dict[str, Any]]) -> list[list[Any]]:
                 ),
                 _mean([r["wall_time_s"] for r in group]),
                 _mean([r["mean_activation_mb"] for r in group]),
+                _mean([r["mean_client_compute_s"] for r in group]),
+                _mean([r["mean_client_wall_s"] for r in group]),
                 group[0]["client_round_memory_mb"],
             ]
         )
@@ -139,6 +153,8 @@ def report(args: argparse.Namespace, info: dict[str, Any], runs_root: Path, runs
                 "time to target s per seed",
                 "mean wall s",
                 "mean activation MB",
+                "client train s / round",
+                "client wall s / round",
                 "client round MB",
             ],
             _summary(rows),
