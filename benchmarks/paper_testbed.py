@@ -82,6 +82,7 @@ def run_rows(runs: list[tuple[str, int, RunRecord]], memory: dict[str, float]) -
                 "seed": seed,
                 "final_accuracy": float(g["accuracy"].iloc[-1]),
                 "final_val_accuracy": None if validation is None else float(validation),
+                "final_personal_accuracy": _last_round_mean(c, "personal_accuracy"),
                 "target_accuracy": None if math.isnan(target) else round(target, 4),
                 "time_to_target_s": None if math.isnan(target) else _first_reach(run, target),
                 "wall_time_s": float(g["elapsed_s"].max()),
@@ -94,6 +95,16 @@ def run_rows(runs: list[tuple[str, int, RunRecord]], memory: dict[str, float]) -
             }
         )
     return rows
+
+
+def _last_round_mean(rows: Any, column: str) -> float | None:
+    """Mean over the clients of the last round that reported ``column`` (personalised accuracy)."""
+    if column not in rows:
+        return None
+    reported = rows.dropna(subset=[column])
+    if not len(reported):
+        return None
+    return float(reported[reported["round"] == reported["round"].max()][column].mean())
 
 
 def _column_mean(rows: Any, column: str) -> float | None:
@@ -122,6 +133,7 @@ def _summary(rows: list[dict[str, Any]]) -> list[list[Any]]:
                 ",".join(map(str, seeds)),
                 " / ".join(f"{r['final_accuracy']:.3f}" for r in sorted(group, key=lambda r: r["seed"])),
                 _mean([r["final_accuracy"] for r in group]),
+                _mean([r["final_personal_accuracy"] for r in group]),
                 " / ".join(
                     "-" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.0f}"
                     for r in sorted(group, key=lambda r: r["seed"])
@@ -150,6 +162,7 @@ def report(args: argparse.Namespace, info: dict[str, Any], runs_root: Path, runs
                 "seeds",
                 "final acc per seed",
                 "mean final acc",
+                "mean personal acc",
                 "time to target s per seed",
                 "mean wall s",
                 "mean activation MB",
