@@ -172,10 +172,11 @@ def report(args: argparse.Namespace, info: dict[str, Any], runs_root: Path, runs
             ],
             _summary(rows),
         )
-        + "\n\nFedBitFit cannot run here: SmolLM2 (a Llama) has no bias parameters, and the run is refused at "
-        "start, as the LEFF paper's Table 5 marks FedBitFit on Llama. `client round MB` (peak RSS minus runtime "
-        "RSS of one client round) comes from the `--memory` file, one row per method (there DropPEFT is a "
-        "fixed p=0.5 round and LEFF holds the smallest device's window), not from these federations.\n"
+        + "\n\nFedBitFit cannot run here: SmolLM2 (a Llama) has no bias parameters, and the run is "
+        "refused at start, as the LEFF paper's Table 5 marks FedBitFit on Llama. `client round MB` (peak "
+        "RSS minus runtime RSS of one client round) comes from the `--memory` file, one row per method "
+        "(there DropPEFT is a fixed p=0.5 round and LEFF holds the smallest device's window), not from "
+        "these federations.\n"
         + "\n### Accuracy per round\n\n"
         + table(
             ["variant", "seed", "accuracy by round (round 0 first)"],
