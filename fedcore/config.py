@@ -132,7 +132,7 @@ class LayerDropConfig(Section):
         "incremental", description="How drop.mean-rate is spread over the blocks (mode=fixed)."
     )
     rates: str = Field("0.15,0.3", description="Bandit arms: comma-separated mean rates.")
-    shapes: str = Field("sensitivity", description="Bandit arms: comma-separated shapes.")
+    shapes: str = Field("incremental", description="Bandit arms: comma-separated shapes.")
     exploration: float = Field(
         0.2, ge=0, description="UCB exploration weight (rewards are normalised to [0, 1] per device)."
     )
