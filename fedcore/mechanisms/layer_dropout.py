@@ -9,6 +9,7 @@ never enters this context and always runs the full depth.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -87,9 +88,7 @@ class DropConfig:
 def sensitivity_weights(scores: Sequence[float]) -> list[float]:
     """min(1, median / score) per block: a typical block weighs 1, one that matters k times more than the
     median weighs 1/k, so the drop rate it receives shrinks in proportion."""
-    ordered = sorted(scores)
-    middle = len(ordered) // 2
-    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    median = statistics.median(scores)
     return [1.0 if score <= median else median / score for score in scores]
 
 
