@@ -44,6 +44,7 @@ VARIANTS = {
     "droppeft-fixed0.3": "method='droppeft' drop.mode='fixed' drop.mean-rate=0.3 drop.shape='sensitivity'",
     "droppeft-stld-only": "method='droppeft' drop.mode='fixed' drop.mean-rate=0.3 drop.shape='sensitivity' "
     "ptls.fraction=0",
+    "droppeft-warmup": "method='droppeft' drop.warmup=0.5",
     "leff-random": "method='leff' leff.window='random'",
     "leff-round-robin": "method='leff' leff.window='round-robin'",
 }

@@ -115,6 +115,11 @@ class EvalConfig(Section):
     client_examples: int = Field(
         200, ge=0, description="Own test examples a client evaluates with personal layers (0 = all)."
     )
+    local: bool = Field(
+        False,
+        description="Every client evaluates the model it receives on its own test split (always "
+        "on with personal layers).",
+    )
     batch_size: int = Field(64, ge=1)
 
 
@@ -189,6 +194,10 @@ class LeffConfig(Section):
     distill_alpha: float = Field(0.0, ge=0, le=1, description="Weight of the attention-map KL term.")
     distill_steps: int = Field(20, ge=0, description="Distillation steps per compressed segment.")
     distill_lr: float = Field(1e-4, gt=0, lt=1)
+    warm_students: int = Field(
+        8, ge=0, description="Students kept across rounds to warm-start their segment (0: never)."
+    )
+    warm_distill_steps: int = Field(5, ge=0, description="Distillation steps of a warm-started student.")
     distill_loss: Literal["mse", "normalised"] = Field(
         "mse",
         description="Student output loss: variance-normalised per dimension, or the paper's mse.",

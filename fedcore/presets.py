@@ -58,6 +58,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval.max-examples": 100,
         "eval.batch-size": 32,
         "eval.client-examples": 32,
+        "eval.local": True,
         "drop.probe-examples": 32,
     },
     # the same 30-block model as a sentiment classifier: the deep testbed for layer dropout and windows

@@ -130,7 +130,7 @@ def base_plan(
         epochs=cfg.train.local_epochs,
         lr=cfg.learning_rate,
         seed=derive_seed(cfg.seed, round_number, client.partition_id),
-        evaluate_local=personal > 0,
+        evaluate_local=personal > 0 or cfg.eval.local,
         label=drop.label if drop else "",
     )
 

@@ -45,6 +45,17 @@ def test_baselines_send_every_tunable_group_to_every_client(
     assert planner.state_dict() == {}
 
 
+@pytest.mark.parametrize(("local", "expected"), [(False, False), (True, True)])
+def test_local_evaluation_is_asked_of_every_method_when_configured(
+    tiny_models: dict[str, Path], tmp_path: Path, local: bool, expected: bool
+) -> None:
+    planner, _, state = _planner_and_state(
+        tiny_models["bert"], tmp_path, method="fedlora", **{"eval.local": local}
+    )
+    plan = planner.plan(1, CLIENTS[:1], state)[CLIENTS[0].node_id].plan
+    assert plan.evaluate_local is expected and plan.personal_fraction == 0
+
+
 def test_fixed_dropout_and_personal_layers_enter_any_plan(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -135,3 +146,33 @@ def test_leff_plans_carry_their_payload_and_log_only_the_round(tmp_path: Path) -
 
     planner.plan(2, clients[1:], state)  # clients.per-round: client 0 is not picked this round
     assert set(planner.state_dict()["windows"]) == {"client-1"}
+
+
+@pytest.mark.parametrize("kept", [0, 8])
+def test_leff_warm_starts_a_segment_sampled_again(tmp_path: Path, kept: int) -> None:
+    model_dir = make_tiny_model_dir(tmp_path / "bert6", "bert", layers=6)
+    overrides = {
+        "leff.window": "round-robin",
+        "leff.distill-steps": 3,
+        "leff.warm-distill-steps": 1,
+        "leff.warm-students": kept,
+        "leff.proxy-examples": 16,
+        "rounds": 3,
+    }
+    planner, model, state = _planner_and_state(model_dir, tmp_path, method="leff", **overrides)
+    # width 6 // 2 = 3 from round-robin's start 0 then 3: segments (3, 6) then (0, 3), then (3, 6) again
+    clients = [
+        ClientInfo(node_id=10, partition_id=0, profile=DeviceProfile("edge", max_blocks=3).as_config())
+    ]
+    first = planner.plan(1, clients, state)
+    planner.plan(2, clients, state)
+    third = planner.plan(3, clients, state)
+    assert first[10].plan.block_sources == third[10].plan.block_sources
+    assert planner.state_dict()["warm_starts"] == (1 if kept else 0)
+    assert len(planner.warm) == min(kept, 2)
+    layer_map = LayerMap(model)
+    student_names = [n for n in first[10].payload if (layer_map.block_index(n) or 0) >= 3]
+    assert student_names and set(student_names) <= set(third[10].payload)
+    moved = any(not torch.equal(first[10].payload[n], third[10].payload[n]) for n in student_names)
+    # one proxy batch: a cold student's steps repeat exactly, so only a warm start can differ
+    assert moved == bool(kept), "only a warm start trains the earlier student further"

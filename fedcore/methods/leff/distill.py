@@ -15,6 +15,9 @@ Our design where the paper is silent (paper-inspired, not the paper's):
   back; a copy of the last block starts close to the segment's output statistics instead.
 - The target is the segment's OUTPUT hidden state (padding masked); the KL matches student layer j to the
   teacher layer it was copied from. Distillation runs with dropout off, so targets are deterministic.
+- A student may start from an earlier student of the same segment instead of from teacher copies
+  (``initial``): the planner warm-starts each segment from the previous round's student, so a segment
+  sampled again keeps improving across rounds at the cost of a few steps (this project's choice).
 - ``loss="mse"`` (the default) is the paper's plain MSE; ``loss="normalised"`` (this project's option)
   divides the squared error of each hidden dimension by that dimension's variance in the teacher's outputs,
   so that a few huge dimensions do not dominate the fit (``fedcore/training/feature_error.py``). On MiniLM
@@ -93,26 +96,28 @@ def _student_sources(n: int, depth: int) -> list[int]:
     return [(2 * i * (n - 1) + depth - 1) // (2 * (depth - 1)) for i in range(depth)]
 
 
-def init_student(teacher_blocks: Sequence[nn.Module], depth: int) -> tuple[nn.ModuleList, list[int]]:
-    """Deep copies of uniformly spaced teacher blocks, and their indices in ``teacher_blocks``.
+def copy_sharing_config(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` whose model configs stay shared with the original.
 
-    Model configs referenced by a block stay shared (not copied): they are settings, not weights, and a
-    change of the model's config (e.g. its attention implementation) must reach the student as well.
+    Configs are settings, not weights: a change of the model's config (e.g. its attention
+    implementation) must reach every copy as well.
     """
+    shared = {
+        id(value): value
+        for sub in module.modules()
+        for value in vars(sub).values()
+        if isinstance(value, PretrainedConfig)
+    }
+    return copy.deepcopy(module, memo=shared)
+
+
+def init_student(teacher_blocks: Sequence[nn.Module], depth: int) -> tuple[nn.ModuleList, list[int]]:
+    """Copies of uniformly spaced teacher blocks (configs shared), and their indices in ``teacher_blocks``."""
     n = len(teacher_blocks)
     if not 1 <= depth <= n:
         raise ValueError(f"student depth must be in 1..{n}, got {depth}")
     sources = _student_sources(n, depth)
-    students = []
-    for index in sources:
-        block = teacher_blocks[index]
-        shared = {
-            id(value): value
-            for module in block.modules()
-            for value in vars(module).values()
-            if isinstance(value, PretrainedConfig)
-        }
-        students.append(copy.deepcopy(block, memo=shared))
+    students = [copy_sharing_config(teacher_blocks[index]) for index in sources]
     return nn.ModuleList(students), sources
 
 
@@ -256,12 +261,14 @@ def distill_segment(
     alpha: float,
     seed: int,
     loss: str = "mse",
+    initial: nn.ModuleList | None = None,
 ) -> CompressedSegment:
     """Distil the teacher blocks ``segment`` of ``model`` into a frozen student of ``depth`` blocks.
 
     Loss = (1 - alpha) * E(segment output) + alpha * KL(attention maps), E the normalised or plain MSE
-    (``loss``); AdamW on the student only, one
-    proxy batch per step in a seeded shuffled order. alpha > 0 needs attention probabilities, so attention
+    (``loss``); AdamW on the student only, one proxy batch per step in a seeded shuffled order. The
+    student starts as copies of uniformly spaced teacher blocks, or as a copy of ``initial`` (an earlier
+    student of this segment, ``depth`` blocks). alpha > 0 needs attention probabilities, so attention
     runs eagerly for the duration (SDPA returns none). The model is left as found: block list, hooks,
     requires_grad flags, train/eval modes, config and teacher weights.
     """
@@ -277,6 +284,8 @@ def distill_segment(
         raise ValueError("distill_segment needs proxy batches and steps >= 0")
     if loss not in ("normalised", "mse"):
         raise ValueError(f"loss must be 'normalised' or 'mse', got {loss!r}")
+    if initial is not None and len(initial) != depth:
+        raise ValueError(f"initial student has {len(initial)} blocks, expected {depth}")
     sources = _student_sources(len(segment), depth)
     with_attentions = alpha > 0
     device = next(model.parameters()).device
@@ -289,7 +298,10 @@ def distill_segment(
         targets = [_teacher_targets(model, segment, batch, attention_layers) for batch in inputs]
         variance = feature_variance([out for _, out, _ in targets], masks)
         train_scale = variance if loss == "normalised" else None
-        student, _ = init_student([blocks[i] for i in segment], depth)
+        if initial is None:
+            student, _ = init_student([blocks[i] for i in segment], depth)
+        else:
+            student = copy_sharing_config(initial)
         student.eval()
 
         def loss_on(index: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,11 +6,19 @@ consecutive blocks from a softmax over window scores (or random / round-robin wi
 ablations), (3) distils the blocks before and after the window into students of ceil(n * r) blocks and
 (4) sends the window, the students and the head. Students are cached per (segment, global version): the
 global model changes every round, so a segment is reused across the clients of one round.
+
+Warm start (this project's choice, ``leff.warm-students``): the students of the most recently used
+segments are kept across rounds, and a segment needed again is distilled from its previous student for
+``leff.warm-distill-steps`` steps instead of from teacher copies for ``leff.distill-steps``. The global
+model moves little per round, so the student keeps what earlier rounds taught it; distilling SmolLM2's
+segments from teacher copies costs ~1 s per step and 20 steps leave most of the error (normalised error
+1.74 -> 0.81 for blocks 15-29, ``benchmarks/results/paper-testbed.md``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -61,6 +69,8 @@ class LeffPlanner:
         self.importance: list[float] = []
         self.windows: dict[str, list[int]] = {}  # the last round's, for the logs
         self.cache: dict[tuple[int, int], CompressedSegment] = {}
+        #: the last distilled student of recently used segments, most recent last (warm starts)
+        self.warm: OrderedDict[tuple[int, int], nn.ModuleList] = OrderedDict()
         self.stats: dict[str, Any] = {}
 
     @classmethod
@@ -74,21 +84,33 @@ class LeffPlanner:
             return self.cache[key]
         self.stats["cache_misses"] += 1
         leff = self.cfg.leff
+        initial = self.warm.get(key)
+        self.stats["warm_starts"] += initial is not None
         compressed = distill_segment(
             self.model,
             segment,
             student_depth(len(segment), leff.compression),
             self.proxy_batches,
-            steps=leff.distill_steps,
+            steps=leff.distill_steps if initial is None else leff.warm_distill_steps,
             lr=leff.distill_lr,
             alpha=leff.distill_alpha,
             seed=derive_seed(self.cfg.seed, round_number, segment.start, segment.stop),
             loss=leff.distill_loss,
+            initial=initial,
         )
         self.stats["distill_seconds"] += compressed.seconds
         self.stats["student_error"].append(compressed.error_after)
         self.cache[key] = compressed
+        self._keep_warm(key, compressed.blocks)
         return compressed
+
+    def _keep_warm(self, key: tuple[int, int], blocks: nn.ModuleList) -> None:
+        """Remember ``blocks`` as the segment's latest student, dropping the least recently used beyond
+        ``leff.warm-students``."""
+        self.warm[key] = blocks
+        self.warm.move_to_end(key)
+        while len(self.warm) > self.cfg.leff.warm_students:
+            self.warm.popitem(last=False)
 
     def plan(
         self, round_number: int, clients: list[ClientInfo], global_state: dict[str, torch.Tensor]
@@ -98,7 +120,13 @@ class LeffPlanner:
         if not self.importance or (round_number - 1) % leff.importance_every == 0:
             self.importance = block_importance(self.model, self.proxy_batches, self.cfg.model.task)
         self.cache = {}  # the global model changed: every student must be distilled anew
-        self.stats = {"distill_seconds": 0.0, "cache_hits": 0, "cache_misses": 0, "student_error": []}
+        self.stats = {
+            "distill_seconds": 0.0,
+            "cache_hits": 0,
+            "cache_misses": 0,
+            "warm_starts": 0,
+            "student_error": [],
+        }
         rng = np.random.default_rng(derive_seed(self.cfg.seed, round_number))
         self.windows = {}
         plans = {}
@@ -161,6 +189,7 @@ class LeffPlanner:
             "windows": self.windows,
             "distill_seconds": self.stats.get("distill_seconds", 0.0),
             "cache_hit_rate": self.stats.get("cache_hits", 0) / lookups if lookups else None,
+            "warm_starts": self.stats.get("warm_starts", 0),
             "student_error": self.stats.get("student_error", []),
         }
 

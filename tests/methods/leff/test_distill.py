@@ -188,3 +188,28 @@ def test_distill_refuses_an_unknown_loss(deep_models: dict[str, Path], tmp_path:
     model = _model(deep_models["bert"], tmp_path, "bert")
     with pytest.raises(ValueError, match="loss must be"):
         distill_segment(model, range(0, 2), 1, _proxy(model), steps=1, lr=1e-3, alpha=0.0, seed=0, loss="l1")
+
+
+def test_a_warm_start_continues_from_the_earlier_student(
+    deep_models: dict[str, Path], tmp_path: Path
+) -> None:
+    model = _model(deep_models["llama"], tmp_path, "llama")
+    batches = _proxy(model)
+    before = _snapshot(model)
+    segment = range(4, 8)
+    cold = distill_segment(model, segment, 2, batches, steps=10, lr=1e-3, alpha=0.0, seed=0)
+    warm = distill_segment(
+        model, segment, 2, batches, steps=10, lr=1e-3, alpha=0.0, seed=0, initial=cold.blocks
+    )
+    _assert_as_found(model, before)
+    _assert_frozen_student(warm, 2)
+    assert warm.error_before == pytest.approx(cold.error_after), "starts where the earlier student ended"
+    assert warm.error_after < cold.error_after
+    assert all(a is not b for a, b in zip(warm.blocks.parameters(), cold.blocks.parameters(), strict=True))
+    unchanged = distill_segment(
+        model, segment, 2, batches, steps=0, lr=1e-3, alpha=0.0, seed=0, initial=cold.blocks
+    )
+    for a, b in zip(unchanged.blocks.parameters(), cold.blocks.parameters(), strict=True):
+        assert torch.equal(a, b), "the earlier student itself is never trained further"
+    with pytest.raises(ValueError, match="initial student has 2 blocks, expected 3"):
+        distill_segment(model, segment, 3, batches, steps=1, lr=1e-3, alpha=0.0, seed=0, initial=cold.blocks)
