@@ -1,6 +1,6 @@
 """The federation loop: plan, send, collect, validate, aggregate layer-wise, evaluate, record, checkpoint.
 
-Built directly on Flower's Message API (``grid.send_and_receive``) because every client gets its own
+Built directly on Flower's Message API (the grid's push and pull) because every client gets its own
 plan and payload and replies carry different parameter subsets, which Flower's stock strategies
 do not aggregate.
 """
@@ -37,6 +37,7 @@ from fedcore.training.evaluate import evaluate
 from server_app import console
 from server_app.checkpoint import Checkpoint, check_compatible, load_checkpoint, save_checkpoint
 from server_app.nodes import query_clients, replies_by_node, wait_for_nodes
+from server_app.progress import Progress
 from server_app.run_log import RunLog, new_run_dir
 from server_app.samples import generate_samples
 
@@ -67,6 +68,7 @@ class ServerState:
     best_accuracy: float | None = None
     elapsed_before_s: float = 0.0
     shapes: dict[str, torch.Size] = field(default_factory=dict)
+    progress: Progress = field(default_factory=Progress)
 
 
 def sample_clients(clients: list[ClientInfo], cfg: RunConfig, round_number: int) -> list[ClientInfo]:
@@ -166,7 +168,8 @@ def run_round(
     bytes_down = {
         m.metadata.dst_node_id: m.content.array_records[wire.GLOBAL].count_bytes() for m in messages
     }
-    replies = replies_by_node(grid.send_and_receive(messages, timeout=cfg.round.timeout), messages)
+    label = f"round {round_number}/{cfg.rounds}"
+    replies = replies_by_node(state.progress.collect(grid, messages, cfg.round.timeout, label), messages)
     outcomes = []
     for client in chosen:
         if client.node_id in replies:
