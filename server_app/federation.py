@@ -39,6 +39,7 @@ from server_app.checkpoint import Checkpoint, check_compatible, load_checkpoint,
 from server_app.nodes import query_clients, replies_by_node, wait_for_nodes
 from server_app.progress import Progress
 from server_app.run_log import RunLog, new_run_dir
+from server_app.run_report import write_run_report
 from server_app.samples import generate_samples
 
 #: the shortest wait for the clients' info replies at start-up, whatever round.timeout says
@@ -286,7 +287,8 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         }
     )
     log.close()
-    print(f"fedlayer: finished; outputs in {log.dir}", flush=True)
+    write_run_report(log.dir)
+    print(f"fedlayer: finished; outputs and report.md in {log.dir}", flush=True)
     return log.dir
 
 
