@@ -21,6 +21,7 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
+from fedcore import known_warnings
 from fedcore.config import ModelConfig, RunConfig, TuningConfig
 from fedcore.core.layers import EMBED, HEAD, LayerMap
 from fedcore.data import assets
@@ -31,6 +32,7 @@ _TUNABLE_ATTR = "fedlayer_tunable"
 # bars) would drown the federation's own output. Errors still surface as exceptions.
 transformers_logging.set_verbosity_error()
 transformers_logging.disable_progress_bar()
+known_warnings.silence()
 
 
 #: LoRA targets per architecture when tuning.lora-targets is empty: every attention projection and the
