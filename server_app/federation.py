@@ -41,6 +41,7 @@ from server_app.progress import Progress
 from server_app.run_log import RunLog, new_run_dir
 from server_app.run_report import write_run_report
 from server_app.samples import generate_samples
+from server_app.tensorboard import open_tensorboard
 
 #: the shortest wait for the clients' info replies at start-up, whatever round.timeout says
 QUERY_TIMEOUT_S = 120.0
@@ -224,6 +225,7 @@ def global_row(state: ServerState, round_number: int, outcomes: list[ClientOutco
 def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     """Run (or continue) one federation; returns the run directory."""
     state, log, tokenizer = prepare(cfg)
+    board = open_tensorboard(cfg.output.tensorboard, log.dir)
     task = cfg.model.task
     print(f"fedlayer: method={cfg.method} model={cfg.model.name} run dir {log.dir}", flush=True)
     print(console.header(task), flush=True)
@@ -234,6 +236,8 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         last.update(elapsed_s=0.0, round_wall_time_s=time.perf_counter() - began, clients_ok=0)
         state.best_accuracy = last.get("accuracy")
         log.row(last)
+        if board:
+            board.round(last)
         print(console.line(last, task), flush=True)
 
     node_ids = wait_for_nodes(grid, cfg.clients.min, cfg.round.timeout)
@@ -257,6 +261,8 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         for outcome in outcomes:
             log.row(outcome.row)
         log.row(last)
+        if board:
+            board.round(last)
         print(console.line(last, task), flush=True)
         if last.get("accuracy") is not None:
             state.best_accuracy = max(state.best_accuracy or 0.0, last["accuracy"])
@@ -287,6 +293,8 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         }
     )
     log.close()
+    if board:
+        board.close()
     write_run_report(log.dir)
     print(f"fedlayer: finished; outputs and report.md in {log.dir}", flush=True)
     return log.dir
