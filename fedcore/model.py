@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from peft import LoraConfig, TaskType, get_peft_model
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
@@ -91,6 +90,8 @@ def apply_tuning(model: nn.Module, mode: str, tuning: TuningConfig, task: str) -
     for param in model.parameters():
         param.requires_grad_(False)
     if mode == "lora":
+        from peft import LoraConfig, TaskType, get_peft_model  # ~1.7 s to import: only LoRA runs pay it
+
         targets = [t.strip() for t in tuning.lora_targets.split(",") if t.strip()]
         targets = targets or DEFAULT_LORA_TARGETS.get(getattr(model.config, "model_type", ""))
         lora = LoraConfig(
