@@ -83,14 +83,20 @@ def measure(probe: str, run_config: dict[str, object], repeat: int) -> dict[str,
     }
 
 
-def write_results(path: Path, model: str, results: dict[str, dict[str, Any]], repeat: int) -> None:
-    """``path``.md and ``path``.json, with the machine and the command named (benchmarks/benchlib.py)."""
+def _benchlib() -> Any:
+    """benchmarks/benchlib.py: the machine header and result files every benchmark writes."""
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    from benchlib import header, machine, table
-    from benchlib import write_results as write_files
+    import benchlib
 
+    return benchlib
+
+
+def write_results(
+    path: Path, model: str, results: dict[str, dict[str, Any]], repeat: int, facts: dict[str, Any]
+) -> None:
+    """``path``.md and ``path``.json, with the machine (``facts``, taken before measuring) and command."""
+    benchlib = _benchlib()
     info, train = results["info"], results["train"]
-    facts = machine()
     command = " ".join(["python", *sys.argv])
     rows = [
         ["info query", info["import_s"], "-", "-", info["answer_s"], info["process_s"]],
@@ -99,16 +105,18 @@ def write_results(path: Path, model: str, results: dict[str, dict[str, Any]], re
     ]
     markdown = "\n".join(
         [
-            header(f"ClientApp start-up per message: {model}", facts, command, quick=False),
+            benchlib.header(f"ClientApp start-up per message: {model}", facts, command, quick=False),
             f"Median of {repeat} fresh processes after one warm-up. Seconds from the first import "
             "(`process s`: from spawning the interpreter to its exit, interpreter start included). "
             f"Heavy modules the info query imported: {', '.join(info['heavy_modules']) or 'none'}.",
             "",
-            table(["message", "import s", "data s", "model s", "answered / ready s", "process s"], rows),
+            benchlib.table(
+                ["message", "import s", "data s", "model s", "answered / ready s", "process s"], rows
+            ),
         ]
     )
     data = {"machine": facts, "command": command, "model": model, "repeat": repeat, **results}
-    write_files(path.name, path.parent, markdown, data)
+    benchlib.write_results(path.name, path.parent, markdown, data)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="also write OUT.md and OUT.json")
     args = parser.parse_args(argv)
+    facts = _benchlib().machine() if args.out else {}
     config = {"model.name": args.model, "data.max-examples": args.max_examples, "tuning.lora-r": 4}
     results = {
         "info": measure(_INFO_PROBE, config, args.repeat),
@@ -129,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps({"model": args.model, **rounded}))
     if args.out:
-        write_results(args.out, args.model, results, args.repeat)
+        write_results(args.out, args.model, results, args.repeat, facts)
     return 0
 
 
