@@ -1,11 +1,15 @@
-"""Flower ClientApp entry points: the train handler and the info query."""
+"""Flower ClientApp entry points: the train handler and the info query.
+
+A deployed SuperNode starts a fresh process per message: the training stack (torch, transformers, data)
+is imported by the train handler only, so the start-up info query answers without it.
+"""
 
 from __future__ import annotations
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from client_app.executor import execute_train, node_info
+from client_app.info import node_info
 from fedcore.config import RunConfig
 from fedcore.core import wire
 from fedcore.core.wire import config_to_dict
@@ -15,6 +19,8 @@ app = ClientApp()
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    from client_app.executor import execute_train
+
     return Message(execute_train(msg.content, dict(context.node_config), context.state), reply_to=msg)
 
 

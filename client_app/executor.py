@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from client_app.info import node_partition
 from fedcore.config import RunConfig
 from fedcore.core import wire
 from fedcore.core.devices import DeviceProfile, profile_for
@@ -45,19 +46,6 @@ class ClientModel:
 _model_cache: dict[tuple, ClientModel] = {}
 
 
-def node_partition(cfg: RunConfig, node_config: dict[str, Any]) -> tuple[int, int]:
-    """(partition id, number of partitions) from the SuperNode's node config."""
-    try:
-        partition_id = int(node_config[wire.NODE_PARTITION_ID])
-        num_partitions = cfg.clients.num_partitions or int(node_config[wire.NODE_NUM_PARTITIONS])
-    except KeyError as missing:
-        raise ValueError(
-            f"node config lacks {missing}: start the SuperNode with "
-            '--node-config "partition-id=<i> num-partitions=<n>"'
-        ) from None
-    return partition_id, num_partitions
-
-
 def local_data(cfg: RunConfig, node_config: dict[str, Any]) -> tuple[int, ClientSplits]:
     partition_id, num_partitions = node_partition(cfg, node_config)
     splits = client_splits(cfg.data, cfg.model.task, cfg.seed, partition_id, num_partitions)
@@ -83,17 +71,6 @@ def cached_model(cfg: RunConfig, num_labels: int, depth: int) -> ClientModel:
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def node_info(node_config: dict[str, Any], cfg: RunConfig) -> RecordDict:
-    """Answer the server's info query: who this client is and what device it has (loading its data
-    here makes a data problem show at start-up)."""
-    partition_id, _ = local_data(cfg, node_config)
-    profile = profile_for(partition_id, cfg.devices.profiles, node_config)
-    info = {k: v for k, v in node_config.items() if isinstance(v, (int, float, str, bool))}
-    info.update(profile.as_config())
-    info[wire.NODE_PARTITION_ID] = partition_id
-    return RecordDict({wire.NODE_INFO: ConfigRecord(info)})
 
 
 def execute_train(content: RecordDict, node_config: dict[str, Any], state: RecordDict) -> RecordDict:

@@ -217,6 +217,9 @@ class DevicesConfig(Section):
 class OutputConfig(Section):
     dir: str = Field("outputs", description="Parent directory of run directories.")
     save_model: bool = True
+    tensorboard: bool = Field(
+        False, description="Also write TensorBoard event files (needs the 'tensorboard' extra)."
+    )
 
 
 class RunConfig(Section):

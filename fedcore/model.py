@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from peft import LoraConfig, TaskType, get_peft_model
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
@@ -21,6 +20,7 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
+from fedcore import known_warnings
 from fedcore.config import ModelConfig, RunConfig, TuningConfig
 from fedcore.core.layers import EMBED, HEAD, LayerMap
 from fedcore.data import assets
@@ -31,6 +31,7 @@ _TUNABLE_ATTR = "fedlayer_tunable"
 # bars) would drown the federation's own output. Errors still surface as exceptions.
 transformers_logging.set_verbosity_error()
 transformers_logging.disable_progress_bar()
+known_warnings.silence()
 
 
 #: LoRA targets per architecture when tuning.lora-targets is empty: every attention projection and the
@@ -89,6 +90,8 @@ def apply_tuning(model: nn.Module, mode: str, tuning: TuningConfig, task: str) -
     for param in model.parameters():
         param.requires_grad_(False)
     if mode == "lora":
+        from peft import LoraConfig, TaskType, get_peft_model  # ~1.7 s to import: only LoRA runs pay it
+
         targets = [t.strip() for t in tuning.lora_targets.split(",") if t.strip()]
         targets = targets or DEFAULT_LORA_TARGETS.get(getattr(model.config, "model_type", ""))
         lora = LoraConfig(

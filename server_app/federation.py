@@ -1,6 +1,6 @@
 """The federation loop: plan, send, collect, validate, aggregate layer-wise, evaluate, record, checkpoint.
 
-Built directly on Flower's Message API (``grid.send_and_receive``) because every client gets its own
+Built directly on Flower's Message API (the grid's push and pull) because every client gets its own
 plan and payload and replies carry different parameter subsets, which Flower's stock strategies
 do not aggregate.
 """
@@ -37,8 +37,11 @@ from fedcore.training.evaluate import evaluate
 from server_app import console
 from server_app.checkpoint import Checkpoint, check_compatible, load_checkpoint, save_checkpoint
 from server_app.nodes import query_clients, replies_by_node, wait_for_nodes
+from server_app.progress import Progress
 from server_app.run_log import RunLog, new_run_dir
+from server_app.run_report import write_run_report
 from server_app.samples import generate_samples
+from server_app.tensorboard import open_tensorboard
 
 #: the shortest wait for the clients' info replies at start-up, whatever round.timeout says
 QUERY_TIMEOUT_S = 120.0
@@ -67,6 +70,7 @@ class ServerState:
     best_accuracy: float | None = None
     elapsed_before_s: float = 0.0
     shapes: dict[str, torch.Size] = field(default_factory=dict)
+    progress: Progress = field(default_factory=Progress)
 
 
 def sample_clients(clients: list[ClientInfo], cfg: RunConfig, round_number: int) -> list[ClientInfo]:
@@ -166,7 +170,8 @@ def run_round(
     bytes_down = {
         m.metadata.dst_node_id: m.content.array_records[wire.GLOBAL].count_bytes() for m in messages
     }
-    replies = replies_by_node(grid.send_and_receive(messages, timeout=cfg.round.timeout), messages)
+    label = f"round {round_number}/{cfg.rounds}"
+    replies = replies_by_node(state.progress.collect(grid, messages, cfg.round.timeout, label), messages)
     outcomes = []
     for client in chosen:
         if client.node_id in replies:
@@ -220,6 +225,7 @@ def global_row(state: ServerState, round_number: int, outcomes: list[ClientOutco
 def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     """Run (or continue) one federation; returns the run directory."""
     state, log, tokenizer = prepare(cfg)
+    board = open_tensorboard(cfg.output.tensorboard, log.dir)
     task = cfg.model.task
     print(f"fedlayer: method={cfg.method} model={cfg.model.name} run dir {log.dir}", flush=True)
     print(console.header(task), flush=True)
@@ -230,6 +236,8 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         last.update(elapsed_s=0.0, round_wall_time_s=time.perf_counter() - began, clients_ok=0)
         state.best_accuracy = last.get("accuracy")
         log.row(last)
+        if board:
+            board.round(last)
         print(console.line(last, task), flush=True)
 
     node_ids = wait_for_nodes(grid, cfg.clients.min, cfg.round.timeout)
@@ -253,6 +261,8 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         for outcome in outcomes:
             log.row(outcome.row)
         log.row(last)
+        if board:
+            board.round(last)
         print(console.line(last, task), flush=True)
         if last.get("accuracy") is not None:
             state.best_accuracy = max(state.best_accuracy or 0.0, last["accuracy"])
@@ -283,7 +293,10 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         }
     )
     log.close()
-    print(f"fedlayer: finished; outputs in {log.dir}", flush=True)
+    if board:
+        board.close()
+    write_run_report(log.dir)
+    print(f"fedlayer: finished; outputs and report.md in {log.dir}", flush=True)
     return log.dir
 
 

@@ -105,3 +105,15 @@ def test_causal_lm_perplexity_falls_and_samples_are_saved(
     assert len(perplexity) == 3 and perplexity[0] > perplexity[1] > perplexity[2]
     samples = json.loads((run_dir / "samples.json").read_text())
     assert len(samples) == 3 and all(s["prompt"] and isinstance(s["continuation"], str) for s in samples)
+
+
+def test_finished_run_writes_its_plots_and_report(lora_run: Path) -> None:
+    plots = ["accuracy_vs_round", "accuracy_vs_time", "client_memory", "bytes_per_client", "clients"]
+    for name in plots:
+        assert (lora_run / f"{name}.png").read_bytes().startswith(b"\x89PNG"), name
+    report = (lora_run / "report.md").read_text()
+    assert report.startswith(f"# Run {lora_run.name}\n") and "method `fedlora`" in report
+    rounds = report.split("## Rounds\n")[1].split("## Plots")[0]
+    assert [line.split("|")[1].strip() for line in rounds.strip().splitlines()[2:]] == ["0", "1", "2"]
+    assert all(f"]({name}.png)" in report for name in plots)
+    assert report.rstrip().endswith("## Replies not aggregated\n\nnone")

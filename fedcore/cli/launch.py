@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from fedcore import known_warnings
+
 _CONNECTION = "local"
 _CONFIG_TOML = f"""[superlink]
 default = "{_CONNECTION}"
@@ -33,6 +35,8 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
         FLWR_DISABLE_UPDATE_CHECK="1",
         FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
         PYTHONUNBUFFERED="1",
+        # Flower's simulation process starts Ray: its known notices are silenced there
+        PYTHONWARNINGS=known_warnings.as_pythonwarnings(env.get("PYTHONWARNINGS", "")),
         # flwr starts `flower-superlink` by name: it must come from this environment
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
     )

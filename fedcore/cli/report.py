@@ -329,7 +329,7 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join([line(headers), line(rule), *(line(r) for r in rows)]) + "\n"
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     write_atomic(path, buffer.getvalue())
@@ -388,12 +388,14 @@ def plot_runs(runs: Sequence[RunRecord], out_dir: str | os.PathLike[str]) -> lis
     out.mkdir(parents=True, exist_ok=True)
     table = comparison_table(runs)
     return [
-        _save(
+        save_figure(
             _line_plot(runs, "round", "round (0 = before training)", "per round"),
             out / "accuracy_vs_round.png",
         ),
-        _save(_line_plot(runs, "elapsed_s", "elapsed time (s)", "over time"), out / "accuracy_vs_time.png"),
-        _save(
+        save_figure(
+            _line_plot(runs, "elapsed_s", "elapsed time (s)", "over time"), out / "accuracy_vs_time.png"
+        ),
+        save_figure(
             _bar_plot(
                 runs,
                 {"mean over rounds": list(table[COL_RSS_MEAN]), "max": list(table[COL_RSS_MAX])},
@@ -402,7 +404,7 @@ def plot_runs(runs: Sequence[RunRecord], out_dir: str | os.PathLike[str]) -> lis
             ),
             out / "client_memory.png",
         ),
-        _save(
+        save_figure(
             _bar_plot(
                 runs,
                 {

@@ -9,10 +9,12 @@ reported value only through the constants below.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord
+
+if TYPE_CHECKING:  # torch is imported where tensors are converted: the info query never needs it
+    import torch
 
 #: server -> client, train message
 PLAN = "plan"  # ConfigRecord: the LayerPlan
@@ -57,12 +59,12 @@ PERSONAL_ACCURACY = PERSONAL_PREFIX + "accuracy"
 REPORT_DEVICE = "device"  # the device profile's name
 REPORT_PERSONAL_GROUPS = "personal-groups"  # groups the client holds personal values of
 
-WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
-
 
 def state_to_arrays(state: Mapping[str, torch.Tensor], wire_dtype: str = "float32") -> ArrayRecord:
     """Tensors in the wire precision; a value fp16 cannot hold is refused rather than sent as inf."""
-    dtype = WIRE_DTYPES[wire_dtype]
+    import torch
+
+    dtype = {"float32": torch.float32, "float16": torch.float16}[wire_dtype]
     arrays = {}
     for name, tensor in state.items():
         wire = tensor.detach().to("cpu", dtype).contiguous()
