@@ -223,7 +223,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     task = cfg.model.task
     print(f"fedlayer: method={cfg.method} model={cfg.model.name} run dir {log.dir}", flush=True)
     print(console.header(task), flush=True)
-    last: dict[str, Any] = {}
+    last = log.last_global_row()  # a resumed run that only needs finishing reports its final row
     if state.first_round == 1:
         began = time.perf_counter()
         last = {"kind": "global", "round": 0, **evaluate_server(state)}

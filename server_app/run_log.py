@@ -1,7 +1,9 @@
 """The run directory: resolved config, metrics.jsonl, summary.json and the final model.
 
-Every file is written via a temporary file and an atomic rename (metrics.jsonl is appended line by
-line and flushed), so an interrupted run leaves complete files, never half-written ones.
+Every file is written via a temporary file and an atomic rename, so an interrupted run leaves complete
+files, never half-written ones. metrics.jsonl is appended line by line and flushed: a kill mid-line leaves
+a torn last line, which a resume drops with a warning. summary.json is written last: a run directory
+without it is unfinished, and a resume can complete it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import json
 import os
 import shutil
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +22,77 @@ from transformers import PreTrainedTokenizerBase
 
 from fedcore.core.files import write_atomic, write_json_atomic
 
+SUMMARY = "summary.json"
+METRICS = "metrics.jsonl"
+
+
+class RunDirError(ValueError):
+    """A run directory's files are damaged beyond what an interrupted write leaves; names the file."""
+
+
+def swap_paths(final: Path) -> tuple[Path, Path]:
+    """(new version being written, previous version being replaced) beside ``final`` during replace_dir."""
+    return final.with_name(f".{final.name}.tmp"), final.with_name(f".{final.name}.old")
+
 
 def replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a fully written directory into place; the previous version is removed only afterwards."""
-    old = final.with_name(f".{final.name}.old")
+    """Swap a fully written directory into place; the previous version is removed only afterwards.
+
+    A kill between the two renames leaves no ``final`` but complete copies beside it: recover_dir.
+    """
+    _, old = swap_paths(final)
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(final: Path, verify: Callable[[Path], object]) -> bool:
+    """After a kill inside replace_dir: move the newest leftover that ``verify`` accepts to ``final``.
+
+    ``verify`` raises on an incomplete or corrupt copy. Returns whether a copy was recovered.
+    """
+    if final.exists():
+        return False
+    for candidate in swap_paths(final):
+        if not candidate.is_dir():
+            continue
+        try:
+            verify(candidate)
+        except (OSError, ValueError):
+            continue
+        os.replace(candidate, final)
+        warnings.warn(f"{final}: recovered from {candidate.name} (a save was interrupted)", stacklevel=2)
+        return True
+    return False
+
+
+def is_finished(run_dir: Path) -> bool:
+    """Whether the run wrote its summary, the last thing a completed run does."""
+    return (run_dir / SUMMARY).is_file()
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl; a torn last line (a kill mid-write) is dropped with a warning."""
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        elif number == len(lines):
+            warnings.warn(
+                f"{path}: dropped a torn last line (the run was killed while writing it)", stacklevel=2
+            )
+        else:
+            raise RunDirError(f"{path}: line {number} is not a JSON object (the file is corrupt)")
+    return rows
 
 
 def new_run_dir(parent: str, method: str) -> Path:
@@ -48,7 +114,7 @@ class RunLog:
     def __init__(self, run_dir: Path, flat_config: dict[str, Any]) -> None:
         self.dir = run_dir
         write_json_atomic(run_dir / "config.json", flat_config)
-        self._metrics = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        self._metrics = (run_dir / METRICS).open("a", encoding="utf-8")
 
     def row(self, row: dict[str, Any]) -> None:
         self._metrics.write(json.dumps(row, sort_keys=True, default=float) + "\n")
@@ -57,22 +123,23 @@ class RunLog:
     def truncate_after(self, round_number: int) -> None:
         """Drop rows of rounds after a checkpoint (written before a crash, then redone on resume)."""
         self._metrics.close()
-        path = self.dir / "metrics.jsonl"
-        kept = [
-            line
-            for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("round", 0) <= round_number
-        ]
-        write_atomic(path, "".join(f"{line}\n" for line in kept))
+        path = self.dir / METRICS
+        kept = [row for row in read_rows(path) if row.get("round", 0) <= round_number]
+        write_atomic(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in kept))
         self._metrics = path.open("a", encoding="utf-8")
 
+    def last_global_row(self) -> dict[str, Any]:
+        """The newest global row logged (empty for a fresh run): the final row of a run being completed."""
+        rows = [row for row in read_rows(self.dir / METRICS) if row.get("kind") == "global"]
+        return rows[-1] if rows else {}
+
     def summary(self, summary: dict[str, Any]) -> None:
-        write_json_atomic(self.dir / "summary.json", summary)
+        write_json_atomic(self.dir / SUMMARY, summary)
 
     def save_model(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> Path:
         """save_pretrained (an adapter for LoRA, the full model otherwise), swapped in atomically."""
         final = self.dir / "model"
-        tmp = self.dir / ".model.tmp"
+        tmp, _ = swap_paths(final)
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
