@@ -15,7 +15,7 @@ app = ClientApp()
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    return Message(execute_train(msg.content, dict(context.node_config), context.state), reply_to=msg)
+    return Message(execute_train(msg.content, dict(context.node_config)), reply_to=msg)
 
 
 @app.query(wire.INFO_QUERY)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import time
 import warnings
@@ -24,6 +25,8 @@ from fedcore.core.files import write_atomic, write_json_atomic
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
+#: the run's identity: its directory's name and a random suffix, written once, kept by every resume
+RUN_ID = "run-id"
 
 
 class RunDirError(ValueError):
@@ -110,9 +113,22 @@ def new_run_dir(parent: str, method: str) -> Path:
     raise FileExistsError(f"cannot create a fresh run directory under {root}")
 
 
+def run_id(run_dir: Path) -> str:
+    """The run's identity, created with the run directory (clients store personal layers by it).
+
+    Unlike the directory's name, which only one output directory keeps unique, it differs between runs
+    started in the same second elsewhere on the machine, and it survives moving the run directory.
+    """
+    path = run_dir / RUN_ID
+    if not path.is_file():
+        write_atomic(path, f"{run_dir.name}-{secrets.token_hex(4)}\n")
+    return path.read_text(encoding="utf-8").strip()
+
+
 class RunLog:
     def __init__(self, run_dir: Path, flat_config: dict[str, Any]) -> None:
         self.dir = run_dir
+        self.run_id = run_id(run_dir)
         write_json_atomic(run_dir / "config.json", flat_config)
         self._metrics = (run_dir / METRICS).open("a", encoding="utf-8")
 
