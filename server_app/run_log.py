@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from fedcore.config import ConfigError
 from fedcore.core.files import write_atomic, write_json_atomic
 
 SUMMARY = "summary.json"
@@ -99,18 +100,24 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def new_run_dir(parent: str, method: str) -> Path:
+    """A fresh ``<timestamp>-<method>`` directory under ``output.dir`` (created if need be)."""
     root = Path(parent).expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for attempt in range(1000):
-        suffix = f"-{attempt}" if attempt else ""
-        path = root / f"{stamp}-{method}{suffix}"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"cannot create a fresh run directory under {root}")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1000):
+            path = root / f"{stamp}-{method}{f'-{attempt}' if attempt else ''}"
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise ConfigError(
+            f"output.dir: cannot create a run directory under {root} ({exc.strerror or exc}); "
+            "choose a writable directory"
+        ) from None
+    raise ConfigError(f"output.dir: cannot create a fresh run directory under {root}")
 
 
 def run_id(run_dir: Path) -> str:
