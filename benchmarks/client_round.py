@@ -50,6 +50,7 @@ from safetensors.torch import load_file, save_file
 
 from client_app.app import app as client_app
 from client_app.executor import cached_model
+from client_app.personal_store import NODE_PERSONAL_DIR
 from fedcore.config import RunConfig
 from fedcore.core import wire
 from fedcore.core.devices import DeviceProfile
@@ -126,6 +127,7 @@ def server_side(cfg: RunConfig, capacity: float, directory: Path) -> dict[str, A
     node_config = {
         wire.NODE_PARTITION_ID: PARTITION,
         wire.NODE_NUM_PARTITIONS: cfg.clients.num_partitions,
+        NODE_PERSONAL_DIR: str(directory / "personal-layers"),
     }
     (directory / "node_config.json").write_text(json.dumps(node_config))
     return {
@@ -149,6 +151,7 @@ def child(directory: Path, threads: int) -> None:
         {
             wire.PLAN: dict_to_config(plan_dict),
             wire.RUN_CONFIG: dict_to_config(flat),
+            wire.RUN: dict_to_config({wire.RUN_NAME: "client-round"}),
             wire.GLOBAL: state_to_arrays(load_file(directory / "payload.safetensors")),
         }
     )

@@ -21,7 +21,7 @@ app = ClientApp()
 def train(msg: Message, context: Context) -> Message:
     from client_app.executor import execute_train
 
-    return Message(execute_train(msg.content, dict(context.node_config), context.state), reply_to=msg)
+    return Message(execute_train(msg.content, dict(context.node_config)), reply_to=msg)
 
 
 @app.query(wire.INFO_QUERY)

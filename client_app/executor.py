@@ -2,7 +2,7 @@
 
 Every method (baselines, DropPEFT, LEFF) arrives here as a plan; nothing in this file knows which
 method is running. ``execute_train`` reads top to bottom as the round's steps, one function each.
-Personal layers (PTLS) live in the node's persistent state between rounds, under global names.
+Personal layers (PTLS) live on the node's disk between rounds, under global names (personal_store).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from client_app.info import node_partition
+from client_app.personal_store import PersonalStore
 from fedcore.config import RunConfig
 from fedcore.core import wire
 from fedcore.core.devices import DeviceProfile, profile_for
@@ -31,9 +32,6 @@ from fedcore.mechanisms.personal_layers import keep_personal, next_personal_stat
 from fedcore.model import build_model, load_tokenizer, load_tunable_state
 from fedcore.training.evaluate import evaluate
 from fedcore.training.train import TrainOutcome, train_plan
-
-#: key of the personal parameters in the node's persistent state (context.state)
-PERSONAL_STATE = "fedlayer.personal"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,11 +71,12 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def execute_train(content: RecordDict, node_config: dict[str, Any], state: RecordDict) -> RecordDict:
+def execute_train(content: RecordDict, node_config: dict[str, Any]) -> RecordDict:
     """One round of one client, step by step."""
     began = time.perf_counter()
-    cfg, plan, arrays = decode(content)
+    cfg, plan, arrays, run_name = decode(content)
     partition_id, splits = local_data(cfg, node_config)
+    store = PersonalStore.for_node(node_config, run_name, partition_id)
     profile = profile_for(partition_id, cfg.devices.profiles, node_config)
     client = cached_model(cfg, splits.num_labels, len(plan.block_sources))
     # The client model's own (local) names differ from the global ones only for LEFF layouts; the layout
@@ -86,14 +85,14 @@ def execute_train(content: RecordDict, node_config: dict[str, Any], state: Recor
     local_plan = dataclasses.replace(plan, train_groups=layout.local_groups(plan.train_groups))
     bytes_down = arrays.count_bytes()
     received = load_global(client, arrays, local_plan)
-    stored, personal = overlay_personal(client, layout, state)
+    stored, personal = overlay_personal(client, layout, store.before(plan.round))
 
     held_out = splits.test if len(splits.test) else splits.train
     metrics, probe = evaluate_locally(client, cfg, plan, held_out)
     outcome = train(client, cfg, local_plan, splits.train, received, personal)
     if probe:
         metrics[wire.PROBE_LOSS_AFTER] = evaluate(client.model, probe, cfg.model.task, device())["loss"]
-    keep, held = select_personal(client, layout, plan, outcome, stored, state)
+    keep, held = select_personal(client, layout, plan, outcome, stored, store)
     update = build_upload(client, layout, cfg, outcome, keep, personal, received)
     metrics.update(outcome.metrics)
     metrics.update(
@@ -110,11 +109,12 @@ def execute_train(content: RecordDict, node_config: dict[str, Any], state: Recor
     return reply(update, metrics, profile, held)
 
 
-def decode(content: RecordDict) -> tuple[RunConfig, LayerPlan, ArrayRecord]:
-    """The run config, this client's plan and the tensors sent with it."""
+def decode(content: RecordDict) -> tuple[RunConfig, LayerPlan, ArrayRecord, str]:
+    """The run config, this client's plan, the tensors sent with it and the run's name."""
     cfg = RunConfig.from_flat(config_to_dict(content.config_records[wire.RUN_CONFIG]))
     plan = LayerPlan.from_dict(config_to_dict(content.config_records[wire.PLAN]))
-    return cfg, plan, content.array_records[wire.GLOBAL]
+    run_name = str(content.config_records[wire.RUN][wire.RUN_NAME])
+    return cfg, plan, content.array_records[wire.GLOBAL], run_name
 
 
 def load_global(client: ClientModel, arrays: ArrayRecord, local_plan: LayerPlan) -> dict[str, torch.Tensor]:
@@ -130,10 +130,9 @@ def load_global(client: ClientModel, arrays: ArrayRecord, local_plan: LayerPlan)
 
 
 def overlay_personal(
-    client: ClientModel, layout: Layout, state: RecordDict
+    client: ClientModel, layout: Layout, stored: dict[str, torch.Tensor]
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Put this client's personal values over the global ones; returns them (global names, local names)."""
-    stored = arrays_to_state(state.array_records[PERSONAL_STATE]) if PERSONAL_STATE in state else {}
     personal = layout.to_local(stored)
     load_tunable_state(client.model, personal)
     return stored, personal
@@ -195,16 +194,17 @@ def select_personal(
     plan: LayerPlan,
     outcome: TrainOutcome,
     stored: dict[str, torch.Tensor],
-    state: RecordDict,
+    store: PersonalStore,
 ) -> tuple[set[str], list[str]]:
-    """Keep the most-updated trained blocks personal (node state, global names).
+    """Keep the most-updated trained blocks personal (on the node's disk, global names).
 
     Returns the groups kept this round (local names) and every group the client now holds personal.
     """
     group_of = client.layer_map.group_of
     keep, kept = keep_personal(client.model, outcome.update, group_of, plan.personal_fraction)
     personal_state = next_personal_state(stored, layout.to_global(kept), plan.train_groups, group_of)
-    state[PERSONAL_STATE] = ArrayRecord(personal_state)
+    if personal_state or stored:
+        store.save(plan.round, personal_state)
     return keep, sorted({group_of(name) for name in personal_state})
 
 

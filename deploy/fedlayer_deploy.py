@@ -28,10 +28,11 @@ import sys
 import tempfile
 import tomllib
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -120,6 +121,47 @@ def require_san(cert_path: Path, hosts: Sequence[str]) -> None:
         )
 
 
+def _load_cert(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(_read(path, "certificate"))
+    except ValueError as exc:
+        raise DeployError(f"{path} is not a PEM certificate: {exc}") from None
+
+
+def require_valid_chain(certs: Path) -> None:
+    """The server certificate is issued by the CA, both are valid now, and server.key belongs to it.
+
+    Each is a failure the SuperLink would only show later, as handshake errors on every node.
+    """
+    ca_path, cert_path, key_path = certs / CA_CERT, certs / SERVER_CERT, certs / SERVER_KEY
+    ca, cert = _load_cert(ca_path), _load_cert(cert_path)
+    now = datetime.now(UTC)
+    for path, certificate in ((ca_path, ca), (cert_path, cert)):
+        begins, ends = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+        if not begins <= now <= ends:
+            raise DeployError(
+                f"certificate {path} is valid only from {begins:%Y-%m-%d %H:%M} to {ends:%Y-%m-%d %H:%M} UTC;"
+                f" re-issue it with `certs --out {certs} --force --host ...` (an expired CA: remove ca.crt "
+                "and ca.key first, then give the nodes the new ca.crt)"
+            )
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise DeployError(
+            f"certificate {cert_path} was not issued by {ca_path}: nodes trusting that CA would refuse the "
+            f"SuperLink; re-issue it with `certs --out {certs} --force --host ...`"
+        ) from None
+    try:
+        key = serialization.load_pem_private_key(_read(key_path, "TLS key"), None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise DeployError(f"{key_path} is not an unencrypted PEM private key ({exc})") from None
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(serialization.Encoding.DER, public) != cert.public_key().public_bytes(
+        serialization.Encoding.DER, public
+    ):
+        raise DeployError(f"{key_path} is not the key of {cert_path}; re-issue both with `certs --force`")
+
+
 def load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
     """An OpenSSH NIST EC public key (what the SuperLink accepts for node authentication)."""
     data = _read(path, "public key")
@@ -166,6 +208,8 @@ def make_certs(out: Path, hosts: Sequence[str], days: int, force: bool, owner: i
     An existing server certificate is reused only if its SAN covers every host; ``force`` re-issues it.
     """
     wanted = list(dict.fromkeys([*hosts, LOOPBACK]))
+    if days < 1:
+        raise DeployError(f"--days {days}: certificates must be valid for at least 1 day")
     _openssl_bin()  # fail on a missing openssl before writing anything
     out.mkdir(parents=True, exist_ok=True)
     ca_crt, ca_key, crt, key = (out / n for n in (CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY))
@@ -218,6 +262,7 @@ def make_keys(out: Path, count: int, prefix: str, owner: int | None) -> list[Pat
                 serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
             )
             public.write_bytes(ssh + b"\n")
+        os.chmod(private, 0o600)  # a copied or hand-made key may be readable by others
         load_private_key(private)
         load_public_key(public)
         _chown([private, public], owner)
@@ -288,8 +333,20 @@ def register_keys(connection: str, keys: Sequence[Path], home: Path | None) -> d
 # ------------------------------------------------------------------------------------------ daemons
 
 
+def _is_loopback(host: str) -> bool:
+    return host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback)
+
+
 def superlink_command(args: argparse.Namespace) -> list[str]:
-    """TLS always comes with node authentication: otherwise any device reaching 9092 could join."""
+    """TLS always comes with node authentication: otherwise any device reaching 9092 could join.
+
+    The control API starts runs and reads their results: it stays on loopback unless explicitly opened.
+    """
+    if not _is_loopback(args.control_host) and not args.public_control:
+        raise DeployError(
+            f"--control-host {args.control_host} would expose the control API (start runs, read results) "
+            "beyond this machine; keep 127.0.0.1 and tunnel, or pass --public-control to mean it"
+        )
     command = [_flower_bin("flower-superlink")]
     if args.insecure:
         command.append("--insecure")
@@ -298,6 +355,7 @@ def superlink_command(args: argparse.Namespace) -> list[str]:
         for name in (CA_CERT, SERVER_CERT, SERVER_KEY):
             _read(certs / name, "TLS file")
         require_san(certs / SERVER_CERT, [LOOPBACK, *args.advertise])
+        require_valid_chain(certs)
         command += ["--ssl-ca-certfile", str(certs / CA_CERT), "--ssl-certfile", str(certs / SERVER_CERT)]
         command += ["--ssl-keyfile", str(certs / SERVER_KEY), "--enable-supernode-auth"]
     database = args.database.expanduser().resolve()
@@ -340,10 +398,14 @@ def supernode_command(args: argparse.Namespace) -> list[str]:
         command.append("--insecure")
     else:
         _read(args.root_certificates, "CA certificate")
+        if args.key is None:
+            raise DeployError(
+                "a TLS SuperNode needs --key (its registered private key from `keys`): a SuperLink started "
+                "with --certs authenticates every node"
+            )
+        load_private_key(args.key)
         command += ["--root-certificates", str(args.root_certificates.expanduser().resolve())]
-        if args.key is not None:
-            load_private_key(args.key)
-            command += ["--auth-supernode-private-key", str(args.key.expanduser().resolve())]
+        command += ["--auth-supernode-private-key", str(args.key.expanduser().resolve())]
     command += ["--isolation", args.isolation, "--host", "127.0.0.1", "--port", str(args.port)]
     command += ["--node-config", node_config(args)]
     if args.max_wait_time is not None:
@@ -407,6 +469,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--advertise", action="append", default=[], help="host nodes dial (checked: in the SAN)")
     p.add_argument("--fleet-address", default=f"0.0.0.0:{FLEET_PORT}", help="Fleet gRPC API (open to nodes)")
     p.add_argument("--control-host", default="127.0.0.1", help="control + runtime HTTP API (keep private)")
+    p.add_argument("--public-control", action="store_true", help="allow a non-loopback --control-host")
     p.add_argument("--control-port", type=int, default=CONTROL_PORT)
     p.add_argument("--database", type=Path, default=Path("superlink.db"), help="SuperLink state (SQLite)")
     p.add_argument("--isolation", choices=["subprocess", "process"], default="subprocess")
@@ -418,7 +481,7 @@ def _parser() -> argparse.ArgumentParser:
     tls = p.add_mutually_exclusive_group(required=True)
     tls.add_argument("--insecure", action="store_true")
     tls.add_argument("--root-certificates", type=Path, help="the CA certificate (ca.crt)")
-    p.add_argument("--key", type=Path, help="this node's private key (from `keys`, registered)")
+    p.add_argument("--key", type=Path, help="this node's private key (from `keys`, registered; TLS needs it)")
     p.add_argument("--partition-id", type=int, required=True)
     p.add_argument("--num-partitions", type=int, required=True)
     p.add_argument("--device", help="device profile: workstation, cpu-box, jetson-orin")

@@ -2,7 +2,9 @@
 
 Flower hands the app a flat dict of dotted keys (``model.name``, ``train.lr``...). Every key is declared
 here with its default, type and allowed values, so a bad value stops the run before any training with
-one message naming the key. ``pyproject.toml``'s ``[tool.flwr.app.config]`` mirrors these defaults (a
+one message naming the key. Values are strict (``rounds=true`` or ``rounds="5"`` is refused, not
+converted), numbers finite, and settings that contradict each other are refused together.
+``pyproject.toml``'s ``[tool.flwr.app.config]`` mirrors these defaults (a
 test keeps the two in sync): Flower only accepts ``--run-config`` overrides for keys listed there.
 """
 
@@ -12,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fedcore.core.devices import PROFILES
 from fedcore.methods.specs import METHODS, MethodSpec, TuningMode, method_spec
 from fedcore.presets import PRESETS, apply_preset
 
@@ -28,9 +31,16 @@ def _kebab(name: str) -> str:
 
 
 class Section(BaseModel):
-    """Base of every config section: kebab-case keys, unknown keys refused, values validated on assignment."""
+    """Base of every config section: kebab-case keys, unknown keys refused, strict types, finite numbers."""
 
-    model_config = ConfigDict(alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        alias_generator=_kebab,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        allow_inf_nan=False,
+    )
 
 
 class ModelConfig(Section):
@@ -88,6 +98,15 @@ class ClientsConfig(Section):
     num_partitions: int = Field(
         0, ge=0, description="Partitions of the data (0 = the node config's num-partitions)."
     )
+
+    @model_validator(mode="after")
+    def _rounds_can_aggregate(self) -> ClientsConfig:
+        if 0 < self.per_round < self.min:
+            raise ValueError(
+                f"clients.per-round={self.per_round} is below clients.min={self.min}: no round could "
+                "ever aggregate; sample at least clients.min clients (or 0 = all)"
+            )
+        return self
 
 
 class TrainConfig(Section):
@@ -212,6 +231,14 @@ class DevicesConfig(Section):
         description="Device profiles cycled over partitions for nodes whose node config names no device "
         "(simulation): heterogeneous by default; empty = every such node is a workstation.",
     )
+
+    @field_validator("profiles")
+    @classmethod
+    def _known_profiles(cls, profiles: str) -> str:
+        unknown = sorted({name.strip() for name in profiles.split(",") if name.strip()} - set(PROFILES))
+        if unknown:
+            raise ValueError(f"unknown profile(s) {unknown}; known: {sorted(PROFILES)}")
+        return profiles
 
 
 class OutputConfig(Section):

@@ -1,9 +1,11 @@
 """Round checkpoints: everything the server needs to continue a run after a crash.
 
 After every completed round the server writes ``checkpoint/`` in the run directory: the global tunable
-state (safetensors) and ``checkpoint.json`` (round, planner state, best accuracy, elapsed time, the run
-config and a fingerprint of the model's tunable parameters). Both files are written to a temporary
-directory first and swapped in with one rename, so a crash never leaves a half-written checkpoint.
+state (safetensors carrying a hash of its values) and ``checkpoint.json`` (round, planner state, best
+accuracy, elapsed time, the run config, a fingerprint of the model's tunable parameters and the state's
+hash). Both files are written to a temporary directory first and swapped in with renames; a kill between
+the renames is recovered from the complete copy left beside it. On load every value is verified against
+its hash and must be finite, so a damaged checkpoint is refused instead of resumed.
 Every other random choice derives from (seed, round, partition), so no RNG state needs saving.
 """
 
@@ -11,22 +13,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from fedcore.config import RunConfig
-from server_app.run_log import replace_dir
+from fedcore.core.files import write_atomic
+from fedcore.core.tensor_files import CorruptTensorFile, load_tensors, save_tensors
+from server_app.run_log import is_finished, recover_dir, replace_dir, swap_paths
 
 CHECKPOINT_DIR = "checkpoint"
-FORMAT_VERSION = 1
+STATE_FILE = "global.safetensors"
+META_FILE = "checkpoint.json"
+FORMAT_VERSION = 2
 #: config sections that must not change when a run is resumed (they define what is being trained)
 _FIXED_PREFIXES = ("method", "seed", "model.", "tuning.", "data.", "drop.", "ptls.", "devices.")
+_REQUIRED = ("round", "planner", "best_accuracy", "elapsed_s", "config", "fingerprint", "state_sha256")
 
 
 class CheckpointError(ValueError):
@@ -51,11 +57,10 @@ def fingerprint(state: dict[str, torch.Tensor]) -> str:
 
 def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
     final = run_dir / CHECKPOINT_DIR
-    tmp = run_dir / f".{CHECKPOINT_DIR}.tmp"
+    tmp, _ = swap_paths(final)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    state = {name: t.detach().contiguous() for name, t in checkpoint.global_state.items()}
-    save_file(state, tmp / "global.safetensors")
+    digest = save_tensors(tmp / STATE_FILE, checkpoint.global_state)
     meta = {
         "format": FORMAT_VERSION,
         "round": checkpoint.round,
@@ -63,33 +68,48 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
         "best_accuracy": checkpoint.best_accuracy,
         "elapsed_s": checkpoint.elapsed_s,
         "config": checkpoint.config,
-        "fingerprint": fingerprint(state),
+        "fingerprint": fingerprint(checkpoint.global_state),
+        "state_sha256": digest,
     }
-    (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    write_atomic(tmp / META_FILE, json.dumps(meta, indent=2, sort_keys=True))
     replace_dir(tmp, final)
 
 
 def load_checkpoint(run_dir: Path) -> Checkpoint:
+    """The run's verified checkpoint, recovered from an interrupted swap if need be."""
     folder = Path(run_dir) / CHECKPOINT_DIR
-    meta_path = folder / "checkpoint.json"
-    state_path = folder / "global.safetensors"
-    if not meta_path.is_file() or not state_path.is_file():
+    recover_dir(folder, read_checkpoint)
+    if not (folder / META_FILE).is_file() or not (folder / STATE_FILE).is_file():
         raise CheckpointError(
             f"resume-from: no checkpoint in {folder} (a run writes one after each completed round)"
         )
+    return read_checkpoint(folder)
+
+
+def read_checkpoint(folder: Path) -> Checkpoint:
+    """Read and verify one checkpoint directory: every problem is a CheckpointError naming the file."""
+    meta_path, state_path = folder / META_FILE, folder / STATE_FILE
     try:
         meta = json.loads(meta_path.read_text())
-        state = load_file(state_path)
-    except (OSError, ValueError, SafetensorError) as exc:
-        raise CheckpointError(f"resume-from: checkpoint {folder} is unreadable or corrupt: {exc}") from None
-    if meta.get("format") != FORMAT_VERSION or not isinstance(meta.get("round"), int):
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"resume-from: {meta_path} is unreadable or corrupt: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
         raise CheckpointError(
             f"resume-from: {meta_path} is not a fedlayer checkpoint of format {FORMAT_VERSION}"
         )
-    if fingerprint(state) != meta.get("fingerprint"):
+    missing = [key for key in _REQUIRED if key not in meta]
+    if missing:
+        raise CheckpointError(f"resume-from: {meta_path} lacks {', '.join(missing)} (corrupt or edited)")
+    _check_meta_types(meta, meta_path)
+    try:
+        state, digest = load_tensors(state_path)
+    except CorruptTensorFile as exc:
+        raise CheckpointError(f"resume-from: checkpoint file {exc}") from None
+    if digest != meta["state_sha256"] or fingerprint(state) != meta["fingerprint"]:
         raise CheckpointError(
             f"resume-from: {state_path} does not match {meta_path} (corrupt or mixed files)"
         )
+    _check_usable(state, state_path)
     return Checkpoint(
         round=meta["round"],
         global_state=state,
@@ -100,8 +120,37 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     )
 
 
+def _check_meta_types(meta: dict[str, Any], meta_path: Path) -> None:
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    valid = {
+        "round": isinstance(meta["round"], int)
+        and not isinstance(meta["round"], bool)
+        and meta["round"] >= 1,
+        "planner": isinstance(meta["planner"], dict),
+        "best_accuracy": meta["best_accuracy"] is None or number(meta["best_accuracy"]),
+        "elapsed_s": number(meta["elapsed_s"]) and meta["elapsed_s"] >= 0,
+        "config": isinstance(meta["config"], dict),
+    }
+    bad = [key for key, ok in valid.items() if not ok]
+    if bad:
+        shown = ", ".join(f"{key}={meta[key]!r}" for key in bad)
+        raise CheckpointError(f"resume-from: {meta_path} has invalid values ({shown})")
+
+
+def _check_usable(state: dict[str, torch.Tensor], state_path: Path) -> None:
+    """Every value finite, and every tensor's squared norm too: fp32 arithmetic cannot use larger values."""
+    bad = [name for name, t in state.items() if not torch.isfinite(t.float().pow(2).sum())]
+    if bad:
+        raise CheckpointError(
+            f"resume-from: {state_path} holds non-finite or overflowing values in {', '.join(bad[:3])}"
+            f"{' ...' if len(bad) > 3 else ''}; resume from an earlier copy or start afresh"
+        )
+
+
 def check_compatible(checkpoint: Checkpoint, cfg: RunConfig, model_state: dict[str, torch.Tensor]) -> None:
-    """Refuse to continue a checkpoint with another model, method, data or tuning."""
+    """Refuse to continue a checkpoint with another model, method, data or tuning, or a finished run."""
     current = cfg.to_flat()
     changed = [
         key
@@ -113,7 +162,9 @@ def check_compatible(checkpoint: Checkpoint, cfg: RunConfig, model_state: dict[s
         raise CheckpointError(f"resume-from: the checkpoint was made with different settings ({details})")
     if fingerprint(checkpoint.global_state) != fingerprint(model_state):
         raise CheckpointError("resume-from: the checkpoint's parameters do not fit this model")
-    if checkpoint.round >= cfg.rounds:
+    # A run killed while saving its final model has its last checkpoint but no summary: resume completes it.
+    finished = is_finished(Path(cfg.resume_from).expanduser().resolve())
+    if checkpoint.round > cfg.rounds or (checkpoint.round == cfg.rounds and finished):
         raise CheckpointError(
             f"resume-from: the checkpoint already completed round {checkpoint.round} of rounds={cfg.rounds}"
         )

@@ -71,6 +71,8 @@ class ServerState:
     elapsed_before_s: float = 0.0
     shapes: dict[str, torch.Size] = field(default_factory=dict)
     progress: Progress = field(default_factory=Progress)
+    #: the run's identity, which a resume keeps: clients store their personal layers by it
+    run_name: str = ""
 
 
 def sample_clients(clients: list[ClientInfo], cfg: RunConfig, round_number: int) -> list[ClientInfo]:
@@ -80,11 +82,12 @@ def sample_clients(clients: list[ClientInfo], cfg: RunConfig, round_number: int)
     return sorted(rng.sample(clients, cfg.clients.per_round), key=lambda c: c.partition_id)
 
 
-def train_message(client: ClientInfo, planned: ClientPlan, cfg: RunConfig) -> Message:
+def train_message(client: ClientInfo, planned: ClientPlan, cfg: RunConfig, run_name: str) -> Message:
     content = RecordDict(
         {
             wire.PLAN: dict_to_config(planned.plan.to_dict()),
             wire.RUN_CONFIG: dict_to_config(cfg.to_flat()),
+            wire.RUN: dict_to_config({wire.RUN_NAME: run_name}),
             wire.GLOBAL: state_to_arrays(planned.payload, cfg.round.wire_dtype),
         }
     )
@@ -164,7 +167,7 @@ def run_round(
     cfg = state.cfg
     chosen = sample_clients(clients, cfg, round_number)
     planned = state.planner.plan(round_number, chosen, state.global_state)
-    messages = [train_message(c, planned[c.node_id], cfg) for c in chosen]
+    messages = [train_message(c, planned[c.node_id], cfg, state.run_name) for c in chosen]
     plans = {node_id: p.plan for node_id, p in planned.items()}
     del planned  # each payload now lives in its message only
     bytes_down = {
@@ -225,11 +228,12 @@ def global_row(state: ServerState, round_number: int, outcomes: list[ClientOutco
 def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     """Run (or continue) one federation; returns the run directory."""
     state, log, tokenizer = prepare(cfg)
+    state.run_name = log.run_id
     board = open_tensorboard(cfg.output.tensorboard, log.dir)
     task = cfg.model.task
     print(f"fedlayer: method={cfg.method} model={cfg.model.name} run dir {log.dir}", flush=True)
     print(console.header(task), flush=True)
-    last: dict[str, Any] = {}
+    last = log.last_global_row()  # a resumed run that only needs finishing reports its final row
     if state.first_round == 1:
         began = time.perf_counter()
         last = {"kind": "global", "round": 0, **evaluate_server(state)}

@@ -121,6 +121,12 @@ def make_tiny_model_dir(directory: Path, arch: str, layers: int = 4) -> Path:
     return directory
 
 
+@pytest.fixture(autouse=True)
+def personal_layers_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clients store personal layers under $XDG_DATA_HOME: keep each test's apart and off the home dir."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-models")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 
@@ -69,10 +70,23 @@ BAD_CONFIGS = [
     ({"drop.rates": "0.2,1.5"}, "drop.rates"),
     ({"drop.mode": "always"}, "drop.mode"),
     ({"ptls.fraction": 1.0}, "ptls.fraction"),
+    ({"rounds": True}, "rounds"),
+    ({"rounds": "5"}, "rounds"),
+    ({"rounds": 5.0}, "rounds"),
+    ({"output.save-model": "yes"}, "output.save-model"),
+    ({"train.clip-norm": math.inf}, "train.clip-norm"),
+    ({"round.timeout": math.inf}, "round.timeout"),
+    ({"leff.temperature": math.inf}, "leff.temperature"),
+    ({"train.lr": math.nan}, "train.lr"),
+    ({"clients.per-round": 1, "clients.min": 2}, "clients.per-round=1 is below clients.min=2"),
+    (
+        {"devices.profiles": "workstation,raspberry-pi"},
+        "devices.profiles: unknown profile(s) ['raspberry-pi']",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("flat", "key"), BAD_CONFIGS, ids=[key for _, key in BAD_CONFIGS])
+@pytest.mark.parametrize(("flat", "key"), BAD_CONFIGS, ids=[str(flat) for flat, _ in BAD_CONFIGS])
 def test_bad_config_is_refused_naming_the_key(flat: dict, key: str) -> None:
     with pytest.raises(ConfigError) as error:
         RunConfig.from_flat(flat)

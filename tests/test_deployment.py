@@ -8,18 +8,22 @@ and a device dying mid-round costs the run one reply, not the run.
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
 from fedcore.cli.launch import flower_env
 from fedcore.config import RunConfig
@@ -121,13 +125,14 @@ def wait_nodes(daemons: Daemons, connection: str, count: int) -> None:
 # -------------------------------------------------------------------------------------------- tooling
 
 
-def test_tool_fails_with_one_clear_line_on_bad_input(pki: Path, tmp_path: Path) -> None:
-    def one_error_line(result: subprocess.CompletedProcess[str], expected: str) -> None:
-        assert result.returncode == 1
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("fedlayer_deploy: error:"), result.stderr
-        assert expected in lines[0]
+def one_error_line(result: subprocess.CompletedProcess[str], expected: str) -> None:
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fedlayer_deploy: error:"), result.stderr
+    assert expected in lines[0]
 
+
+def test_tool_fails_with_one_clear_line_on_bad_input(pki: Path, tmp_path: Path) -> None:
     no_openssl = {"PATH": str(tmp_path)}  # an empty directory: no openssl to find
     one_error_line(tool("certs", "--out", tmp_path / "c", "--host", "x", env=no_openssl), "openssl not found")
     assert not (tmp_path / "c").exists()
@@ -148,6 +153,65 @@ def test_tool_fails_with_one_clear_line_on_bad_input(pki: Path, tmp_path: Path) 
         "does not cover 10.9.8.7",
     )
     ok(tool("superlink", "--certs", pki / "certs", "--advertise", "superlink", "--dry-run"))
+
+
+def copied_certs(pki: Path, into: Path) -> Path:
+    shutil.copytree(pki / "certs", into)
+    return into
+
+
+def expired_server_certificate(certs: Path) -> None:
+    """Replace server.pem by one the same CA issued for the same key, valid until yesterday."""
+    ca_key = serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None)
+    ca = x509.load_pem_x509_certificate((certs / "ca.crt").read_bytes())
+    current = x509.load_pem_x509_certificate((certs / "server.pem").read_bytes())
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(current.subject)
+        .issuer_name(ca.subject)
+        .public_key(current.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=30))
+        .not_valid_after(now - timedelta(days=1))
+        .add_extension(current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value, False)
+    )
+    expired = builder.sign(ca_key, hashes.SHA384())  # type: ignore[arg-type]
+    (certs / "server.pem").write_bytes(expired.public_bytes(serialization.Encoding.PEM))
+
+
+def test_superlink_refuses_certificates_the_nodes_would_reject(pki: Path, tmp_path: Path) -> None:
+    expired = copied_certs(pki, tmp_path / "expired")
+    expired_server_certificate(expired)
+    one_error_line(tool("superlink", "--certs", expired, "--dry-run"), "server.pem is valid only from")
+
+    foreign = copied_certs(pki, tmp_path / "foreign")
+    ok(tool("certs", "--out", tmp_path / "other-ca", "--host", "superlink"))
+    for name in ("server.pem", "server.key"):
+        shutil.copy(tmp_path / "other-ca" / name, foreign / name)
+    one_error_line(tool("superlink", "--certs", foreign, "--dry-run"), "server.pem was not issued by")
+
+    mismatched = copied_certs(pki, tmp_path / "mismatched")
+    shutil.copy(tmp_path / "other-ca" / "server.key", mismatched / "server.key")
+    one_error_line(tool("superlink", "--certs", mismatched, "--dry-run"), "server.key is not the key of")
+
+
+def test_tool_refuses_what_would_open_or_weaken_the_federation(pki: Path, tmp_path: Path) -> None:
+    public = ("superlink", "--insecure", "--control-host", "0.0.0.0", "--dry-run")
+    one_error_line(tool(*public), "pass --public-control")
+    assert "--host 0.0.0.0" in ok(tool(*public, "--public-control"))
+
+    node = ["supernode", "--superlink", "127.0.0.1:1", "--partition-id", "0", "--num-partitions", "2"]
+    one_error_line(tool(*node, "--root-certificates", pki / "certs" / "ca.crt", "--dry-run"), "needs --key")
+
+    one_error_line(tool("certs", "--out", tmp_path / "c", "--host", "x", "--days", "0"), "at least 1 day")
+    assert not (tmp_path / "c").exists()
+
+    ok(tool("keys", "--out", tmp_path / "keys", "--count", "1"))
+    private = tmp_path / "keys" / "supernode-1"
+    private.chmod(0o644)
+    ok(tool("keys", "--out", tmp_path / "keys", "--count", "1"))
+    assert private.stat().st_mode & 0o777 == 0o600
 
 
 def test_tool_writes_a_connection_next_to_existing_ones(tmp_path: Path) -> None:

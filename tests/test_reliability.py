@@ -47,7 +47,7 @@ def _misbehave(msg: Message, context: Context) -> Message:
         raise RuntimeError("injected client crash")
     if partition == 7:
         time.sleep(STALL_S)
-    content = execute_train(msg.content, dict(context.node_config), context.state)
+    content = execute_train(msg.content, dict(context.node_config))
     update = arrays_to_state(content.array_records[wire.UPDATE])
     name = sorted(update)[0]
     if partition == 4:

@@ -20,6 +20,8 @@ if TYPE_CHECKING:  # torch is imported where tensors are converted: the info que
 PLAN = "plan"  # ConfigRecord: the LayerPlan
 RUN_CONFIG = "run-config"  # ConfigRecord: the flat run config
 GLOBAL = "global"  # ArrayRecord: current global values of the parameters the client needs
+RUN = "run"  # ConfigRecord: the run's identity, which a resume keeps (personal layers are stored by it)
+RUN_NAME = "name"  # in RUN: the run's identity (its run directory's name and a random suffix)
 
 #: client -> server, train reply
 UPDATE = "update"  # ArrayRecord: new minus old, for every uploaded parameter

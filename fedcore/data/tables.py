@@ -233,17 +233,14 @@ def _frame_to_table(
     for key, column in needed.items():
         if column not in columns:
             raise DataError(f"{key}: column '{column}' not in {source}; columns: {', '.join(columns)}")
-    frame = frame.dropna(subset=list(needed.values()))
-    if frame.empty:
-        raise DataError(f"data.name: no usable rows in {source}")
+    frame = _usable_rows(frame, list(needed.values()), text_column, source)
 
     out = {"text": frame[text_column].astype(str).tolist()}
     features = {"text": datasets.Value("string")}
     if task == "seq-cls":
         values = frame[label_column]
         if classes is None:
-            numeric = pd.api.types.is_numeric_dtype(values)
-            values = values if numeric else values.astype(str)
+            values = _label_values(values, label_column, source)
             classes = sorted(values.unique().tolist())
         if len(classes) < 2:
             raise DataError(
@@ -258,6 +255,34 @@ def _frame_to_table(
             out[column] = frame[column].astype(str).tolist()
             features[column] = datasets.Value("string")
     return datasets.Dataset.from_dict(out, features=datasets.Features(features))
+
+
+def _usable_rows(frame: pd.DataFrame, columns: list[str], text_column: str, source: str) -> pd.DataFrame:
+    """Rows with every used column present and a text that is not blank; says how many were dropped."""
+    usable = frame[columns].notna().all(axis=1) & (frame[text_column].astype(str).str.strip() != "")
+    if not usable.any():
+        raise DataError(f"data.name: no usable rows in {source} (every row lacks {' or '.join(columns)})")
+    dropped = int((~usable).sum())
+    if dropped:
+        warnings.warn(
+            f"{source}: dropped {dropped} of {len(frame)} rows with a missing value in "
+            f"{', '.join(columns)} or a blank text",
+            stacklevel=3,
+        )
+    return frame[usable]
+
+
+def _label_values(values: pd.Series, label_column: str, source: str) -> pd.Series:
+    """Labels as class values: names, or integers; numbers with a fractional part cannot be classes."""
+    if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
+        return values.astype(str)
+    fractional = values[values != values.round()]
+    if len(fractional):
+        raise DataError(
+            f"data.label-column: column '{label_column}' in {source} holds numbers that are not whole "
+            f"(e.g. {fractional.iloc[0]!r}); classification needs class names or integer labels"
+        )
+    return values.astype("int64")
 
 
 def num_labels(ds: datasets.Dataset) -> int:

@@ -11,13 +11,15 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from client_app.app import app as client_app
-from client_app.executor import PERSONAL_STATE, cached_model
+from client_app.executor import cached_model
+from client_app.personal_store import NODE_PERSONAL_DIR, PersonalStore
 from fedcore.config import RunConfig
 from fedcore.core import wire
 from fedcore.core.aggregate import ClientUpdate, aggregate_layerwise
 from fedcore.core.devices import DeviceProfile
 from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
+from fedcore.core.tensor_files import CorruptTensorFile
 from fedcore.core.wire import arrays_to_state, config_to_dict, dict_to_config, state_to_arrays
 from fedcore.methods.base import ClientInfo
 from fedcore.methods.leff.planner import LeffPlanner
@@ -25,6 +27,7 @@ from fedcore.model import build_model, tunable_state
 from tests.conftest import make_tiny_model_dir, tiny_run_config
 
 NODE_ID = 7
+RUN_NAME = "20250101-000000-droppeft"
 
 
 def call_client(cfg: RunConfig, plan: LayerPlan, payload: dict, context: Context) -> RecordDict:
@@ -33,6 +36,7 @@ def call_client(cfg: RunConfig, plan: LayerPlan, payload: dict, context: Context
         {
             wire.PLAN: dict_to_config(plan.to_dict()),
             wire.RUN_CONFIG: dict_to_config(cfg.to_flat()),
+            wire.RUN: dict_to_config({wire.RUN_NAME: RUN_NAME}),
             wire.GLOBAL: state_to_arrays(payload),
         }
     )
@@ -41,8 +45,15 @@ def call_client(cfg: RunConfig, plan: LayerPlan, payload: dict, context: Context
     return reply.content
 
 
-def node_context() -> Context:
-    return Context(1, NODE_ID, {"partition-id": 0, "num-partitions": 2}, RecordDict(), {})
+def node_context(personal_dir: Path) -> Context:
+    """A fresh SuperNode process: nothing in memory, its personal layers under ``personal_dir``."""
+    node_config = {"partition-id": 0, "num-partitions": 2, NODE_PERSONAL_DIR: str(personal_dir)}
+    return Context(1, NODE_ID, node_config, RecordDict(), {})
+
+
+def stored_personal(context: Context, round_number: int) -> dict[str, torch.Tensor]:
+    store = PersonalStore.for_node(dict(context.node_config), RUN_NAME, 0)
+    return store.before(round_number + 1)
 
 
 def test_personal_layers_stay_on_the_client_and_survive_rounds(
@@ -52,7 +63,7 @@ def test_personal_layers_stay_on_the_client_and_survive_rounds(
     server_model, _ = build_model(cfg, num_labels=2)
     layer_map = LayerMap(server_model)
     global_state = tunable_state(server_model)
-    context = node_context()
+    context = node_context(tmp_path / "personal")
     all_groups = ("block.0", "block.1", "block.2", "block.3", "head")
     first = LayerPlan(round=1, rounds=2, train_groups=all_groups, personal_fraction=0.5, steps=2, lr=1e-2)
     reply = call_client(cfg, first, global_state, context)
@@ -61,20 +72,60 @@ def test_personal_layers_stay_on_the_client_and_survive_rounds(
     assert len(personal) == 2 and all(g.startswith("block.") for g in personal)
     uploaded = {layer_map.group_of(n) for n in reply.array_records[wire.UPDATE]}
     assert uploaded == set(all_groups) - set(personal), "personal blocks must never be uploaded"
-    stored = arrays_to_state(context.state.array_records[PERSONAL_STATE])
+    stored = stored_personal(context, 1)
     assert {layer_map.group_of(n) for n in stored} == set(personal)
+    assert len(context.state) == 0, "nothing is held in the node's memory between rounds"
 
-    # A hostile global model zeroes the personal blocks; the client keeps its own values.
+    # A hostile global model zeroes the personal blocks; the client, restarted in between (a fresh
+    # context: nothing carried in memory), keeps its own values from its disk.
     hostile = {
         n: torch.zeros_like(t) if layer_map.group_of(n) in personal else t for n, t in global_state.items()
     }
     second = dataclasses.replace(first, round=2, train_groups=("head",))
-    call_client(cfg, second, hostile, context)
+    restarted = node_context(tmp_path / "personal")
+    call_client(cfg, second, hostile, restarted)
     model = cached_model(cfg, 2, 0).model
     params = dict(model.named_parameters())
-    for name, value in arrays_to_state(context.state.array_records[PERSONAL_STATE]).items():
+    for name, value in stored_personal(restarted, 2).items():
         assert torch.equal(value, stored[name])
         assert torch.equal(params[name].detach(), value)
+
+
+def test_a_corrupt_personal_layer_file_fails_the_round_naming_the_file(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = tiny_run_config(tiny_models["bert"], tmp_path, method="fedavg")
+    global_state = tunable_state(build_model(cfg, num_labels=2)[0])
+    context = node_context(tmp_path / "personal")
+    plan = LayerPlan(round=1, rounds=2, train_groups=("block.0", "block.1"), personal_fraction=0.5, steps=1)
+    call_client(cfg, plan, global_state, context)
+    (saved,) = (tmp_path / "personal" / RUN_NAME / "partition-0").iterdir()
+    data = bytearray(saved.read_bytes())
+    data[-3] ^= 0x10
+    saved.write_bytes(bytes(data))
+    content = RecordDict(
+        {
+            wire.PLAN: dict_to_config(dataclasses.replace(plan, round=2).to_dict()),
+            wire.RUN_CONFIG: dict_to_config(cfg.to_flat()),
+            wire.RUN: dict_to_config({wire.RUN_NAME: RUN_NAME}),
+            wire.GLOBAL: state_to_arrays(global_state),
+        }
+    )
+    with pytest.raises(CorruptTensorFile, match="values do not match") as error:
+        client_app(Message(content, dst_node_id=NODE_ID, message_type=MessageType.TRAIN), context)
+    assert str(saved) in str(error.value), "the round fails (recorded by the server) naming the file"
+
+
+def test_a_repeated_round_starts_from_the_layers_before_it(tmp_path: Path) -> None:
+    """A server resumed from an older checkpoint repeats rounds: their newer files must not be used."""
+    store = PersonalStore.for_node({NODE_PERSONAL_DIR: str(tmp_path)}, RUN_NAME, 3)
+    for round_number in (1, 2, 3):
+        store.save(round_number, {"w": torch.full((2,), float(round_number))})
+    assert torch.equal(store.before(3)["w"], torch.full((2,), 2.0))
+    assert sorted(p.name for p in store.folder.iterdir()) == ["round-2.safetensors"]
+    assert store.before(1) == {}
+    with pytest.raises(ValueError, match="not a plain directory name"):
+        PersonalStore.for_node({NODE_PERSONAL_DIR: str(tmp_path)}, "../elsewhere", 3)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +149,7 @@ def test_leff_client_holds_window_and_students_and_uploads_only_the_window(
     assert plan.block_sources == (-1, 2, 3, -1, -1)  # students of ceil(2 * .5)=1 and ceil(4 * .5)=2 blocks
     assert not any("embeddings" in name for name in payload), "embeddings come from the client's disk"
 
-    reply = call_client(cfg, plan, payload, node_context())
+    reply = call_client(cfg, plan, payload, node_context(tmp_path / "personal"))
 
     model = cached_model(cfg, 2, len(plan.block_sources)).model
     client_map = LayerMap(model)
@@ -133,7 +184,7 @@ def test_float16_wire_halves_the_upload_and_keeps_the_update(
             tiny_models["bert"], tmp_path / dtype, method="fedavg", **{"round.wire-dtype": dtype}
         )
         server_model, _ = build_model(cfg, num_labels=2)
-        replies[dtype] = call_client(cfg, plan, tunable_state(server_model), node_context())
+        replies[dtype] = call_client(cfg, plan, tunable_state(server_model), node_context(tmp_path / dtype))
     full, half = (replies[w].array_records[wire.UPDATE] for w in ("float32", "float16"))
     assert half.count_bytes() < 0.55 * full.count_bytes()
     assert {a.dtype for a in half.values()} == {"float16"}

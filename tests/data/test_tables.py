@@ -215,3 +215,26 @@ def test_natural_needs_enough_values(tmp_path: Path) -> None:
     ds = tables.load_dataset_table(cfg, "seq-cls", seed=0)
     with pytest.raises(tables.DataError, match="data.natural-column: 'shop' has 3 distinct values"):
         tables.partition(ds, cfg, 4, 0, seed=0)
+
+
+def test_rows_without_a_label_or_with_a_blank_text_are_dropped_and_counted(tmp_path: Path) -> None:
+    rows = [{"text": f"t{i}", "label": i % 2} for i in range(6)]
+    rows += [{"text": "no label", "label": None}, {"text": "   ", "label": 1}, {"text": "\t\n", "label": 0}]
+    path = _write(tmp_path / "gaps.csv", rows)
+    with pytest.warns(UserWarning, match=r"gaps\.csv: dropped 3 of 9 rows with a missing value"):
+        ds = tables.load_dataset_table(DataConfig(name=str(path)), "seq-cls", seed=0)
+    assert ds["text"] == [f"t{i}" for i in range(6)]
+    assert ds.features["label"].names == ["0", "1"], "whole numbers made float by a gap stay integers"
+
+
+def test_fractional_labels_are_refused(tmp_path: Path) -> None:
+    rows = [{"text": f"t{i}", "label": i / 7} for i in range(200)]
+    path = _write(tmp_path / "scores.csv", rows)
+    with pytest.raises(tables.DataError, match="data.label-column: column 'label' .* not whole"):
+        tables.load_dataset_table(DataConfig(name=str(path)), "seq-cls", seed=0)
+
+
+def test_only_blank_texts_is_no_usable_rows(tmp_path: Path) -> None:
+    path = _write(tmp_path / "blank.jsonl", [{"text": " ", "label": 0}, {"text": "", "label": 1}])
+    with pytest.raises(tables.DataError, match="data.name: no usable rows"):
+        tables.load_dataset_table(DataConfig(name=str(path)), "seq-cls", seed=0)

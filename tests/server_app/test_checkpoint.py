@@ -1,0 +1,160 @@
+"""Checkpoints refuse damaged values and recover from a kill inside their own swap; metrics.jsonl
+survives a torn last line; a run killed while saving its final model is completed by resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedcore.config import RunConfig
+from server_app.checkpoint import (
+    CHECKPOINT_DIR,
+    META_FILE,
+    STATE_FILE,
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
+from server_app.run_log import METRICS, RunDirError, RunLog
+from tests.conftest import tiny_run_config
+from tests.simulate import simulate
+
+
+def checkpoint(round_number: int, fill: float = 0.5) -> Checkpoint:
+    state = {"a.weight": torch.full((4, 3), fill), "b.bias": torch.arange(5, dtype=torch.float32)}
+    return Checkpoint(round_number, state, {"bandit": {}}, 0.5, 12.0, RunConfig().to_flat())
+
+
+def saved(run_dir: Path, round_number: int = 1, fill: float = 0.5) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(run_dir, checkpoint(round_number, fill))
+    return run_dir / CHECKPOINT_DIR
+
+
+def test_a_saved_checkpoint_loads_bit_for_bit(tmp_path: Path) -> None:
+    saved(tmp_path)
+    loaded = load_checkpoint(tmp_path)
+    expected = checkpoint(1)
+    assert loaded.round == 1 and loaded.planner_state == expected.planner_state
+    assert all(torch.equal(loaded.global_state[k], v) for k, v in expected.global_state.items())
+
+
+def overwrite_float(path: Path, old: float, new: float) -> None:
+    """Replace the first stored float32 equal to ``old`` in place, as a disk or a hand edit would."""
+    data = bytearray(path.read_bytes())
+    at = data.rindex(struct.pack("<f", old))
+    data[at : at + 4] = struct.pack("<f", new)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("new", [0.5000001, 3e38, float("nan")], ids=["flipped-bit", "3e38", "nan"])
+def test_a_changed_value_is_refused_naming_the_file(tmp_path: Path, new: float) -> None:
+    state_file = saved(tmp_path) / STATE_FILE
+    overwrite_float(state_file, 0.5, new)
+    with pytest.raises(CheckpointError, match="corrupt") as error:
+        load_checkpoint(tmp_path)
+    assert str(state_file) in str(error.value)
+
+
+@pytest.mark.parametrize("fill", [float("nan"), float("inf"), 3e38], ids=["nan", "inf", "3e38"])
+def test_unusable_values_are_refused_even_with_a_matching_hash(tmp_path: Path, fill: float) -> None:
+    """A run that saved a diverged model must not resume it as if it were fine."""
+    state_file = saved(tmp_path, fill=fill) / STATE_FILE
+    with pytest.raises(CheckpointError, match="non-finite or overflowing values in a.weight") as error:
+        load_checkpoint(tmp_path)
+    assert str(state_file) in str(error.value)
+
+
+@pytest.mark.parametrize("key", ["planner", "elapsed_s", "round"])
+def test_a_missing_key_is_an_error_naming_the_file(tmp_path: Path, key: str) -> None:
+    meta_file = saved(tmp_path) / META_FILE
+    meta = json.loads(meta_file.read_text())
+    del meta[key]
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=f"lacks {key}") as error:
+        load_checkpoint(tmp_path)
+    assert str(meta_file) in str(error.value)
+
+
+def interrupted_swap(run_dir: Path, new_complete: bool) -> None:
+    """The leftovers of a kill between replace_dir's renames while saving round 2 over round 1."""
+    saved(run_dir, 1)
+    os.replace(run_dir / CHECKPOINT_DIR, run_dir / f".{CHECKPOINT_DIR}.old")
+    newer = saved(run_dir / "elsewhere", 2)
+    if not new_complete:
+        (newer / STATE_FILE).write_bytes((newer / STATE_FILE).read_bytes()[:-7])
+    os.replace(newer, run_dir / f".{CHECKPOINT_DIR}.tmp")
+
+
+@pytest.mark.parametrize(("new_complete", "expected_round"), [(True, 2), (False, 1)])
+def test_a_kill_between_the_swaps_renames_is_recovered(
+    tmp_path: Path, new_complete: bool, expected_round: int
+) -> None:
+    interrupted_swap(tmp_path, new_complete)
+    with pytest.warns(UserWarning, match="recovered from"):
+        assert load_checkpoint(tmp_path).round == expected_round
+    assert (tmp_path / CHECKPOINT_DIR / META_FILE).is_file(), "the recovered copy is put back in place"
+    assert load_checkpoint(tmp_path).round == expected_round
+
+
+def test_no_complete_copy_is_no_checkpoint(tmp_path: Path) -> None:
+    interrupted_swap(tmp_path, new_complete=False)
+    shutil.rmtree(tmp_path / f".{CHECKPOINT_DIR}.old")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path: Path) -> None:
+    rows = [{"kind": "global", "round": r, "accuracy": r / 10} for r in range(3)]
+    metrics = tmp_path / METRICS
+    metrics.write_text("".join(json.dumps(row) + "\n" for row in rows) + '{"kind": "client", "rou')
+    log = RunLog(tmp_path, {})
+    with pytest.warns(UserWarning, match=f"{metrics}: dropped a torn last line"):
+        log.truncate_after(1)
+    log.close()
+    assert [json.loads(line) for line in metrics.read_text().splitlines()] == rows[:2]
+
+
+def test_a_damaged_metrics_line_before_the_last_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / METRICS).write_text('{"round": 0}\n{"round": \n{"round": 1}\n')
+    log = RunLog(tmp_path, {})
+    with pytest.raises(RunDirError, match=f"{tmp_path / METRICS}: line 2"):
+        log.truncate_after(1)
+    log.close()
+
+
+def test_a_run_killed_while_saving_its_final_model_is_completed_by_resume(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = tiny_run_config(tiny_models["bert"], tmp_path, rounds=1)
+    run_dir = simulate(cfg, supernodes=2)
+    finished = json.loads((run_dir / "summary.json").read_text())
+    state_before = (run_dir / CHECKPOINT_DIR / STATE_FILE).read_bytes()
+    # what a kill inside save_model leaves: a half-written model beside no model/ and no summary
+    shutil.rmtree(run_dir / "model")
+    (run_dir / "summary.json").unlink()
+    (run_dir / ".model.tmp").mkdir()
+    (run_dir / ".model.tmp" / "config.json").write_text("{")
+
+    resume = RunConfig.from_flat({**cfg.to_flat(), "resume-from": str(run_dir)})
+    assert simulate(resume, supernodes=2) == run_dir
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final"] == finished["final"] and summary["rounds_completed"] == 1
+    assert (run_dir / "model" / "adapter_model.safetensors").is_file()
+    assert not (run_dir / ".model.tmp").exists()
+    assert (run_dir / CHECKPOINT_DIR / STATE_FILE).read_bytes() == state_before
+    logged = [
+        (row["kind"], row.get("round"), row.get("partition_id"))
+        for row in map(json.loads, (run_dir / METRICS).read_text().splitlines())
+    ]
+    assert len(logged) == len(set(logged)) == 4, "round 0, two clients and round 1, each once"
+
+    with pytest.raises(CheckpointError, match="already completed round 1 of rounds=1"):
+        simulate(resume, supernodes=2)
