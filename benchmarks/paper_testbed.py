@@ -41,6 +41,7 @@ VARIANTS = {
     "droppeft": "method='droppeft'",
     "leff": "method='leff'",
     "droppeft-incremental": "method='droppeft' drop.shapes='incremental'",
+    "droppeft-sensitivity": "method='droppeft' drop.shapes='sensitivity'",
     "droppeft-fixed0.3": "method='droppeft' drop.mode='fixed' drop.mean-rate=0.3 drop.shape='sensitivity'",
     "droppeft-stld-only": "method='droppeft' drop.mode='fixed' drop.mean-rate=0.3 drop.shape='sensitivity' "
     "ptls.fraction=0",

@@ -4,9 +4,10 @@ On SmolLM2-135M a few blocks carry the model (removing block 0, 1, 2 or 11 alone
 loss, a typical block 0.1-0.3; ``stld_shapes.md``). The ``sensitivity`` shape gives them low but non-zero
 rates, so about one step in four still drops one of them, and that step trains the head and the adapters
 on features the full model never produces. This ablation protects every block whose removal sensitivity
-exceeds ``--protect`` x the median (rate 0) and spreads the same mean rate over the rest, beside full depth
-and the plain sensitivity shape, with stld_shapes.py's protocol (one client, LoRA q/k/v/o, constant lr
-1e-3, batch 16 x 32 tokens, BBC News 5 topics, full-depth accuracy on the server validation split).
+exceeds twice the median (rate 0, the ``sensitivity`` shape's rule) and spreads the same mean rate over
+the rest, beside full depth and the graded weights alone (``sensitivity 0.3``: nothing protected), with
+stld_shapes.py's protocol (one client, LoRA q/k/v/o, constant lr 1e-3, batch 16 x 32 tokens, BBC News
+5 topics, full-depth accuracy on the server validation split).
 
     python benchmarks/stld_protect.py      # -> benchmarks/results/stld_protect.{md,json}
 """
@@ -20,16 +21,7 @@ import torch
 from benchlib import RESULTS, command_line, header, machine, table, write_results
 from stld_shapes import RATE, curve, sensitivity_rates
 
-from fedcore.mechanisms.layer_dropout import sensitivity_weights, spread_rate
-
-
-def protected_rates(scores: list[float], factor: float) -> tuple[float, ...]:
-    """Rate 0 for blocks above factor x the median score; the mean rate spread over the others."""
-    median = statistics.median(scores)
-    weights = [
-        0.0 if s > factor * median else w for s, w in zip(scores, sensitivity_weights(scores), strict=True)
-    ]
-    return spread_rate(RATE, weights, 0.95)
+from fedcore.mechanisms.layer_dropout import PROTECT_FACTOR, DropConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,12 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--protect", type=float, default=2.0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     info = machine()
     by_sensitivity, scores = sensitivity_rates(RATE)
-    protected = protected_rates(scores, args.protect)
+    protected = DropConfig(RATE, "sensitivity").rates(len(scores), sensitivity=scores)
     settings = {
         "full depth": (),
         f"sensitivity {RATE}": by_sensitivity,
@@ -68,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         "STLD with the blocks a pretrained decoder cannot lose protected", info, command_line(), False
     )
     markdown += (
-        f"Protected (rate 0, sensitivity > {args.protect} x median): blocks {protected_blocks}; "
+        f"Protected (rate 0, sensitivity > {PROTECT_FACTOR} x median): blocks {protected_blocks}; "
         f"rates of the others: {', '.join(f'{r:.2f}' for r in protected if r > 0)}. "
         f"One client, LoRA, constant lr 1e-3, batch 16 x 32 tokens, BBC News (5 topics); full-depth accuracy "
         f"on the server validation split, mean over seeds {seeds}.\n\n"

@@ -47,8 +47,8 @@ class DropConfig:
 
         "incremental" follows the stochastic-depth rule p_l ∝ (l+1)/L, so deep blocks (closer to the head)
         are dropped more often than shallow ones. "sensitivity" (this project's own) spreads the rate by
-        ``sensitivity_weights(sensitivity)``: blocks the pretrained model cannot do without are rarely
-        dropped (``fedcore/mechanisms/block_sensitivity.py``). Probabilities above `max_rate` are clipped
+        ``sensitivity_weights(sensitivity)``: blocks the pretrained model cannot do without are never
+        dropped, the more sensitive of the others less often (``fedcore/mechanisms/block_sensitivity.py``). Probabilities above `max_rate` are clipped
         and the excess is spread proportionally over the unclipped blocks, which keeps the mean and the shape.
         """
         if num_blocks < 1:
@@ -85,11 +85,25 @@ class DropConfig:
         return cls(mean_rate, shape)  # type: ignore[arg-type]  # validated in __post_init__
 
 
-def sensitivity_weights(scores: Sequence[float]) -> list[float]:
-    """min(1, median / score) per block: a typical block weighs 1, one that matters k times more than the
-    median weighs 1/k, so the drop rate it receives shrinks in proportion."""
+#: a block whose removal moves the model more than this many times the median block is never dropped
+PROTECT_FACTOR = 2.0
+
+
+def sensitivity_weights(scores: Sequence[float], protect_factor: float = PROTECT_FACTOR) -> list[float]:
+    """min(1, median / score) per block, and 0 above ``protect_factor`` x the median.
+
+    A typical block weighs 1 and one that matters k times more than the median weighs 1/k, so the drop
+    rate it receives shrinks in proportion; the few blocks the pretrained model cannot do without are
+    never dropped. Measured on SmolLM2 (``benchmarks/results/stld_protect.md``): a step that drops one of
+    them trains the head and adapters on features the full model never produces, and protecting them
+    (rate 0, the same mean spread over the rest) lifted one client's accuracy after 40 steps from 0.67 to
+    0.79 (two seeds).
+    """
     median = statistics.median(scores)
-    return [1.0 if score <= median else median / score for score in scores]
+    return [
+        0.0 if score > protect_factor * median else 1.0 if score <= median else median / score
+        for score in scores
+    ]
 
 
 def spread_rate(mean_rate: float, weights: Sequence[float], max_rate: float) -> tuple[float, ...]:
