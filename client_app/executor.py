@@ -88,11 +88,12 @@ def device() -> torch.device:
 def node_info(node_config: dict[str, Any], cfg: RunConfig) -> RecordDict:
     """Answer the server's info query: who this client is and what device it has (loading its data
     here makes a data problem show at start-up)."""
-    partition_id, _ = local_data(cfg, node_config)
+    partition_id, splits = local_data(cfg, node_config)
     profile = profile_for(partition_id, cfg.devices.profiles, node_config)
     info = {k: v for k, v in node_config.items() if isinstance(v, (int, float, str, bool))}
     info.update(profile.as_config())
     info[wire.NODE_PARTITION_ID] = partition_id
+    info[wire.NODE_NUM_EXAMPLES] = len(splits.train)
     return RecordDict({wire.NODE_INFO: ConfigRecord(info)})
 
 

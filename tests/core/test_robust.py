@@ -1,0 +1,76 @@
+"""Bounding one client's influence: its weight (statement, start-up size, plan, round median) and the
+length of its update per layer group (clipped to a multiple of the round's median norm)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fedcore.core.aggregate import ClientUpdate
+from fedcore.core.plan import LayerPlan
+from fedcore.core.robust import WEIGHT_CAP, cap_weights, clip_to_median, group_norms, plan_weight
+
+
+def _group_of(name: str) -> str:
+    return name.split(".")[0]
+
+
+def test_weight_is_the_least_of_what_the_server_knows() -> None:
+    steps = LayerPlan(round=1, rounds=1, train_groups=("head",), steps=20)
+    epochs = LayerPlan(round=1, rounds=1, train_groups=("head",), steps=0, epochs=3)
+    assert plan_weight(9_999_999, steps, batch_size=32, partition_size=500) == 500
+    assert plan_weight(9_999_999, steps, batch_size=8, partition_size=500) == 160
+    assert plan_weight(100, steps, batch_size=32, partition_size=500) == 100
+    assert plan_weight(9_999_999, epochs, batch_size=32, partition_size=500) == 500
+    assert plan_weight(700, epochs, batch_size=32, partition_size=0) == 700
+
+
+def test_no_weight_above_the_cap_times_the_lower_median() -> None:
+    updates = [ClientUpdate(i, w, {}) for i, w in enumerate([100, 120, 9_999_999])]
+    assert [u.weight for u in cap_weights(updates)] == [100, 120, WEIGHT_CAP * 120]
+    two = cap_weights([ClientUpdate(0, 100, {}), ClientUpdate(1, 10**6, {})])
+    assert [u.weight for u in two] == [100, WEIGHT_CAP * 100]  # the lower median: the honest one
+
+
+def test_norms_are_per_group_and_do_not_overflow() -> None:
+    update = {"a.w": torch.full((4,), 1e30), "a.b": torch.zeros(2), "b.w": torch.tensor([3.0, 4.0])}
+    norms = group_norms(update, _group_of)
+    assert norms["b"] == 5.0
+    assert math.isclose(norms["a"], 2e30, rel_tol=1e-6)
+
+
+def test_clipping_scales_only_the_outlying_group_of_the_outlier() -> None:
+    honest = [{"a.w": torch.tensor([1.0, 0.0]), "b.w": torch.tensor([0.0, 2.0])} for _ in range(2)]
+    hostile = {"a.w": torch.tensor([-1000.0, 0.0]), "b.w": torch.tensor([0.0, 2.0])}
+    updates = [ClientUpdate(i, 1, u) for i, u in enumerate([*honest, hostile])]
+    clipped, scales = clip_to_median(updates, _group_of, factor=2.0)
+    assert scales == [1.0, 1.0, pytest.approx(2.0 / 1000.0)]
+    assert torch.equal(clipped[2].update["a.w"], torch.tensor([-2.0, 0.0]))
+    assert clipped[2].update["b.w"] is hostile["b.w"]  # its other group is in line: untouched
+    assert all(
+        clipped[i].update is updates[i].update or clipped[i].update == updates[i].update for i in (0, 1)
+    )
+    assert all(torch.equal(clipped[i].update[k], honest[i][k]) for i in (0, 1) for k in honest[i])
+
+
+def test_clipping_over_the_contributors_of_each_group_only() -> None:
+    """A group two clients sent is clipped against those two (the lower median), not the whole round."""
+    updates = [
+        ClientUpdate(0, 1, {"a.w": torch.tensor([1.0])}),
+        ClientUpdate(1, 1, {"a.w": torch.tensor([1.0]), "b.w": torch.tensor([10.0])}),
+        ClientUpdate(2, 1, {"b.w": torch.tensor([100.0])}),
+    ]
+    clipped, scales = clip_to_median(updates, _group_of, factor=3.0)
+    assert clipped[2].update["b.w"].item() == 30.0
+    assert scales == [1.0, 1.0, 0.3]
+
+
+def test_clip_factor_zero_is_off() -> None:
+    updates = [
+        ClientUpdate(0, 1, {"a.w": torch.tensor([1.0])}),
+        ClientUpdate(1, 1, {"a.w": torch.tensor([1e30])}),
+    ]
+    clipped, scales = clip_to_median(updates, _group_of, factor=0.0)
+    assert clipped == updates and scales == [1.0, 1.0]
