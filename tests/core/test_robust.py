@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from fedcore.core.aggregate import ClientUpdate
+from fedcore.core.aggregate import ClientUpdate, aggregate_layerwise
 from fedcore.core.plan import LayerPlan
 from fedcore.core.robust import WEIGHT_CAP, cap_weights, clip_to_median, group_norms, plan_weight
 
@@ -74,3 +74,35 @@ def test_clip_factor_zero_is_off() -> None:
     ]
     clipped, scales = clip_to_median(updates, _group_of, factor=0.0)
     assert clipped == updates and scales == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("attack", ["reversed x1000", "all 1e30", "tiny"])
+@pytest.mark.parametrize("weight", [16, 9_999_999])
+def test_one_client_moves_a_round_at_most_its_bounded_share(attack: str, weight: int) -> None:
+    """The README's per-round bound, exactly: after capping and clipping, the mean of a group differs from
+    the mean of the other clients alone by at most s * (c * m + M): s the client's weight share, m the
+    round's lower-median norm of the group, M the largest norm among the others."""
+    generator = torch.Generator().manual_seed(0)
+    honest = [
+        {"a.w": torch.randn(6, generator=generator), "b.w": torch.randn(3, generator=generator)}
+        for _ in range(3)
+    ]
+    change = {
+        "reversed x1000": lambda t: -1000 * t,
+        "all 1e30": lambda t: torch.full_like(t, 1e30),
+        "tiny": lambda t: 1e-9 * t,
+    }[attack]
+    hostile = {name: change(t) for name, t in honest[0].items()}
+    factor = 2.0
+    updates = [ClientUpdate(i, 16, u) for i, u in enumerate(honest)] + [ClientUpdate(9, weight, hostile)]
+    bounded, _ = clip_to_median(cap_weights(updates), _group_of, factor)
+    old = {"a.w": torch.zeros(6), "b.w": torch.zeros(3)}
+    with_it = aggregate_layerwise(old, bounded)
+    without = aggregate_layerwise(old, bounded[:3])
+    share = bounded[3].weight / sum(u.weight for u in bounded)
+    assert share <= WEIGHT_CAP / (WEIGHT_CAP + 3)
+    for group in ("a", "b"):
+        norms = [group_norms(u.update, _group_of)[group] for u in updates]
+        median, largest = sorted(norms)[(len(norms) - 1) // 2], max(norms[:3])
+        moved = (with_it[f"{group}.w"] - without[f"{group}.w"]).norm().item()
+        assert moved <= share * (factor * median + largest) * (1 + 1e-6)
