@@ -6,7 +6,7 @@ defences, after the norm bounding and median-relative clipping of the robust-FL 
 - weight: at most the examples its round could have used (its statement, its partition size stated at
   start-up, and steps x batch size for a step-counted plan), then at most ``WEIGHT_CAP`` x the round's
   median weight;
-- size: per layer group, over the clients that uploaded that group, no update is longer than
+- size: per layer group, over the clients that changed that group, no update is longer than
   ``factor`` x the median update norm (``round.clip-factor``); a longer one is scaled down to it.
 
 Medians are the lower median, so with two clients the smaller value is the reference: one of two clients
@@ -62,18 +62,23 @@ def clip_to_median(
 ) -> tuple[list[ClientUpdate], list[float]]:
     """Scale each client's update of each group to at most ``factor`` x the group's median norm (0 = off).
 
+    The median is over the clients that changed the group: a client that skipped a block in every step
+    (layer dropout) uploads zeros for it, which must not make the others' updates outliers.
+
     Returns the clipped updates and, per client, the smallest scale applied (1.0 = untouched).
     """
     if not factor:
         return updates, [1.0] * len(updates)
     norms = [group_norms(u.update, group_of) for u in updates]
-    limits = {
-        group: factor * statistics.median_low(n[group] for n in norms if group in n)
-        for group in {g for n in norms for g in n}
-    }
+    moved: dict[str, list[float]] = {}
+    for client_norms in norms:
+        for group, norm in client_norms.items():
+            if norm > 0:
+                moved.setdefault(group, []).append(norm)
+    limits = {group: factor * statistics.median_low(values) for group, values in moved.items()}
     clipped, scales = [], []
     for client, client_norms in zip(updates, norms, strict=True):
-        scale = {g: limits[g] / norm for g, norm in client_norms.items() if norm > limits[g]}
+        scale = {g: limits[g] / norm for g, norm in client_norms.items() if norm > limits.get(g, math.inf)}
         tensors = {
             name: (t.double() * scale[group_of(name)]).to(t.dtype) if group_of(name) in scale else t
             for name, t in client.update.items()

@@ -67,6 +67,18 @@ def test_clipping_over_the_contributors_of_each_group_only() -> None:
     assert scales == [1.0, 1.0, 0.3]
 
 
+def test_clients_that_left_a_group_unchanged_do_not_set_its_median() -> None:
+    """A block a client dropped in every step comes back as zeros: the others are not clipped to zero."""
+    updates = [
+        ClientUpdate(0, 1, {"a.w": torch.zeros(2)}),
+        ClientUpdate(1, 1, {"a.w": torch.tensor([3.0, 4.0])}),
+    ]
+    clipped, scales = clip_to_median(updates, _group_of, factor=2.0)
+    assert scales == [1.0, 1.0] and clipped == updates
+    alone = clip_to_median([ClientUpdate(0, 1, {"a.w": torch.zeros(2)})], _group_of, factor=2.0)
+    assert alone[1] == [1.0]
+
+
 def test_clip_factor_zero_is_off() -> None:
     updates = [
         ClientUpdate(0, 1, {"a.w": torch.tensor([1.0])}),
