@@ -272,3 +272,10 @@ def test_bad_start_up_statements_refuse_the_node_and_leff_runs(
     trained = {r["partition_id"] for r in rows(run_dir) if r["kind"] == "client" and r["status"] == "ok"}
     assert len(trained) == 2 and 0 in trained
     assert (run_dir / "summary.json").exists()
+
+
+def test_float16_wire_replies_are_accepted(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """round.wire-dtype=float16 legitimately sends fp16: the dtype check follows the run's wire dtype."""
+    cfg = tiny_run_config(tiny_models["bert"], tmp_path, rounds=1, **{"round.wire-dtype": "float16"})
+    run_dir = simulate(cfg, supernodes=2)
+    assert [r["status"] for r in rows(run_dir) if r["kind"] == "client"] == ["ok", "ok"]
