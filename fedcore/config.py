@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fedcore.core.aggregators import Aggregator
 from fedcore.core.devices import PROFILES
 from fedcore.methods.specs import METHODS, MethodSpec, TuningMode, method_spec
 from fedcore.presets import PRESETS, apply_preset
@@ -126,6 +127,15 @@ class RoundConfig(Section):
     timeout: float = Field(900.0, gt=0, description="Seconds to wait for replies in one round.")
     wire_dtype: Literal["float32", "float16"] = Field(
         "float32", description="Precision of the tensors sent to and from clients (float16 halves traffic)."
+    )
+    aggregator: Aggregator = Field(
+        "mean", description="Per parameter: weighted 'mean', or the robust 'median' / 'trimmed-mean'."
+    )
+    clip_factor: float = Field(
+        2.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Clip each client's update of a layer group to this x the round's median norm (0 = off).",
     )
 
 

@@ -26,8 +26,10 @@ from fedcore.core.aggregate import ClientUpdate, UpdateRejected, aggregate_layer
 from fedcore.core.files import write_json_atomic
 from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
+from fedcore.core.reply_schema import SchemaError, check_train_metrics
+from fedcore.core.robust import cap_weights, clip_to_median, plan_weight
 from fedcore.core.seeding import derive_seed
-from fedcore.core.wire import arrays_to_state, dict_to_config, state_to_arrays
+from fedcore.core.wire import dict_to_config, received_state, state_to_arrays
 from fedcore.data.batching import Batch, make_batches
 from fedcore.data.splits import server_splits
 from fedcore.methods.base import ClientInfo, ClientPlan, ClientResult, Planner
@@ -100,23 +102,49 @@ def collect_reply(
     plan: LayerPlan,
     expected: dict[str, torch.Size],
     layer_map: LayerMap,
+    cfg: RunConfig,
 ) -> ClientOutcome:
-    """Turn one reply into a metrics row and, if it is sound, an update to aggregate."""
+    """Turn one reply into a metrics row and, if it is sound, an update to aggregate.
+
+    The reply's numbers enter the row only once they pass the schema, and never over the server's own
+    fields (who answered, the status, the bytes measured here); its tensors are checked as they
+    travelled, before anything converts them.
+    """
     row: dict[str, Any] = {"node_id": client.node_id, "partition_id": client.partition_id}
     row["plan"] = plan.as_log()
     if reply.has_error():
         return ClientOutcome({**row, "status": "failed", "reason": reply.error.reason}, None)
     try:
-        metrics = dict(reply.content.metric_records[wire.TRAIN_METRICS])
-        update = arrays_to_state(reply.content.array_records[wire.UPDATE])
+        metrics = check_train_metrics(
+            dict(reply.content.metric_records[wire.TRAIN_METRICS]), probe=plan.probe_examples > 0
+        )
+        record = reply.content.array_records[wire.UPDATE]
+        update = received_state(record)
         wanted = set(plan.train_groups)
         plan_expected = {n: s for n, s in expected.items() if layer_map.group_of(n) in wanted}
-        validate_update(update, metrics.get(wire.EXAMPLES), plan_expected, layer_map.group_of)
+        validate_update(update, plan_expected, layer_map.group_of, wire.wire_dtype_of(cfg.round.wire_dtype))
+    except (SchemaError, UpdateRejected) as exc:
+        return ClientOutcome({**row, "status": "rejected", "reason": str(exc)}, None)
     except (KeyError, TypeError, ValueError) as exc:
-        reason = str(exc) if isinstance(exc, UpdateRejected) else f"malformed reply: {exc!r}"
-        return ClientOutcome({**row, "status": "rejected", "reason": reason}, None)
-    row.update(metrics, status="ok", reason=None)
-    return ClientOutcome(row, ClientUpdate(client.node_id, int(metrics[wire.EXAMPLES]), update))
+        return ClientOutcome({**row, "status": "rejected", "reason": f"malformed reply: {exc!r}"}, None)
+    row = {**metrics, **row, wire.BYTES_UP: record.count_bytes(), "status": "ok", "reason": None}
+    weight = plan_weight(metrics[wire.EXAMPLES], plan, cfg.train.batch_size, client.num_examples)
+    tensors = {name: tensor.float() for name, tensor in update.items()}
+    return ClientOutcome(row, ClientUpdate(client.node_id, weight, tensors))
+
+
+def bound_and_aggregate(state: ServerState, outcomes: list[ClientOutcome]) -> None:
+    """Bound every sound reply's influence (weight cap, norm clipping), record it in the client's row,
+    and aggregate once there are clients.min sound replies."""
+    cfg = state.cfg
+    sound = [o for o in outcomes if o.update is not None]
+    updates = cap_weights([o.update for o in sound])
+    updates, scales = clip_to_median(updates, state.layer_map.group_of, cfg.round.clip_factor)
+    for outcome, update, scale in zip(sound, updates, scales, strict=True):
+        outcome.row.update(weight=update.weight, clip_scale=scale)
+    if len(updates) >= cfg.clients.min:
+        state.global_state = aggregate_layerwise(state.global_state, updates, cfg.round.aggregator)
+        load_tunable_state(state.model, state.global_state)
 
 
 def prepare(cfg: RunConfig) -> tuple[ServerState, RunLog, PreTrainedTokenizerBase]:
@@ -179,19 +207,16 @@ def run_round(
     for client in chosen:
         if client.node_id in replies:
             outcome = collect_reply(
-                replies[client.node_id], client, plans[client.node_id], state.shapes, state.layer_map
+                replies[client.node_id], client, plans[client.node_id], state.shapes, state.layer_map, cfg
             )
         else:
             reason = f"no reply within round.timeout={cfg.round.timeout:g} s"
             row = {"node_id": client.node_id, "partition_id": client.partition_id, "status": "timeout"}
             outcome = ClientOutcome({**row, "reason": reason}, None)
         outcome.row.update(kind="client", round=round_number)
-        outcome.row.setdefault(wire.BYTES_DOWN, bytes_down[client.node_id])
+        outcome.row[wire.BYTES_DOWN] = bytes_down[client.node_id]
         outcomes.append(outcome)
-    good = [o.update for o in outcomes if o.update is not None]
-    if len(good) >= cfg.clients.min:
-        state.global_state = aggregate_layerwise(state.global_state, good)
-        load_tunable_state(state.model, state.global_state)
+    bound_and_aggregate(state, outcomes)
     state.planner.observe(
         round_number,
         [ClientResult(o.row["partition_id"], o.update is not None, _numbers(o.row)) for o in outcomes],
@@ -246,11 +271,10 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
 
     node_ids = wait_for_nodes(grid, cfg.clients.min, cfg.round.timeout)
     # Start-up answers come from freshly started client processes: allow at least QUERY_TIMEOUT_S.
-    clients, unreachable = query_clients(
-        grid, node_ids, cfg.to_flat(), max(cfg.round.timeout, QUERY_TIMEOUT_S)
-    )
-    for node_id, reason in unreachable.items():
-        log.row({"kind": "node", "node_id": node_id, "status": "unreachable", "reason": reason})
+    clients, left_out = query_clients(grid, node_ids, cfg, max(cfg.round.timeout, QUERY_TIMEOUT_S))
+    for node_id, (status, reason) in left_out.items():
+        log.row({"kind": "node", "node_id": node_id, "status": status, "reason": reason})
+        print(f"fedlayer: node {node_id} {status}: {reason}", flush=True)
     if len(clients) < cfg.clients.min:
         raise RuntimeError(f"only {len(clients)} client(s) answered; clients.min={cfg.clients.min}")
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedcore.config import RunConfig
 from fedcore.core import wire
+from fedcore.core.reply_schema import SchemaError, check_node_info
 from fedcore.core.wire import config_to_dict, dict_to_config
 from fedcore.methods.base import ClientInfo
 
@@ -34,33 +37,60 @@ def replies_by_node(replies: Iterable[Message], sent: list[Message]) -> dict[int
     return {node_of.get(r.metadata.reply_to_message_id, r.metadata.src_node_id): r for r in replies}
 
 
+def client_info(node_id: int, info: dict[str, Any], num_partitions: int) -> ClientInfo:
+    """A node's start-up statement, checked against the declared schema before anything reads it.
+
+    ``num_partitions``: the run's clients.num-partitions, 0 = the node's own num-partitions.
+    Raises SchemaError naming the key and the rule.
+    """
+    checked = check_node_info(info)
+    partition_id = checked.pop(wire.NODE_PARTITION_ID)
+    stated_partitions = checked.pop(wire.NODE_NUM_PARTITIONS, 0)
+    partitions = num_partitions or stated_partitions
+    if not partitions:
+        raise SchemaError(f"missing {wire.NODE_NUM_PARTITIONS} (and clients.num-partitions is 0)")
+    if partition_id >= partitions:
+        raise SchemaError(
+            f"{wire.NODE_PARTITION_ID}={partition_id} is unknown: the data has {partitions} partitions"
+        )
+    num_examples = checked.pop(wire.NODE_NUM_EXAMPLES, 0)  # 0: not stated
+    return ClientInfo(node_id=node_id, partition_id=partition_id, profile=checked, num_examples=num_examples)
+
+
 def query_clients(
-    grid: Grid, node_ids: list[int], flat_config: dict, timeout_s: float
-) -> tuple[list[ClientInfo], dict[int, str]]:
-    """Ask every node for its partition and profile; returns (answers, {node id: failure reason})."""
+    grid: Grid, node_ids: list[int], cfg: RunConfig, timeout_s: float
+) -> tuple[list[ClientInfo], dict[int, tuple[str, str]]]:
+    """Ask every node for its partition and profile.
+
+    Returns the sound answers and, for every other node, (status, reason): ``unreachable`` when it did
+    not answer or answered with an error, ``refused`` when its answer breaks the schema or names a
+    partition another node already holds.
+    """
     messages = [
         Message(
-            RecordDict({wire.RUN_CONFIG: dict_to_config(flat_config)}),
+            RecordDict({wire.RUN_CONFIG: dict_to_config(cfg.to_flat())}),
             dst_node_id=node_id,
             message_type=f"{MessageType.QUERY}.{wire.INFO_QUERY}",
         )
         for node_id in node_ids
     ]
-    clients: list[ClientInfo] = []
-    failures = {node_id: "no reply" for node_id in node_ids}
-    for node_id, reply in replies_by_node(
-        grid.send_and_receive(messages, timeout=timeout_s), messages
-    ).items():
+    failures = {node_id: ("unreachable", "no reply") for node_id in node_ids}
+    holders: dict[int, ClientInfo] = {}
+    replies = replies_by_node(grid.send_and_receive(messages, timeout=timeout_s), messages)
+    for node_id, reply in sorted(replies.items()):
         if reply.has_error():
-            failures[node_id] = f"error: {reply.error.reason}"
+            failures[node_id] = ("unreachable", f"error: {reply.error.reason}")
             continue
-        info = config_to_dict(reply.content.config_records[wire.NODE_INFO])
-        clients.append(
-            ClientInfo(
-                node_id=node_id,
-                partition_id=int(info.pop(wire.NODE_PARTITION_ID)),
-                profile=info,
-            )
-        )
+        try:
+            info = config_to_dict(reply.content.config_records[wire.NODE_INFO])
+            client = client_info(node_id, info, cfg.clients.num_partitions)
+        except (KeyError, SchemaError) as exc:
+            failures[node_id] = ("refused", f"start-up reply: {exc}")
+            continue
+        if client.partition_id in holders:
+            holder = holders[client.partition_id].node_id
+            failures[node_id] = ("refused", f"partition-id {client.partition_id} is held by node {holder}")
+            continue
+        holders[client.partition_id] = client
         failures.pop(node_id)
-    return sorted(clients, key=lambda c: c.partition_id), failures
+    return sorted(holders.values(), key=lambda c: c.partition_id), failures

@@ -10,8 +10,16 @@ The numbers below are this project's illustrative classes, not measurements of t
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+#: what a profile may state, per node-config key: (exclusive lower bound, inclusive upper bound)
+LIMITS: dict[str, tuple[float, float]] = {
+    "speed": (0.0, 1e3),
+    "memory-mb": (0.0, 1e9),
+    "capacity": (0.0, 1.0),
+}
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,18 @@ class DeviceProfile:
     capacity: float = 0.5
     #: explicit L_i from the node config; 0 = derive from capacity
     max_blocks: int = 0
+
+    def __post_init__(self) -> None:
+        """Refuse what no device has: planners divide by speed and multiply by capacity."""
+        stated = {"speed": self.speed, "memory-mb": self.memory_mb, "capacity": self.capacity}
+        for key, value in stated.items():
+            low, high = LIMITS[key]
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and low < value <= high):
+                raise ValueError(
+                    f"device {self.name!r}: {key}={value!r} must be a number in ({low:g}, {high:g}]"
+                )
+        if not (isinstance(self.max_blocks, int) and self.max_blocks >= 0):
+            raise ValueError(f"device {self.name!r}: max-blocks={self.max_blocks!r} must be an integer >= 0")
 
     def trainable_blocks(self, num_blocks: int) -> int:
         """LEFF's L_i for a model of num_blocks blocks: at least 1, at most all."""
@@ -65,8 +85,17 @@ def profile_for(partition_id: int, spec: str, node_config: dict[str, Any]) -> De
     base = PROFILES[name]
     return DeviceProfile(
         name=name,
-        speed=float(node_config.get("speed", base.speed)),
-        memory_mb=float(node_config.get("memory-mb", base.memory_mb)),
-        capacity=float(node_config.get("capacity", base.capacity)),
-        max_blocks=int(node_config.get("max-blocks", base.max_blocks)),
+        speed=_number(node_config, "speed", base.speed, float),
+        memory_mb=_number(node_config, "memory-mb", base.memory_mb, float),
+        capacity=_number(node_config, "capacity", base.capacity, float),
+        max_blocks=_number(node_config, "max-blocks", base.max_blocks, int),
     )
+
+
+def _number(node_config: dict[str, Any], key: str, default: float, kind: type) -> Any:
+    """One profile value from the node config, as ``kind``; a value that is not one names its key."""
+    value = node_config.get(key, default)
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"node config {key}={value!r} is not a number") from None

@@ -35,6 +35,8 @@ NODE_INFO = "node-info"  # ConfigRecord: partition-id, num-partitions, device pr
 #: node config keys a SuperNode may set (--node-config); simulation sets the first two itself
 NODE_PARTITION_ID = "partition-id"
 NODE_NUM_PARTITIONS = "num-partitions"
+#: info reply only: the client's training examples (bounds its aggregation weight)
+NODE_NUM_EXAMPLES = "num-examples"
 
 #: train reply, TRAIN_METRICS: what a client reports per round (the server's client rows keep these keys)
 EXAMPLES = "examples"  # training examples on the client: the aggregation weight
@@ -62,11 +64,18 @@ REPORT_DEVICE = "device"  # the device profile's name
 REPORT_PERSONAL_GROUPS = "personal-groups"  # groups the client holds personal values of
 
 
+def wire_dtype_of(name: str) -> torch.dtype:
+    """The torch dtype of a ``round.wire-dtype`` name."""
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16}[name]
+
+
 def state_to_arrays(state: Mapping[str, torch.Tensor], wire_dtype: str = "float32") -> ArrayRecord:
     """Tensors in the wire precision; a value fp16 cannot hold is refused rather than sent as inf."""
     import torch
 
-    dtype = {"float32": torch.float32, "float16": torch.float16}[wire_dtype]
+    dtype = wire_dtype_of(wire_dtype)
     arrays = {}
     for name, tensor in state.items():
         wire = tensor.detach().to("cpu", dtype).contiguous()
@@ -74,6 +83,11 @@ def state_to_arrays(state: Mapping[str, torch.Tensor], wire_dtype: str = "float3
             raise ValueError(f"{name}: values exceed the range of {wire_dtype}; use round.wire-dtype=float32")
         arrays[name] = wire
     return ArrayRecord(arrays)
+
+
+def received_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """Tensors exactly as they travelled, dtype included: what the server checks before converting."""
+    return dict(record.to_torch_state_dict())
 
 
 def arrays_to_state(record: ArrayRecord, *, release: bool = False) -> dict[str, torch.Tensor]:

@@ -48,8 +48,9 @@ class DropConfig:
         "incremental" follows the stochastic-depth rule p_l ∝ (l+1)/L, so deep blocks (closer to the head)
         are dropped more often than shallow ones. "sensitivity" (this project's own) spreads the rate by
         ``sensitivity_weights(sensitivity)``: blocks the pretrained model cannot do without are never
-        dropped, the more sensitive of the others less often (``fedcore/mechanisms/block_sensitivity.py``). Probabilities above `max_rate` are clipped
-        and the excess is spread proportionally over the unclipped blocks, which keeps the mean and the shape.
+        dropped, the more sensitive of the others less often (``fedcore/mechanisms/block_sensitivity.py``).
+        Probabilities above `max_rate` are clipped and the excess is spread proportionally over the
+        unclipped blocks, which keeps the mean and the shape.
         """
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")

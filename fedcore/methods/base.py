@@ -34,6 +34,8 @@ class ClientInfo:
     partition_id: int
     #: device profile from the SuperNode's node config or measured (memory budget, speed...)
     profile: dict[str, Any] = field(default_factory=dict)
+    #: training examples the client stated at start-up (0 = not stated: its weight is bounded otherwise)
+    num_examples: int = 0
 
 
 @dataclass(frozen=True)

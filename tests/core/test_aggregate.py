@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from datasets import Dataset
 
-from fedcore.core.aggregate import ClientUpdate, UpdateRejected, aggregate_layerwise, validate_update
+from fedcore.core.aggregate import ClientUpdate, UpdateRejected, aggregate_layerwise, combine, validate_update
 from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
 from fedcore.data.batching import make_batches
@@ -35,15 +34,15 @@ def test_weighted_mean_renormalised_per_parameter() -> None:
     }
     a = ClientUpdate(
         node_id=1,
-        examples=10,
+        weight=10,
         update={"shared": torch.tensor([4.0, 8.0, -4.0]), "only_a": torch.tensor([1.0, 2.0])},
     )
     b = ClientUpdate(
         node_id=2,
-        examples=30,
+        weight=30,
         update={"shared": torch.tensor([0.0, -4.0, 4.0]), "b_and_c": torch.tensor([3.0])},
     )
-    c = ClientUpdate(node_id=3, examples=60, update={"b_and_c": torch.tensor([-3.0])})
+    c = ClientUpdate(node_id=3, weight=60, update={"b_and_c": torch.tensor([-3.0])})
     new = aggregate_layerwise(old, [a, b, c])
     # shared: 0.25 * a + 0.75 * b; b_and_c: 1/3 * b + 2/3 * c (client a's examples do not count there)
     assert torch.equal(new["shared"], torch.tensor([2.0, 1.0, 5.0]))
@@ -82,7 +81,7 @@ def test_fedavg_is_the_special_case_of_full_uploads() -> None:
     new = aggregate_layerwise(old, updates)
     total = sum(examples)
     for name in shapes:
-        fedavg = old[name] + sum(u.update[name] * (u.examples / total) for u in updates)
+        fedavg = old[name] + sum(u.update[name] * (u.weight / total) for u in updates)
         assert torch.allclose(new[name], fedavg, atol=1e-6)
 
 
@@ -114,35 +113,34 @@ def _without(*names: str) -> dict[str, torch.Tensor]:
     return {k: v for k, v in _full_update().items() if k not in names}
 
 
-REJECTED: dict[str, tuple[dict[str, torch.Tensor], Any, dict[str, float], str]] = {
-    "nan": (
-        _with("block.0.weight", torch.tensor([[0.0, math.nan], [0.0, 0.0]])),
-        10,
-        {},
-        "block.0.weight.*NaN",
+F32 = torch.float32
+
+REJECTED: dict[str, tuple[dict[str, torch.Tensor], torch.dtype, str]] = {
+    "nan": (_with("block.0.weight", torch.tensor([[0.0, math.nan], [0.0, 0.0]])), F32, "block.0.weight.*NaN"),
+    "inf": (_with("head.weight", torch.tensor([0.0, math.inf, 0.0])), F32, "head.weight.*Inf"),
+    "unexpected key": ({**_full_update(), "block.9.weight": torch.zeros(2)}, F32, "unexpected.*block.9"),
+    "wrong shape": (_with("block.0.bias", torch.zeros(3)), F32, r"block.0.bias.*shape \(3,\)"),
+    "int64 dtype": (_with("block.0.bias", torch.zeros(2, dtype=torch.int64)), F32, "dtype torch.int64"),
+    "int32 dtype": (_with("block.0.bias", torch.zeros(2, dtype=torch.int32)), F32, "dtype torch.int32"),
+    "bool dtype": (_with("head.weight", torch.ones(3, dtype=torch.bool)), F32, "dtype torch.bool"),
+    "float64 for float32": (_with("head.weight", torch.zeros(3, dtype=torch.float64)), F32, "float64"),
+    "float16 for float32": (_with("head.weight", torch.zeros(3, dtype=torch.float16)), F32, "float16"),
+    "float32 for float16": (
+        {k: v.half() for k, v in _with("head.weight", torch.zeros(3)).items() if k != "head.weight"}
+        | {"head.weight": torch.zeros(3)},
+        torch.float16,
+        "head.weight: dtype torch.float32",
     ),
-    "inf": (_with("head.weight", torch.tensor([0.0, math.inf, 0.0])), 10, {}, "head.weight.*Inf"),
-    "unexpected key": ({**_full_update(), "block.9.weight": torch.zeros(2)}, 10, {}, "unexpected.*block.9"),
-    "wrong shape": (_with("block.0.bias", torch.zeros(3)), 10, {}, r"block.0.bias.*shape \(3,\)"),
-    "integer dtype": (_with("block.0.bias", torch.zeros(2, dtype=torch.int64)), 10, {}, "dtype.*int64"),
-    "bool dtype": (_with("head.weight", torch.ones(3, dtype=torch.bool)), 10, {}, "not floating point"),
-    "zero examples": (_full_update(), 0, {}, "example count"),
-    "negative examples": (_full_update(), -5, {}, "example count"),
-    "nan examples": (_full_update(), math.nan, {}, "example count"),
-    "infinite examples": (_full_update(), math.inf, {}, "example count"),
-    "string examples": (_full_update(), "10", {}, "example count"),
-    "absurd examples": (_full_update(), 10**12, {}, "absurd example count"),
-    "partial group": (_without("block.0.bias"), 10, {}, "in part.*block.0"),
-    "empty": ({}, 10, {}, "empty"),
-    "norm above bound": (_full_update(), 10, {"max_norm": 0.1}, "norm.*exceeds"),
+    "partial group": (_without("block.0.bias"), F32, "in part.*block.0"),
+    "empty": ({}, F32, "empty"),
 }
 
 
 @pytest.mark.parametrize("case", list(REJECTED))
 def test_validate_rejects_with_the_cause(case: str) -> None:
-    update, examples, options, cause = REJECTED[case]
+    update, dtype, cause = REJECTED[case]
     with pytest.raises(UpdateRejected, match=cause):
-        validate_update(update, examples, EXPECTED, _group_of, **options)
+        validate_update(update, EXPECTED, _group_of, dtype)
 
 
 @pytest.mark.parametrize(
@@ -150,10 +148,56 @@ def test_validate_rejects_with_the_cause(case: str) -> None:
     [_full_update(), _without("block.1.weight"), _without("block.0.weight", "block.0.bias", "head.weight")],
     ids=["full", "personal block.1", "only block.1"],
 )
-def test_validate_accepts_whole_groups(update: dict[str, torch.Tensor]) -> None:
-    """A complete update, or one omitting whole groups (personal layers), passes, also under a norm bound."""
-    validate_update(update, 10, EXPECTED, _group_of)
-    validate_update(update, 10, EXPECTED, _group_of, max_norm=1.0)
+def test_validate_accepts_whole_groups_in_the_wire_dtype(update: dict[str, torch.Tensor]) -> None:
+    """A complete update, or one omitting whole groups (personal layers), passes in fp32 and, for a
+    round.wire-dtype=float16 run, in fp16."""
+    validate_update(update, EXPECTED, _group_of, torch.float32)
+    validate_update({k: v.half() for k, v in update.items()}, EXPECTED, _group_of, torch.float16)
+
+
+# ------------------------------------------------------------------------------------------ robust combiners
+
+
+def test_median_and_trimmed_mean_per_coordinate_ignore_one_outlier() -> None:
+    """Hand-computed: the outlier's coordinates never reach the median or the trimmed mean."""
+    deltas = [
+        torch.tensor([1.0, -2.0]),
+        torch.tensor([2.0, -1.0]),
+        torch.tensor([3.0, 0.0]),
+        torch.tensor([1e30, -1e30]),
+    ]
+    weights = [1.0, 1.0, 1.0, 1e6]
+    # median of 4: mean of the middle two; trimmed mean of 4 drops one at each end: the same here
+    assert torch.equal(combine(deltas, weights, "median"), torch.tensor([2.5, -1.5], dtype=torch.float64))
+    assert torch.equal(
+        combine(deltas, weights, "trimmed-mean"), torch.tensor([2.5, -1.5], dtype=torch.float64)
+    )
+    assert torch.equal(
+        combine(deltas[:3], weights[:3], "median"), torch.tensor([2.0, -1.0], dtype=torch.float64)
+    )
+    five = [*deltas, torch.tensor([4.0, 1.0])]
+    assert torch.equal(
+        combine(five, [1.0] * 5, "trimmed-mean"), torch.tensor([3.0, -1.0], dtype=torch.float64)
+    )
+    assert combine(deltas, weights, "mean")[0] > 1e29
+
+
+def test_two_contributors_trimmed_mean_is_their_mean() -> None:
+    """Nothing can be trimmed from two values: the trimmed mean is the unweighted mean, as the median is."""
+    deltas = [torch.tensor([1.0]), torch.tensor([3.0])]
+    assert combine(deltas, [1.0, 9.0], "trimmed-mean").item() == 2.0
+    assert combine(deltas, [1.0, 9.0], "median").item() == 2.0
+
+
+def test_robust_aggregators_work_per_parameter_over_its_contributors() -> None:
+    old = {"shared": torch.zeros(1), "only_a": torch.zeros(1)}
+    updates = [
+        ClientUpdate(1, 1, {"shared": torch.tensor([1.0]), "only_a": torch.tensor([5.0])}),
+        ClientUpdate(2, 1, {"shared": torch.tensor([2.0])}),
+        ClientUpdate(3, 1, {"shared": torch.tensor([900.0])}),
+    ]
+    new = aggregate_layerwise(old, updates, "median")
+    assert new["shared"].item() == 2.0 and new["only_a"].item() == 5.0
 
 
 # --------------------------------------------------------------------------------------------- train_plan
