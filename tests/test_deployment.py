@@ -313,9 +313,11 @@ class LocalCompose:
         arg = re.sub(r"^--port=(\d+)$", lambda m: f"--port={self._port(service, int(m[1]))}", arg)
         arg = arg.replace("--host=0.0.0.0", "--host=127.0.0.1")
         arg = re.sub(r"/run/secrets/([\w.-]+)", lambda m: str(self.secrets[m[1]]), arg)
-        for volume in self.spec["services"][service].get("volumes", []):
-            target = volume.split(":")[1]
-            arg = arg.replace(target, str(self._path(target)))
+        # a SuperNode's node config names paths that its SuperExec's volumes hold: any service's mount
+        for spec in self.spec["services"].values():
+            for volume in spec.get("volumes", []):
+                target = volume.split(":")[1]
+                arg = arg.replace(target, str(self._path(target)))
         return arg
 
     def start(self, service: str) -> subprocess.Popen[bytes]:

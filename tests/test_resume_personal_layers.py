@@ -42,16 +42,25 @@ class KilledAfterTraining:
 
     def __init__(self, grid: Grid, round_number: int) -> None:
         self._grid, self._round = grid, round_number
+        self._awaited: set[str] = set()  # ids of the fatal round's messages whose replies are still out
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
 
-    def send_and_receive(self, messages: Iterable[Message], **kwargs: Any) -> Iterable[Message]:
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)
-        replies = list(self._grid.send_and_receive(messages, **kwargs))
+        ids = list(self._grid.push_messages(messages))
         plans = [m.content.config_records[wire.PLAN] for m in messages if wire.PLAN in m.content]
         if any(config_to_dict(plan)["round"] == self._round for plan in plans):
-            raise ServerKilled(f"server killed after the clients trained round {self._round}")
+            self._awaited = {i for i in ids if i}
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = list(self._grid.pull_messages(message_ids))
+        if self._awaited:
+            self._awaited -= {reply.metadata.reply_to_message_id for reply in replies}
+            if not self._awaited:
+                raise ServerKilled(f"server killed after the clients trained round {self._round}")
         return replies
 
 
