@@ -269,6 +269,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
             board.round(last)
         print(console.line(last, task), flush=True)
 
+    startup_began = time.perf_counter()
     node_ids = wait_for_nodes(grid, cfg.clients.min, cfg.round.timeout)
     # Start-up answers come from freshly started client processes: allow at least QUERY_TIMEOUT_S.
     clients, left_out = query_clients(grid, node_ids, cfg, max(cfg.round.timeout, QUERY_TIMEOUT_S))
@@ -277,6 +278,8 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         print(f"fedlayer: node {node_id} {status}: {reason}", flush=True)
     if len(clients) < cfg.clients.min:
         raise RuntimeError(f"only {len(clients)} client(s) answered; clients.min={cfg.clients.min}")
+    startup_s = time.perf_counter() - startup_began
+    print(f"fedlayer: {len(clients)} of {len(node_ids)} node(s) ready in {startup_s:.1f} s", flush=True)
 
     began = time.perf_counter() - state.elapsed_before_s
     for round_number in range(state.first_round, cfg.rounds + 1):
@@ -317,6 +320,8 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
             "final": last,
             "best_accuracy": state.best_accuracy,
             "total_wall_time_s": time.perf_counter() - began,
+            "startup_s": startup_s,
+            "nodes_ready": len(clients),
             "run_dir": str(log.dir),
         }
     )

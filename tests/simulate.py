@@ -21,9 +21,17 @@ from client_app.app import app as default_client_app  # noqa: E402
 from fedcore.config import RunConfig  # noqa: E402
 from server_app.federation import run_federation  # noqa: E402
 
+#: a private local Ray instance with this machine's two cores, one core per client actor
+LOCAL_RAY = {"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}}
 
-def simulate(cfg: RunConfig, supernodes: int, client_app: ClientApp = default_client_app) -> Path:
-    """Run one federation; returns its run directory."""
+
+def simulate(
+    cfg: RunConfig,
+    supernodes: int,
+    client_app: ClientApp = default_client_app,
+    backend_config: dict | None = None,
+) -> Path:
+    """Run one federation; returns its run directory (``backend_config``: Flower's Ray settings)."""
     run_dirs: list[Path] = []
     server = ServerApp()
 
@@ -35,7 +43,7 @@ def simulate(cfg: RunConfig, supernodes: int, client_app: ClientApp = default_cl
         server,
         client_app,
         num_supernodes=supernodes,
-        backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}},
+        backend_config=backend_config or LOCAL_RAY,
     )
     return run_dirs[0]
 
