@@ -38,7 +38,9 @@ def app_marking_its_ray_node(marks: Path) -> ClientApp:
     return app
 
 
-def test_clients_run_on_both_nodes_of_a_ray_cluster(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+def test_clients_run_on_both_nodes_of_a_ray_cluster(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cluster_utils = pytest.importorskip("ray.cluster_utils")
     cluster = cluster_utils.Cluster(
         initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
@@ -51,8 +53,10 @@ def test_clients_run_on_both_nodes_of_a_ray_cluster(tiny_models: dict[str, Path]
         marks = tmp_path / "nodes"
         marks.mkdir()
         cfg = tiny_run_config(tiny_models["bert"], tmp_path / "out", method="fedlora", rounds=2)
-        # one CPU per client and per node: the engine's two actors can only sit one on each node
-        backend = {"client_resources": {"num_cpus": 1}, "init_args": {"address": cluster.address}}
+        # as in README: the engine finds the cluster through RAY_ADDRESS (no init_args of its own); one
+        # CPU per client and per node, so the engine's two actors can only sit one on each node
+        monkeypatch.setenv("RAY_ADDRESS", cluster.address)
+        backend = {"client_resources": {"num_cpus": 1}}
         run_dir = simulate(
             cfg, supernodes=2, client_app=app_marking_its_ray_node(marks), backend_config=backend
         )
