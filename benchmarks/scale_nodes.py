@@ -68,7 +68,8 @@ def measure(nodes: int, work: Path) -> dict:
     config = work / f"config-{nodes}.json"
     config.write_text(json.dumps(run_config(nodes, work / f"out-{nodes}")))
     began = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "simulate.py"), str(config), str(nodes)])
+    command = [sys.executable, str(ROOT / "tests" / "simulate.py"), str(config), str(nodes)]
+    proc = subprocess.Popen(command, cwd=ROOT)  # client actors import the apps from the repository root
     watched = psutil.Process(proc.pid)
     peak_server = peak_tree = 0.0
     while proc.poll() is None:
