@@ -195,7 +195,8 @@ def report(args: argparse.Namespace, info: dict[str, Any], runs_root: Path, runs
         shutil.copy(plot, RESULTS / f"{NAME}-{plot.name}")
     markdown = header("Methods on the paper-cls testbed", info, command_line(), quick=False)
     markdown += (
-        f"Preset `paper-cls` + `{args.run_config}`; supernodes {args.supernodes}, CPUs per client "
+        (f"{args.note}\n\n" if args.note else "")
+        + f"Preset `paper-cls` + `{args.run_config}`; supernodes {args.supernodes}, CPUs per client "
         f"{args.cpus:g}. Target per seed: FedLoRA's final accuracy minus 0.01; local target: FedLoRA's "
         "final mean local accuracy (clients' own test examples, personal layers included where kept) minus "
         "0.01.\n\n"
@@ -249,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"from {', '.join(VARIANTS)}")
     parser.add_argument("--supernodes", type=int, default=8)
+    parser.add_argument("--note", default="", help="how the runs were produced, for the report")
     parser.add_argument("--cpus", type=float, default=2)
     parser.add_argument("--run-config", default="", help="extra overrides for every run (after the preset)")
     parser.add_argument("--memory", type=Path, default=None, help="a client_round.py JSON result")
