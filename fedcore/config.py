@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedcore.core.aggregators import Aggregator
-from fedcore.core.devices import PROFILES
+from fedcore.core.devices import profile_names
 from fedcore.methods.specs import METHODS, MethodSpec, TuningMode, method_spec
 from fedcore.presets import PRESETS, apply_preset
 
@@ -245,9 +245,7 @@ class DevicesConfig(Section):
     @field_validator("profiles")
     @classmethod
     def _known_profiles(cls, profiles: str) -> str:
-        unknown = sorted({name.strip() for name in profiles.split(",") if name.strip()} - set(PROFILES))
-        if unknown:
-            raise ValueError(f"unknown profile(s) {unknown}; known: {sorted(PROFILES)}")
+        profile_names(profiles)
         return profiles
 
 

@@ -69,10 +69,11 @@ PROFILES: dict[str, DeviceProfile] = {
 
 
 def profile_names(spec: str) -> list[str]:
+    """The profile names of a ``devices.profiles`` value; an unknown one is an error naming the known."""
     names = [n.strip() for n in spec.split(",") if n.strip()]
-    unknown = [n for n in names if n not in PROFILES]
+    unknown = sorted(set(names) - set(PROFILES))
     if unknown:
-        raise ValueError(f"devices.profiles: unknown profile(s) {unknown}; known: {sorted(PROFILES)}")
+        raise ValueError(f"unknown profile(s) {unknown}; known: {sorted(PROFILES)}")
     return names
 
 
