@@ -227,6 +227,11 @@ class LeffConfig(Section):
         8, ge=0, description="Students kept across rounds to warm-start their segment (0: never)."
     )
     warm_distill_steps: int = Field(5, ge=0, description="Distillation steps of a warm-started student.")
+    student_init: Literal["sensitive", "uniform"] = Field(
+        "sensitive",
+        description="Which teacher blocks a student starts from: the most removal-sensitive ones, or "
+        "uniformly spaced ones.",
+    )
     distill_loss: Literal["mse", "normalised"] = Field(
         "mse",
         description="Student output loss: variance-normalised per dimension, or the paper's mse.",

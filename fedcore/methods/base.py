@@ -104,6 +104,11 @@ def drop_sensitivity(
         shapes = {cfg.drop.shape} if cfg.drop_mode == "fixed" else set()
     if "sensitivity" not in shapes:
         return None
+    return proxy_sensitivity(cfg, model, tokenizer)
+
+
+def proxy_sensitivity(cfg: RunConfig, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[float]:
+    """Block removal sensitivity of ``model`` on the run's proxy text (no labels needed)."""
     texts = load_proxy_texts(cfg.leff.proxy, SENSITIVITY_PROXY_EXAMPLES, cfg.seed)
     table = Dataset.from_dict({"text": texts})
     return block_sensitivity(model, make_batches(table, tokenizer, cfg.model.task, cfg.model.max_length, 32))

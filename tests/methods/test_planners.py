@@ -176,3 +176,33 @@ def test_leff_warm_starts_a_segment_sampled_again(tmp_path: Path, kept: int) -> 
     moved = any(not torch.equal(first[10].payload[n], third[10].payload[n]) for n in student_names)
     # one proxy batch: a cold student's steps repeat exactly, so only a warm start can differ
     assert moved == bool(kept), "only a warm start trains the earlier student further"
+
+
+@pytest.mark.parametrize(("init", "expected"), [("sensitive", [3, 5]), ("uniform", [2, 5])])
+def test_leff_students_start_from_the_blocks_the_run_asks_for(
+    tmp_path: Path, init: str, expected: list[int]
+) -> None:
+    """``leff.student-init``: with blocks 2 and 4 made pass-through, sensitive students copy 3 and 5."""
+    model_dir = make_tiny_model_dir(tmp_path / "llama6", "llama", layers=6)
+    overrides = {
+        "leff.window": "round-robin",
+        "leff.distill-steps": 0,
+        "leff.proxy-examples": 16,
+        "leff.student-init": init,
+        "model.task": "causal-lm",
+    }
+    cfg = tiny_run_config(model_dir, tmp_path, method="leff", **overrides)
+    model, tokenizer = build_model(cfg, num_labels=0)
+    with torch.no_grad():
+        for block in (model.model.layers[2], model.model.layers[4]):
+            block.self_attn.o_proj.weight.zero_()
+            block.mlp.down_proj.weight.zero_()
+    planner = make_planner(cfg, model, tokenizer)
+    assert (planner.student_sensitivity is not None) == (init == "sensitive")
+    # round-robin's first window for a 2-block device is 0-1: blocks 2-5 become a 2-block student
+    clients = [
+        ClientInfo(node_id=10, partition_id=0, profile=DeviceProfile("edge", max_blocks=2).as_config())
+    ]
+    planner.plan(1, clients, tunable_state(model))
+    assert list(planner.cache) == [(2, 6)]
+    assert planner.cache[(2, 6)].source_indices == expected

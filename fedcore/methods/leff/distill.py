@@ -7,12 +7,18 @@ maps); the client keeps the student frozen and trains only its window.
 Our design where the paper is silent (paper-inspired, not the paper's):
 - The unselected blocks form up to two contiguous segments (before and after the window); each is
   compressed on its own, so the window sees teacher-like inputs and its output reaches a teacher-like rest.
-- A student of k blocks starts as deep copies of uniformly spaced teacher blocks (Offsite-Tuning's emulator
-  rule, indices round(i * (n - 1) / (k - 1)), first and last included); a one-block student copies the
-  segment's LAST block. Measured (benchmarks/results/leff_students.md): the last block of the model shapes
-  the features the task head reads (removing it alone costs a fine-tuned MiniLM ~19 points, any other
-  single block 1-5), so a student that drops it erases the task, and 20 distillation steps do not bring it
-  back; a copy of the last block starts close to the segment's output statistics instead.
+- A student of k blocks starts as deep copies of k of the segment's teacher blocks, in their order. Which
+  ones (this project's choice, ``leff.student-init``):
+  - ``sensitive`` (default): the k blocks whose removal moves the model's last hidden state the most
+    (``fedcore.mechanisms.block_sensitivity``, measured once on proxy text). A pretrained decoder leans on a
+    few blocks (SmolLM2-135M: blocks 0, 1, 2, 11 and 24-29): a student that keeps them starts close to its
+    segment. Measured on the paper-cls testbed (``benchmarks/results/leff_causes.md``): SmolLM2's blocks
+    0-24 as 13 blocks start at a normalised error of 0.11 (0.08 after 20 steps) against 0.80 for uniform
+    spacing, which 20 steps of the paper's MSE only worsen (0.95): it drops block 1 and 11.
+  - ``uniform``: uniformly spaced blocks (Offsite-Tuning's emulator rule, indices round(i * (n - 1) /
+    (k - 1)), first and last included); a one-block student copies the segment's LAST block, since the
+    last block shapes the features the task head reads (removing it alone costs a fine-tuned MiniLM ~19
+    points, any other single block 1-5; ``benchmarks/results/leff_students.md``).
 - The target is the segment's OUTPUT hidden state (padding masked); the KL matches student layer j to the
   teacher layer it was copied from. Distillation runs with dropout off, so targets are deterministic.
 - A student may start from an earlier student of the same segment instead of from teacher copies
@@ -88,9 +94,19 @@ def student_depth(n: int, ratio: float) -> int:
     return max(1, min(n, math.ceil(n * ratio - _CEIL_SLACK)))
 
 
-def _student_sources(n: int, depth: int) -> list[int]:
-    """Uniformly spaced indices in 0..n-1 with rounding half up, computed exactly in integers; a single
-    block is the segment's last (see the module docstring)."""
+def student_sources(n: int, depth: int, sensitivity: Sequence[float] | None = None) -> list[int]:
+    """Indices in 0..n-1 of the teacher blocks a student of ``depth`` blocks copies, in order.
+
+    With ``sensitivity`` (one score per segment block): the ``depth`` highest, ties to the later block.
+    Without: uniformly spaced with rounding half up, computed exactly in integers; a single block is the
+    segment's last (see the module docstring).
+    """
+    if not 1 <= depth <= n:
+        raise ValueError(f"student depth must be in 1..{n}, got {depth}")
+    if sensitivity is not None:
+        if len(sensitivity) != n:
+            raise ValueError(f"sensitivity has {len(sensitivity)} scores for a segment of {n} blocks")
+        return sorted(sorted(range(n), key=lambda i: (sensitivity[i], i), reverse=True)[:depth])
     if depth == 1:
         return [n - 1]
     return [(2 * i * (n - 1) + depth - 1) // (2 * (depth - 1)) for i in range(depth)]
@@ -111,12 +127,11 @@ def copy_sharing_config(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo=shared)
 
 
-def init_student(teacher_blocks: Sequence[nn.Module], depth: int) -> tuple[nn.ModuleList, list[int]]:
-    """Copies of uniformly spaced teacher blocks (configs shared), and their indices in ``teacher_blocks``."""
-    n = len(teacher_blocks)
-    if not 1 <= depth <= n:
-        raise ValueError(f"student depth must be in 1..{n}, got {depth}")
-    sources = _student_sources(n, depth)
+def init_student(
+    teacher_blocks: Sequence[nn.Module], depth: int, sensitivity: Sequence[float] | None = None
+) -> tuple[nn.ModuleList, list[int]]:
+    """Copies (configs shared) of the teacher blocks ``student_sources`` picks, and their indices."""
+    sources = student_sources(len(teacher_blocks), depth, sensitivity)
     students = [copy_sharing_config(teacher_blocks[index]) for index in sources]
     return nn.ModuleList(students), sources
 
@@ -262,15 +277,17 @@ def distill_segment(
     seed: int,
     loss: str = "mse",
     initial: nn.ModuleList | None = None,
+    sensitivity: Sequence[float] | None = None,
 ) -> CompressedSegment:
     """Distil the teacher blocks ``segment`` of ``model`` into a frozen student of ``depth`` blocks.
 
     Loss = (1 - alpha) * E(segment output) + alpha * KL(attention maps), E the normalised or plain MSE
     (``loss``); AdamW on the student only, one proxy batch per step in a seeded shuffled order. The
-    student starts as copies of uniformly spaced teacher blocks, or as a copy of ``initial`` (an earlier
-    student of this segment, ``depth`` blocks). alpha > 0 needs attention probabilities, so attention
-    runs eagerly for the duration (SDPA returns none). The model is left as found: block list, hooks,
-    requires_grad flags, train/eval modes, config and teacher weights.
+    student starts as copies of the teacher blocks ``student_sources`` picks (the most sensitive ones when
+    ``sensitivity``, one score per segment block, is given), or as a copy of ``initial`` (an earlier
+    student of this segment, ``depth`` blocks, copied from the same sources). alpha > 0 needs attention
+    probabilities, so attention runs eagerly for the duration (SDPA returns none). The model is left as
+    found: block list, hooks, requires_grad flags, train/eval modes, config and teacher weights.
     """
     started = time.perf_counter()
     blocks = find_blocks(model)[1]
@@ -286,7 +303,7 @@ def distill_segment(
         raise ValueError(f"loss must be 'normalised' or 'mse', got {loss!r}")
     if initial is not None and len(initial) != depth:
         raise ValueError(f"initial student has {len(initial)} blocks, expected {depth}")
-    sources = _student_sources(len(segment), depth)
+    sources = student_sources(len(segment), depth, sensitivity)
     with_attentions = alpha > 0
     device = next(model.parameters()).device
     inputs = [to_device(batch, device, labels=False) for batch in proxy_batches]
@@ -299,7 +316,7 @@ def distill_segment(
         variance = feature_variance([out for _, out, _ in targets], masks)
         train_scale = variance if loss == "normalised" else None
         if initial is None:
-            student, _ = init_student([blocks[i] for i in segment], depth)
+            student, _ = init_student([blocks[i] for i in segment], depth, sensitivity)
         else:
             student = copy_sharing_config(initial)
         student.eval()

@@ -34,7 +34,15 @@ from fedcore.core.seeding import derive_seed
 from fedcore.data.batching import make_batches
 from fedcore.data.proxy import load_proxy_texts
 from fedcore.mechanisms.partial_model import STUDENT, Layout
-from fedcore.methods.base import ClientInfo, ClientPlan, ClientResult, base_plan, drop_sensitivity, fixed_drop
+from fedcore.methods.base import (
+    ClientInfo,
+    ClientPlan,
+    ClientResult,
+    base_plan,
+    drop_sensitivity,
+    fixed_drop,
+    proxy_sensitivity,
+)
 from fedcore.methods.leff.distill import CompressedSegment, distill_segment, segments_outside, student_depth
 from fedcore.methods.leff.importance import block_importance, choose_window
 
@@ -66,6 +74,12 @@ class LeffPlanner:
         )
         self.drop = fixed_drop(cfg)
         self.sensitivity = drop_sensitivity(cfg, model, tokenizer)
+        #: which blocks a student starts from (``leff.student-init``): measured once, like the drop shape's
+        self.student_sensitivity = (
+            (self.sensitivity or proxy_sensitivity(cfg, model, tokenizer))
+            if cfg.leff.student_init == "sensitive"
+            else None
+        )
         self.importance: list[float] = []
         self.windows: dict[str, list[int]] = {}  # the last round's, for the logs
         self.cache: dict[tuple[int, int], CompressedSegment] = {}
@@ -97,6 +111,7 @@ class LeffPlanner:
             seed=derive_seed(self.cfg.seed, round_number, segment.start, segment.stop),
             loss=leff.distill_loss,
             initial=initial,
+            sensitivity=[self.student_sensitivity[i] for i in segment] if self.student_sensitivity else None,
         )
         self.stats["distill_seconds"] += compressed.seconds
         self.stats["student_error"].append(compressed.error_after)

@@ -17,12 +17,14 @@ from transformers import PretrainedConfig
 
 from fedcore.core.layers import find_blocks, swap_blocks
 from fedcore.data.batching import Batch
+from fedcore.mechanisms.block_sensitivity import block_sensitivity
 from fedcore.methods.leff.distill import (
     CompressedSegment,
     distill_segment,
     init_student,
     segments_outside,
     student_depth,
+    student_sources,
 )
 from fedcore.model import build_model
 from tests.conftest import ARCHITECTURES, make_tiny_model_dir, tiny_run_config
@@ -117,6 +119,50 @@ def test_init_student_copies_uniformly_spaced_blocks() -> None:
     assert init_student(teachers[:4], 4)[1] == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="1..4"):
         init_student(teachers[:4], 5)
+
+
+def test_student_sources_by_sensitivity_keep_the_most_sensitive_in_order() -> None:
+    assert student_sources(6, 3, [0.1, 2.0, 0.2, 0.1, 1.5, 0.3]) == [1, 4, 5]
+    assert student_sources(4, 1, [0.5, 0.1, 0.5, 0.2]) == [2], "a tie goes to the later block"
+    assert student_sources(4, 4, [0.0] * 4) == [0, 1, 2, 3]
+    assert student_sources(7, 3) == [0, 3, 6], "no sensitivity: uniformly spaced"
+    with pytest.raises(ValueError, match="3 scores for a segment of 4"):
+        student_sources(4, 2, [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="1..4"):
+        student_sources(4, 0, [1.0] * 4)
+
+
+def _make_identity(model: nn.Module, indices: list[int]) -> None:
+    """Zero the output projections of these llama blocks: each then passes its input through unchanged."""
+    blocks = find_blocks(model)[1]
+    with torch.no_grad():
+        for i in indices:
+            blocks[i].self_attn.o_proj.weight.zero_()
+            blocks[i].mlp.down_proj.weight.zero_()
+
+
+def test_a_sensitive_student_keeps_the_blocks_that_matter(
+    deep_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Blocks 4 and 6 do nothing: measured sensitivity finds 5 and 7, and a student of those two copies is
+    the segment exactly, while uniform spacing (4 and 7) loses block 5."""
+    model = _model(deep_models["llama"], tmp_path, "llama")
+    _make_identity(model, [4, 6])
+    batches = _proxy(model)
+    scores = block_sensitivity(model, batches)
+    assert scores[4] == scores[6] == 0 and min(scores[5], scores[7]) > 0
+    segment = range(4, 8)
+    kwargs: dict[str, Any] = {"steps": 0, "lr": 1e-3, "alpha": 0.0, "seed": 0}
+    sensitive = distill_segment(
+        model, segment, 2, batches, sensitivity=[scores[i] for i in segment], **kwargs
+    )
+    uniform = distill_segment(model, segment, 2, batches, **kwargs)
+    assert sensitive.source_indices == [5, 7] and uniform.source_indices == [4, 7]
+    assert sensitive.error_before < 1e-6 < 1e-2 < uniform.error_before
+    blocks = find_blocks(model)[1]
+    for student_block, teacher in zip(sensitive.blocks, (blocks[5], blocks[7]), strict=True):
+        for a, b in zip(student_block.parameters(), teacher.parameters(), strict=True):
+            assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5])
