@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 
 import torch
-from benchlib import RESULTS, command_line, header, machine, table, write_results
+from benchlib import RESULTS, command_line, header, machine, table, timed_step, write_results
 from datasets import Dataset
 
 from fedcore.config import RunConfig
@@ -89,17 +88,10 @@ def curve(rates: tuple[float, ...], seed: int, steps: int, every: int) -> dict:
     generator = torch.Generator().manual_seed(seed)
     accuracies, seconds, blocks = [], 0.0, 0
     for step in range(steps):
-        model.train()
-        began = time.perf_counter()
         active = sample_active_blocks(rates, generator) if rates else list(range(num_blocks))
         blocks += len(active)
-        with only_blocks(model, active):
-            loss = model(**batches[step % len(batches)]).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        seconds += time.perf_counter() - began
+        batch = batches[step % len(batches)]
+        seconds += timed_step(model, params, optimizer, batch, only_blocks(model, active))
         if (step + 1) % every == 0:
             accuracies.append(round(evaluate(model, test_batches, "seq-cls")["accuracy"], 3))
     return {"accuracy": accuracies, "train_seconds": seconds, "blocks_per_step": blocks / steps}
