@@ -61,6 +61,8 @@ SETTINGS = (
     ("window top, exact rest, lr 2e-4", "window", "top", None, 2e-4),
     ("window top, sensitive students, lr 2e-4", "window", "top", "sensitive", 2e-4),
     ("full, lr 2e-4", "full", None, None, 2e-4),
+    ("window middle, exact rest, lr 2e-4", "window", "middle", None, 2e-4),
+    ("window middle, sensitive students, lr 2e-4", "window", "middle", "sensitive", 2e-4),
 )
 
 
