@@ -9,9 +9,9 @@ outside the window replaced by students built by each rule:
 
 - ``middle, undistilled / mse 20 / mse 200``: the earlier rule (a one-block student copies the segment's
   middle block), plain MSE, 0 / 20 / 200 steps;
-- ``last, undistilled``: a one-block student copies the segment's last block (today's rule);
+- ``last, undistilled``: a one-block student copies the segment's last block (``leff.student-init=uniform``);
 - ``last, mse 20`` / ``last, normalised 20``: 20 steps (the default budget), paper's plain MSE vs the
-  variance-normalised loss (today's default);
+  variance-normalised loss;
 - ``last, normalised 200``: a ten times larger budget.
 
 Columns ``err`` give the distilled students' normalised error (share of the teacher's output variance not
@@ -54,10 +54,10 @@ RULES = (
 )
 
 
-_UNIFORM_SOURCES = distill._student_sources
+_UNIFORM_SOURCES = distill.student_sources
 
 
-def _middle_sources(n: int, depth: int) -> list[int]:
+def _middle_sources(n: int, depth: int, sensitivity: Sequence[float] | None = None) -> list[int]:
     return [(n - 1) // 2] if depth == 1 else _UNIFORM_SOURCES(n, depth)
 
 
@@ -73,7 +73,7 @@ def students_for(
     """[students before, window blocks, students after] and the students' mean normalised error."""
     parts, errors = [], []
     rule_sources = _middle_sources if rule == "middle" else _UNIFORM_SOURCES
-    with mock.patch.object(distill, "_student_sources", rule_sources):
+    with mock.patch.object(distill, "student_sources", rule_sources):
         for segment in distill.segments_outside(window.start, len(window), len(blocks)):
             depth = distill.student_depth(len(segment), 0.5)
             if steps is None:
