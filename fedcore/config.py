@@ -320,7 +320,7 @@ class RunConfig(Section):
 
     @property
     def learning_rate(self) -> float:
-        return self.train.lr or self.method_spec.lr or DEFAULT_LR[self.tuning_mode]
+        return self.train.lr or DEFAULT_LR[self.tuning_mode]
 
     @classmethod
     def from_flat(cls, flat: dict[str, Any]) -> RunConfig:

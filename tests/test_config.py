@@ -31,7 +31,6 @@ def test_flat_round_trip() -> None:
 def test_method_defaults() -> None:
     assert RunConfig.from_flat({"method": "fedlora"}).learning_rate == 1e-3
     assert RunConfig.from_flat({"method": "fedavg"}).learning_rate == 5e-5
-    assert RunConfig.from_flat({"method": "leff"}).learning_rate == 2e-4, "LEFF's own default"
     assert RunConfig.from_flat({"method": "leff", "train.lr": 1e-5}).learning_rate == 1e-5
     assert RunConfig.from_flat({"method": "fedbitfit"}).tuning_mode == "bitfit"
 

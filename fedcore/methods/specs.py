@@ -29,8 +29,6 @@ class MethodSpec:
     personal_fraction: float
     #: ``module:class`` of the planner; the class has ``from_model(cfg, model, tokenizer)``
     planner: str
-    #: peak learning rate when ``train.lr=0``; None = the tuning mode's default
-    lr: float | None = None
 
 
 _ALL_LAYERS = "fedcore.methods.baselines:AllLayersPlanner"
@@ -45,10 +43,7 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("fedlora", "lora", ("lora",), "off", 0.0, _ALL_LAYERS),
         MethodSpec("fedbitfit", "bitfit", ("bitfit",), "off", 0.0, _ALL_LAYERS),
         MethodSpec("droppeft", "lora", TUNING_MODES, "bandit", 0.25, _DROPPEFT),
-        # LEFF trains a window of a few blocks and the head: at full tuning's 5e-5 they learn at half the
-        # speed of full tuning, at 2e-4 as fast (this project's choice, chosen on the paper-cls validation
-        # split: benchmarks/results/leff_causes.md)
-        MethodSpec("leff", "full", ("full",), "off", 0.0, _LEFF, lr=2e-4),
+        MethodSpec("leff", "full", ("full",), "off", 0.0, _LEFF),
     )
 }
 

@@ -9,7 +9,8 @@ Our design where the paper is silent (paper-inspired, not the paper's):
   compressed on its own, so the window sees teacher-like inputs and its output reaches a teacher-like rest.
 - A student of k blocks starts as deep copies of k of the segment's teacher blocks, in their order. Which
   ones (this project's choice, ``leff.student-init``):
-  - ``sensitive`` (default): the k blocks whose removal moves the model's last hidden state the most
+  - ``sensitive`` (default): the segment's last block, whose output the next block or the task head reads
+    (see ``uniform``), and the k - 1 other blocks whose removal moves the model's last hidden state the most
     (``fedcore.mechanisms.block_sensitivity``, measured once on proxy text). A pretrained decoder leans on a
     few blocks (SmolLM2-135M: blocks 0, 1, 2, 11 and 24-29): a student that keeps them starts close to its
     segment. Measured on the paper-cls testbed (``benchmarks/results/leff_causes.md``): SmolLM2's blocks
@@ -97,16 +98,17 @@ def student_depth(n: int, ratio: float) -> int:
 def student_sources(n: int, depth: int, sensitivity: Sequence[float] | None = None) -> list[int]:
     """Indices in 0..n-1 of the teacher blocks a student of ``depth`` blocks copies, in order.
 
-    With ``sensitivity`` (one score per segment block): the ``depth`` highest, ties to the later block.
-    Without: uniformly spaced with rounding half up, computed exactly in integers; a single block is the
-    segment's last (see the module docstring).
+    With ``sensitivity`` (one score per segment block): the segment's last block and the ``depth - 1``
+    highest-scoring others, ties to the later block. Without: uniformly spaced with rounding half up,
+    computed exactly in integers. Either way a single block is the segment's last (module docstring).
     """
     if not 1 <= depth <= n:
         raise ValueError(f"student depth must be in 1..{n}, got {depth}")
     if sensitivity is not None:
         if len(sensitivity) != n:
             raise ValueError(f"sensitivity has {len(sensitivity)} scores for a segment of {n} blocks")
-        return sorted(sorted(range(n), key=lambda i: (sensitivity[i], i), reverse=True)[:depth])
+        others = sorted(range(n - 1), key=lambda i: (sensitivity[i], i), reverse=True)[: depth - 1]
+        return [*sorted(others), n - 1]
     if depth == 1:
         return [n - 1]
     return [(2 * i * (n - 1) + depth - 1) // (2 * (depth - 1)) for i in range(depth)]

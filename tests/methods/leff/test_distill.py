@@ -123,7 +123,9 @@ def test_init_student_copies_uniformly_spaced_blocks() -> None:
 
 def test_student_sources_by_sensitivity_keep_the_most_sensitive_in_order() -> None:
     assert student_sources(6, 3, [0.1, 2.0, 0.2, 0.1, 1.5, 0.3]) == [1, 4, 5]
-    assert student_sources(4, 1, [0.5, 0.1, 0.5, 0.2]) == [2], "a tie goes to the later block"
+    assert student_sources(6, 3, [0.1, 2.0, 0.2, 0.1, 1.5, 0.0]) == [1, 4, 5], "the last block always"
+    assert student_sources(5, 2, [0.5, 0.1, 0.5, 0.2, 0.0]) == [2, 4], "a tie goes to the later block"
+    assert student_sources(4, 1, [9.0, 9.0, 9.0, 0.0]) == [3], "one block: the segment's last"
     assert student_sources(4, 4, [0.0] * 4) == [0, 1, 2, 3]
     assert student_sources(7, 3) == [0, 3, 6], "no sensitivity: uniformly spaced"
     with pytest.raises(ValueError, match="3 scores for a segment of 4"):
@@ -144,13 +146,14 @@ def _make_identity(model: nn.Module, indices: list[int]) -> None:
 def test_a_sensitive_student_keeps_the_blocks_that_matter(
     deep_models: dict[str, Path], tmp_path: Path
 ) -> None:
-    """Blocks 4 and 6 do nothing: measured sensitivity finds 5 and 7, and a student of those two copies is
-    the segment exactly, while uniform spacing (4 and 7) loses block 5."""
+    """Blocks 4, 6 and 7 do nothing: a 2-block student keeps the segment's last block (7) and the one
+    measured sensitivity finds (5), and reproduces the segment exactly, while uniform spacing (4 and 7)
+    loses block 5."""
     model = _model(deep_models["llama"], tmp_path, "llama")
-    _make_identity(model, [4, 6])
+    _make_identity(model, [4, 6, 7])
     batches = _proxy(model)
     scores = block_sensitivity(model, batches)
-    assert scores[4] == scores[6] == 0 and min(scores[5], scores[7]) > 0
+    assert scores[4] == scores[6] == scores[7] == 0 < scores[5]
     segment = range(4, 8)
     kwargs: dict[str, Any] = {"steps": 0, "lr": 1e-3, "alpha": 0.0, "seed": 0}
     sensitive = distill_segment(
