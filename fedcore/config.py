@@ -229,8 +229,8 @@ class LeffConfig(Section):
     warm_distill_steps: int = Field(5, ge=0, description="Distillation steps of a warm-started student.")
     student_init: Literal["sensitive", "uniform"] = Field(
         "sensitive",
-        description="Which teacher blocks a student starts from: the most removal-sensitive ones, or "
-        "uniformly spaced ones.",
+        description="Which teacher blocks a student starts from: the segment's last block and the most "
+        "removal-sensitive others, or uniformly spaced ones.",
     )
     distill_loss: Literal["mse", "normalised"] = Field(
         "mse",
