@@ -13,7 +13,9 @@ validation split (never its test split). Settings:
 - ``window W, uniform / sensitive students``: the same, the blocks outside the window replaced by students
   distilled as the planner does (compression 0.5, 20 steps of the paper's MSE at lr 1e-4 on 128 proxy
   headlines), started from uniformly spaced or from the most removal-sensitive teacher blocks
-  (``leff.student-init``). This is the model a LEFF client trains in.
+  (``leff.student-init``). This is the model a LEFF client trains in;
+- ``window W, protected students``: sensitive students that also keep every protected block of their
+  segment (removal sensitivity above twice the median) whole, ``leff.keep-protected``.
 
 Windows: ``top`` = the 5 blocks with the highest importance score (blocks 25-29 here), ``middle`` = 10-14
 (students on both sides).
@@ -41,6 +43,7 @@ from fedcore.core.layers import EMBED, HEAD, LayerMap, block_group, find_blocks,
 from fedcore.data.batching import make_batches
 from fedcore.data.proxy import load_proxy_texts
 from fedcore.data.splits import server_splits
+from fedcore.mechanisms.layer_dropout import protected_blocks
 from fedcore.methods.base import proxy_sensitivity
 from fedcore.methods.leff.distill import distill_segment, segments_outside, student_depth
 from fedcore.methods.leff.importance import block_importance, window_scores
@@ -63,6 +66,7 @@ SETTINGS = (
     ("full, lr 2e-4", "full", None, None, 2e-4),
     ("window middle, exact rest, lr 2e-4", "window", "middle", None, 2e-4),
     ("window middle, sensitive students, lr 2e-4", "window", "middle", "sensitive", 2e-4),
+    ("window middle, protected students, lr 2e-4", "window", "middle", "protected", 2e-4),
 )
 
 
@@ -85,14 +89,15 @@ def _students(
 ) -> tuple[nn.ModuleList, list[float]]:
     """[students before, window blocks, students after], distilled as the LEFF planner does."""
     blocks = find_blocks(model)[1]
-    sensitivity = proxy_sensitivity(cfg, model, tokenizer) if init == "sensitive" else None
+    sensitivity = proxy_sensitivity(cfg, model, tokenizer) if init != "uniform" else None
+    protected = set(protected_blocks(sensitivity)) if init == "protected" and sensitivity else set()
     parts: dict[bool, list[nn.Module]] = {}
     errors = []
     for segment in segments_outside(window.start, len(window), len(blocks)):
         done = distill_segment(
             model,
             segment,
-            student_depth(len(segment), cfg.leff.compression),
+            student_depth(len(segment), cfg.leff.compression, kept=len(protected.intersection(segment))),
             proxy,
             steps=cfg.leff.distill_steps,
             lr=cfg.leff.distill_lr,

@@ -232,12 +232,26 @@ class LeffConfig(Section):
         description="Which teacher blocks a student starts from: the segment's last block and the most "
         "removal-sensitive others, or uniformly spaced ones.",
     )
+    keep_protected: bool = Field(
+        False,
+        description="Students keep every protected block of their segment (removal sensitivity above "
+        "twice the median) on top of ceil(other blocks * r); needs student-init 'sensitive'.",
+    )
     distill_loss: Literal["mse", "normalised"] = Field(
         "mse",
         description="Student output loss: variance-normalised per dimension, or the paper's mse.",
     )
     proxy: str = Field("embedded:proxy-text", description="Unlabelled text: embedded asset or local file.")
     proxy_examples: int = Field(128, ge=1, description="Proxy examples for importance and distillation.")
+
+    @model_validator(mode="after")
+    def _protected_needs_sensitivity(self) -> LeffConfig:
+        if self.keep_protected and self.student_init != "sensitive":
+            raise ValueError(
+                "leff.keep-protected needs leff.student-init = 'sensitive' (the protected blocks are found "
+                f"by the sensitivity measure; got student-init '{self.student_init}')"
+            )
+        return self
 
 
 class DevicesConfig(Section):

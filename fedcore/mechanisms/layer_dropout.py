@@ -101,10 +101,19 @@ def sensitivity_weights(scores: Sequence[float], protect_factor: float = PROTECT
     0.79 (two seeds).
     """
     median = statistics.median(scores)
+    protected = set(protected_blocks(scores, protect_factor))
     return [
-        0.0 if score > protect_factor * median else 1.0 if score <= median else median / score
-        for score in scores
+        0.0 if index in protected else 1.0 if score <= median else median / score
+        for index, score in enumerate(scores)
     ]
+
+
+def protected_blocks(scores: Sequence[float], protect_factor: float = PROTECT_FACTOR) -> list[int]:
+    """The blocks whose removal sensitivity exceeds ``protect_factor`` x the median: those the pretrained
+    model cannot do without (never dropped by the ``sensitivity`` shape; kept whole by LEFF students with
+    ``leff.keep-protected``)."""
+    median = statistics.median(scores)
+    return [index for index, score in enumerate(scores) if score > protect_factor * median]
 
 
 def spread_rate(mean_rate: float, weights: Sequence[float], max_rate: float) -> tuple[float, ...]:

@@ -25,6 +25,7 @@ from fedcore.data.batching import Batch, make_batches
 from fedcore.mechanisms.layer_dropout import (
     DropConfig,
     only_blocks,
+    protected_blocks,
     sample_active_blocks,
     sensitivity_weights,
     spread_rate,
@@ -324,6 +325,8 @@ def test_sensitivity_shape_spares_the_blocks_the_model_needs() -> None:
     scores = [2.7, 0.2, 0.1, 2.0, 0.15, 0.3]
     weights = sensitivity_weights(scores)
     # median 0.25: blocks 0 and 3 lie above twice the median and are protected; block 5 is 1.2x it
+    assert protected_blocks(scores) == [0, 3]
+    assert protected_blocks(scores, protect_factor=1.1) == [0, 3, 5]
     assert weights == pytest.approx([0.0, 1.0, 1.0, 0.0, 1.0, 0.25 / 0.3])
     rates = DropConfig(0.3, "sensitivity").rates(6, sensitivity=scores)
     assert math.isclose(sum(rates) / 6, 0.3, abs_tol=1e-12)

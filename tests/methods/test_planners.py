@@ -206,3 +206,34 @@ def test_leff_students_start_from_the_blocks_the_run_asks_for(
     planner.plan(1, clients, tunable_state(model))
     assert list(planner.cache) == [(2, 6)]
     assert planner.cache[(2, 6)].source_indices == expected
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_leff_students_keep_protected_blocks_whole_when_asked(tmp_path: Path, keep: bool) -> None:
+    """``leff.keep-protected``: with blocks 3-5 pass-through, the median sensitivity sits at half the
+    smallest of blocks 0-2, so the two others are protected and the student of blocks 0-2 keeps both."""
+    model_dir = make_tiny_model_dir(tmp_path / "llama6", "llama", layers=6)
+    overrides = {
+        "leff.window": "round-robin",
+        "leff.distill-steps": 0,
+        "leff.proxy-examples": 16,
+        "leff.keep-protected": keep,
+        "model.task": "causal-lm",
+    }
+    cfg = tiny_run_config(model_dir, tmp_path, method="leff", **overrides)
+    model, tokenizer = build_model(cfg, num_labels=0)
+    with torch.no_grad():
+        for block in model.model.layers[3:]:
+            block.self_attn.o_proj.weight.zero_()
+            block.mlp.down_proj.weight.zero_()
+    planner = make_planner(cfg, model, tokenizer)
+    assert len(planner.protected) == (2 if keep else 0) and planner.protected <= {0, 1, 2}
+    clients = [
+        ClientInfo(node_id=10, partition_id=0, profile=DeviceProfile("edge", max_blocks=3).as_config())
+    ]
+    planner.plan(2, clients, tunable_state(model))  # round-robin's second window is 3-5
+    sources = planner.cache[(0, 3)].source_indices
+    if keep:
+        assert sources == [0, 1, 2], "2 protected + ceil(1 x 0.5): the segment stays exact"
+    else:
+        assert len(sources) == 2 and sources[-1] == 2, "the paper's ceil(3 x 0.5) drops one of 0 and 1"

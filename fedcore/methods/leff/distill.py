@@ -88,11 +88,12 @@ def segments_outside(window_start: int, width: int, num_blocks: int) -> list[ran
     return [run for run in runs if len(run) > 0]
 
 
-def student_depth(n: int, ratio: float) -> int:
-    """ceil(n * ratio), kept within 1..n (a ratio above 1 means no compression, not a deeper student)."""
-    if n < 1 or ratio <= 0:
-        raise ValueError(f"student_depth needs n >= 1 and ratio > 0, got n={n}, ratio={ratio}")
-    return max(1, min(n, math.ceil(n * ratio - _CEIL_SLACK)))
+def student_depth(n: int, ratio: float, kept: int = 0) -> int:
+    """ceil(n * ratio) (the paper's), or kept + ceil((n - kept) * ratio) with ``kept`` blocks exempt from
+    compression (``leff.keep-protected``); within 1..n either way (a ratio above 1: no compression)."""
+    if n < 1 or ratio <= 0 or not 0 <= kept <= n:
+        raise ValueError(f"student_depth needs n >= 1, ratio > 0, 0 <= kept <= n; got {n}, {ratio}, {kept}")
+    return max(1, min(n, kept + math.ceil((n - kept) * ratio - _CEIL_SLACK)))
 
 
 def student_sources(n: int, depth: int, sensitivity: Sequence[float] | None = None) -> list[int]:

@@ -106,6 +106,17 @@ def test_student_depth_is_ceil_within_bounds() -> None:
             student_depth(n, ratio)
 
 
+def test_student_depth_exempts_kept_blocks_from_compression() -> None:
+    """``leff.keep-protected``: kept blocks count whole, only the others are compressed."""
+    assert student_depth(10, 0.5, kept=3) == 3 + 4
+    assert student_depth(3, 0.5, kept=3) == 3  # a segment of protected blocks stays exact
+    assert student_depth(4, 0.5, kept=0) == student_depth(4, 0.5) == 2
+    assert student_depth(6, 0.01, kept=1) == 2
+    for kept in (-1, 5):
+        with pytest.raises(ValueError, match="kept"):
+            student_depth(4, 0.5, kept=kept)
+
+
 def test_init_student_copies_uniformly_spaced_blocks() -> None:
     teachers = [nn.Linear(2, 2) for _ in range(7)]
     student, sources = init_student(teachers, 3)
