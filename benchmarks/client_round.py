@@ -93,6 +93,7 @@ def run_config(method: str, model_name: str, args: argparse.Namespace) -> RunCon
         "clients.num-partitions": args.partitions,
         "leff.compression": args.compression,
         "leff.distill-steps": args.distill_steps,
+        "leff.keep-protected": args.keep_protected,
         **METHOD_OVERRIDES.get(method, {}),
     }
     if model_name == SMOLLM2:
@@ -364,6 +365,9 @@ def main() -> None:
         help="client MALLOC_MMAP_THRESHOLD_ in MB (0 = glibc default, which keeps freed memory)",
     )
     parser.add_argument("--distill-steps", type=int, default=20, help="LEFF: server distillation steps")
+    parser.add_argument(
+        "--keep-protected", action="store_true", help="LEFF: students keep protected blocks whole"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 steps, 2 distillation steps")
     parser.add_argument("--out", type=Path, default=None, help="results directory")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
@@ -391,6 +395,8 @@ def main() -> None:
             name += f"_capacity{args.capacity:g}"
         if args.mmap_threshold_mb:
             name += f"_mmap{args.mmap_threshold_mb}mb"
+        if args.keep_protected:
+            name += "_protected"
         for method in methods:
             results.append(measure(method, model_name, args, root))
     body = render(results)
@@ -401,7 +407,8 @@ def main() -> None:
             f"One round of {args.steps} steps, batch {args.batch_size}, partition {PARTITION} of "
             f"{args.partitions} (Rotten Tomatoes); droppeft: fixed drop, mean rate 0.5 (incremental shape), "
             f"personal share 0.25; leff: capacity {args.capacity}, compression {args.compression}, "
-            f"{args.distill_steps} distillation steps. "
+            f"{args.distill_steps} distillation steps"
+            f"{', students keep protected blocks whole' if args.keep_protected else ''}. "
             f"Allocator: {allocator(args.mmap_threshold_mb)}.",
             "",
             body,
