@@ -178,26 +178,32 @@ def test_leff_warm_starts_a_segment_sampled_again(tmp_path: Path, kept: int) -> 
     assert moved == bool(kept), "only a warm start trains the earlier student further"
 
 
+def _leff_llama6_passing_through(tmp_path: Path, blocks: list[int], **overrides: object) -> tuple:
+    """A LEFF planner (round-robin windows, undistilled students) over a tiny 6-block Llama whose
+    ``blocks`` are made pass-through (zero output projections), and the model."""
+    model_dir = make_tiny_model_dir(tmp_path / "llama6", "llama", layers=6)
+    settings = {
+        "leff.window": "round-robin",
+        "leff.distill-steps": 0,
+        "leff.proxy-examples": 16,
+        "model.task": "causal-lm",
+        **overrides,
+    }
+    cfg = tiny_run_config(model_dir, tmp_path, method="leff", **settings)
+    model, tokenizer = build_model(cfg, num_labels=0)
+    with torch.no_grad():
+        for index in blocks:
+            model.model.layers[index].self_attn.o_proj.weight.zero_()
+            model.model.layers[index].mlp.down_proj.weight.zero_()
+    return make_planner(cfg, model, tokenizer), model
+
+
 @pytest.mark.parametrize(("init", "expected"), [("sensitive", [3, 5]), ("uniform", [2, 5])])
 def test_leff_students_start_from_the_blocks_the_run_asks_for(
     tmp_path: Path, init: str, expected: list[int]
 ) -> None:
     """``leff.student-init``: with blocks 2 and 4 made pass-through, sensitive students copy 3 and 5."""
-    model_dir = make_tiny_model_dir(tmp_path / "llama6", "llama", layers=6)
-    overrides = {
-        "leff.window": "round-robin",
-        "leff.distill-steps": 0,
-        "leff.proxy-examples": 16,
-        "leff.student-init": init,
-        "model.task": "causal-lm",
-    }
-    cfg = tiny_run_config(model_dir, tmp_path, method="leff", **overrides)
-    model, tokenizer = build_model(cfg, num_labels=0)
-    with torch.no_grad():
-        for block in (model.model.layers[2], model.model.layers[4]):
-            block.self_attn.o_proj.weight.zero_()
-            block.mlp.down_proj.weight.zero_()
-    planner = make_planner(cfg, model, tokenizer)
+    planner, model = _leff_llama6_passing_through(tmp_path, [2, 4], **{"leff.student-init": init})
     assert (planner.student_sensitivity is not None) == (init == "sensitive")
     # round-robin's first window for a 2-block device is 0-1: blocks 2-5 become a 2-block student
     clients = [
@@ -212,21 +218,7 @@ def test_leff_students_start_from_the_blocks_the_run_asks_for(
 def test_leff_students_keep_protected_blocks_whole_when_asked(tmp_path: Path, keep: bool) -> None:
     """``leff.keep-protected``: with blocks 3-5 pass-through, the median sensitivity sits at half the
     smallest of blocks 0-2, so the two others are protected and the student of blocks 0-2 keeps both."""
-    model_dir = make_tiny_model_dir(tmp_path / "llama6", "llama", layers=6)
-    overrides = {
-        "leff.window": "round-robin",
-        "leff.distill-steps": 0,
-        "leff.proxy-examples": 16,
-        "leff.keep-protected": keep,
-        "model.task": "causal-lm",
-    }
-    cfg = tiny_run_config(model_dir, tmp_path, method="leff", **overrides)
-    model, tokenizer = build_model(cfg, num_labels=0)
-    with torch.no_grad():
-        for block in model.model.layers[3:]:
-            block.self_attn.o_proj.weight.zero_()
-            block.mlp.down_proj.weight.zero_()
-    planner = make_planner(cfg, model, tokenizer)
+    planner, model = _leff_llama6_passing_through(tmp_path, [3, 4, 5], **{"leff.keep-protected": keep})
     assert len(planner.protected) == (2 if keep else 0) and planner.protected <= {0, 1, 2}
     clients = [
         ClientInfo(node_id=10, partition_id=0, profile=DeviceProfile("edge", max_blocks=3).as_config())
