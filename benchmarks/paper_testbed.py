@@ -57,6 +57,8 @@ VARIANTS = {
     "droppeft-warmup": "method='droppeft' drop.warmup=0.5",
     "leff-random": f"method='leff' {FULL_LR} leff.window='random'",
     "leff-round-robin": f"method='leff' {FULL_LR} leff.window='round-robin'",
+    "leff-t0.1": f"method='leff' {FULL_LR} leff.temperature=0.1",
+    "leff-protected": f"method='leff' {FULL_LR} leff.keep-protected=true",
     # a diagnosis, not a method: LEFF with its frozen blocks exact (no compression, no distillation)
     "leff-exact": f"method='leff' {FULL_LR} leff.compression=1.0 leff.distill-steps=0",
 }
