@@ -71,7 +71,9 @@ def sensitivity(seed: int) -> dict:
     return {"full_loss": full, "loss_without_block": removed}
 
 
-def curve(rates: tuple[float, ...], seed: int, steps: int, every: int) -> dict:
+def curve(rates: tuple[float, ...], seed: int, steps: int, every: int, resample_every: int = 1) -> dict:
+    """Full-depth validation accuracy every ``every`` steps of one client trained with ``rates``; the set
+    of active blocks is drawn anew every ``resample_every`` steps."""
     cfg = RunConfig.from_flat(
         {"preset": "paper-cls", "method": "fedlora", "model.max-length": 32, "seed": seed}
     )
@@ -87,8 +89,10 @@ def curve(rates: tuple[float, ...], seed: int, steps: int, every: int) -> dict:
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
     generator = torch.Generator().manual_seed(seed)
     accuracies, seconds, blocks = [], 0.0, 0
+    active = list(range(num_blocks))
     for step in range(steps):
-        active = sample_active_blocks(rates, generator) if rates else list(range(num_blocks))
+        if rates and step % resample_every == 0:
+            active = sample_active_blocks(rates, generator)
         blocks += len(active)
         batch = batches[step % len(batches)]
         seconds += timed_step(model, params, optimizer, batch, only_blocks(model, active))
