@@ -27,6 +27,7 @@ from fedcore.core.plan import LayerPlan
 from fedcore.core.wire import arrays_to_state, config_to_dict, state_to_arrays
 from fedcore.data.batching import Batch, make_batches
 from fedcore.data.splits import ClientSplits, client_splits
+from fedcore.data.tables import probe_split
 from fedcore.mechanisms.partial_model import Layout, build_layout_model
 from fedcore.mechanisms.personal_layers import keep_personal, next_personal_state, shared_update
 from fedcore.model import build_model, load_tokenizer, load_tunable_state
@@ -87,17 +88,20 @@ def execute_train(content: RecordDict, node_config: dict[str, Any]) -> RecordDic
     received = load_global(client, arrays, local_plan)
     stored, personal = overlay_personal(client, layout, store.before(plan.round))
 
-    held_out = splits.test if len(splits.test) else splits.train
-    metrics, probe = evaluate_locally(client, cfg, plan, held_out)
-    outcome = train(client, cfg, local_plan, splits.train, received, personal)
+    train_rows, probe_rows = probe_split(splits.train, plan.probe_examples)
+    metrics = evaluate_locally(client, cfg, plan, splits.test if len(splits.test) else train_rows)
+    probe = batches_of(client, cfg, probe_rows, cfg.eval.batch_size)
     if probe:
-        metrics[wire.PROBE_LOSS_AFTER] = evaluate(client.model, probe, cfg.model.task, device())["loss"]
+        metrics[wire.PROBE_LOSS_BEFORE] = probe_loss(client, cfg, probe)
+    outcome = train(client, cfg, local_plan, train_rows, received, personal)
+    if probe:
+        metrics[wire.PROBE_LOSS_AFTER] = probe_loss(client, cfg, probe)
     keep, held = select_personal(client, layout, plan, outcome, stored, store)
     update = build_upload(client, layout, cfg, outcome, keep, personal, received)
     metrics.update(outcome.metrics)
     metrics.update(
         {
-            wire.EXAMPLES: len(splits.train),
+            wire.EXAMPLES: len(train_rows),
             wire.PERSONAL_BLOCKS: len(keep),
             wire.MODEL_BLOCKS: client.layer_map.num_blocks,
             wire.DEVICE_TIME_S: outcome.metrics[wire.COMPUTE_TIME_S] / profile.speed,
@@ -147,22 +151,19 @@ def batches_of(
 
 def evaluate_locally(
     client: ClientModel, cfg: RunConfig, plan: LayerPlan, held_out: Dataset
-) -> tuple[dict[str, float], list[Batch]]:
-    """Before training: the personalised model on local held-out data, and the probe loss (bandit reward).
+) -> dict[str, float]:
+    """Before training: the personalised model on local held-out data (when the plan asks for it)."""
+    if not plan.evaluate_local:
+        return {}
+    count = min(len(held_out), cfg.eval.client_examples or len(held_out))
+    local_test = batches_of(client, cfg, held_out.select(range(count)), cfg.eval.batch_size)
+    local = evaluate(client.model, local_test, cfg.model.task, device())
+    return {wire.PERSONAL_PREFIX + k: v for k, v in local.items()}
 
-    Returns the metrics and the probe batches, which are evaluated again after training.
-    """
-    metrics: dict[str, float] = {}
-    if plan.evaluate_local:
-        count = min(len(held_out), cfg.eval.client_examples or len(held_out))
-        local_test = batches_of(client, cfg, held_out.select(range(count)), cfg.eval.batch_size)
-        local = evaluate(client.model, local_test, cfg.model.task, device())
-        metrics.update({wire.PERSONAL_PREFIX + k: v for k, v in local.items()})
-    probe_table = held_out.select(range(min(len(held_out), plan.probe_examples)))
-    probe = batches_of(client, cfg, probe_table, cfg.eval.batch_size)
-    if probe:
-        metrics[wire.PROBE_LOSS_BEFORE] = evaluate(client.model, probe, cfg.model.task, device())["loss"]
-    return metrics, probe
+
+def probe_loss(client: ClientModel, cfg: RunConfig, probe: list[Batch]) -> float:
+    """The full model's loss on the probe rows: DropPEFT's bandit rewards its drop over the round."""
+    return evaluate(client.model, probe, cfg.model.task, device())["loss"]
 
 
 def train(

@@ -174,7 +174,10 @@ class LayerDropConfig(Section):
         1.0, gt=0, le=1, description="1 = UCB1 with pruning of bad arms; < 1 = discounted UCB, no pruning."
     )
     probe_examples: int = Field(
-        64, ge=0, description="Held-out local examples for the bandit's loss-drop reward (0 = off)."
+        64,
+        ge=0,
+        description="Training-split rows held out of training for the bandit's loss-drop reward "
+        "(at most a quarter of them; 0 = off).",
     )
 
     @model_validator(mode="after")

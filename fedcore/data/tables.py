@@ -347,6 +347,22 @@ def local_split(
     return _split(ds, n_test, seed)
 
 
+def probe_split(train: datasets.Dataset, count: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(rows to train on, rows held out for DropPEFT's probe), the probe taken from the end of ``train``.
+
+    The bandit's reward is the loss drop of a round on rows that round did not train on; the client's
+    test rows are not used, since their accuracy is reported. At most a quarter of the rows (at least one)
+    is held out, so a small partition still trains on most of its data; a one-row partition probes on the
+    row it trains on.
+    """
+    if count <= 0:
+        return train, train.select([])
+    if len(train) < 2:
+        return train, train
+    held = min(count, max(1, len(train) // 4))
+    return train.select(range(len(train) - held)), train.select(range(len(train) - held, len(train)))
+
+
 def partition(
     pool: datasets.Dataset, cfg: DataConfig, num_partitions: int, partition_id: int, seed: int
 ) -> datasets.Dataset:

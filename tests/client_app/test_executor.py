@@ -21,6 +21,8 @@ from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
 from fedcore.core.tensor_files import CorruptTensorFile
 from fedcore.core.wire import arrays_to_state, config_to_dict, dict_to_config, state_to_arrays
+from fedcore.data import tables
+from fedcore.data.splits import client_splits
 from fedcore.methods.base import ClientInfo
 from fedcore.methods.leff.planner import LeffPlanner
 from fedcore.model import build_model, tunable_state
@@ -196,3 +198,29 @@ def test_float16_wire_halves_the_upload_and_keeps_the_update(
 def test_float16_wire_refuses_values_it_cannot_hold() -> None:
     with pytest.raises(ValueError, match="huge.*float16"):
         state_to_arrays({"huge": torch.tensor([1e6])}, "float16")
+
+
+def test_the_probe_is_held_out_of_training_and_of_the_local_test_rows(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """DropPEFT's reward is measured on training-split rows the round does not train on."""
+    cfg = tiny_run_config(tiny_models["bert"], tmp_path, method="fedlora")
+    model, _ = build_model(cfg, num_labels=2)
+    context = node_context(tmp_path / "personal")
+    splits = client_splits(cfg.data, cfg.model.task, cfg.seed, 0, 2)
+    groups = tuple(LayerMap(model).all_groups())
+    plain = LayerPlan(round=1, rounds=1, train_groups=groups, steps=2, lr=1e-2)
+    metrics = config_to_dict(
+        call_client(cfg, plain, tunable_state(model), context).metric_records[wire.TRAIN_METRICS]
+    )
+    assert metrics[wire.EXAMPLES] == len(splits.train) and wire.PROBE_LOSS_BEFORE not in metrics
+
+    probed = dataclasses.replace(plain, probe_examples=8)
+    reply = call_client(cfg, probed, tunable_state(model), context)
+    metrics = config_to_dict(reply.metric_records[wire.TRAIN_METRICS])
+    assert metrics[wire.EXAMPLES] == len(splits.train) - 8, "the probe rows are not trained on"
+    assert metrics[wire.PROBE_LOSS_AFTER] != metrics[wire.PROBE_LOSS_BEFORE], (
+        "the probe sees the round's update"
+    )
+    probe = tables.probe_split(splits.train, 8)[1]
+    assert len(splits.test) and not set(probe["text"]) & set(splits.test["text"])

@@ -159,6 +159,17 @@ def test_local_split() -> None:
     assert [len(s) for s in tables.local_split(ds.select([0]), 0.5, seed=0)] == [1, 0]
 
 
+def test_probe_rows_are_held_out_of_training() -> None:
+    ds = datasets.Dataset.from_dict({"text": [str(i) for i in range(40)]})
+    train, probe = tables.probe_split(ds, 8)
+    assert (len(train), len(probe)) == (32, 8)
+    assert not set(train["text"]) & set(probe["text"]) and len(set(train["text"]) | set(probe["text"])) == 40
+    assert [len(s) for s in tables.probe_split(ds, 100)] == [30, 10], "at most a quarter is held out"
+    assert [len(s) for s in tables.probe_split(ds, 0)] == [40, 0]
+    assert [len(s) for s in tables.probe_split(ds.select(range(3)), 8)] == [2, 1]
+    assert [s["text"] for s in tables.probe_split(ds.select([0]), 8)] == [["0"], ["0"]]
+
+
 @pytest.mark.parametrize(
     "cfg",
     [
