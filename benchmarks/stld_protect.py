@@ -15,11 +15,10 @@ stld_shapes.py's protocol (one client, LoRA q/k/v/o, constant lr 1e-3, batch 16 
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
-from benchlib import RESULTS, command_line, header, machine, table, write_results
-from stld_shapes import RATE, curve, sensitivity_rates
+from benchlib import RESULTS, command_line, header, machine, write_results
+from stld_shapes import RATE, curve_table, run_curves, sensitivity_rates
 
 from fedcore.mechanisms.layer_dropout import PROTECT_FACTOR, DropConfig
 
@@ -42,18 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         f"sensitivity {RATE}, protected": protected,
     }
     seeds = [int(s) for s in args.seeds.split(",")]
-    curves: dict[str, dict[int, dict]] = {}
-    for label, rates in settings.items():
-        curves[label] = {seed: curve(tuple(rates), seed, args.steps, args.every) for seed in seeds}
-        print(label, curves[label], flush=True)
+    curves = run_curves({k: (tuple(v), 1) for k, v in settings.items()}, seeds, args.steps, args.every)
     marks = list(range(args.every, args.steps + 1, args.every))
-    rows = []
-    for label, by_seed in curves.items():
-        mean = [statistics.mean(r["accuracy"][i] for r in by_seed.values()) for i in range(len(marks))]
-        blocks = statistics.mean(r["blocks_per_step"] for r in by_seed.values())
-        secs = statistics.mean(r["train_seconds"] for r in by_seed.values())
-        per_seed = " / ".join(f"{r['accuracy'][-1]:.3f}" for r in by_seed.values())
-        rows.append([label, *(f"{a:.3f}" for a in mean), per_seed, f"{blocks:.1f}", f"{secs:.0f}"])
     protected_blocks = [i for i, r in enumerate(protected) if r == 0]
     markdown = header(
         "STLD with the blocks a pretrained decoder cannot lose protected", info, command_line(), False
@@ -62,9 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Protected (rate 0, sensitivity > {PROTECT_FACTOR} x median): blocks {protected_blocks}; "
         f"rates of the others: {', '.join(f'{r:.2f}' for r in protected if r > 0)}. "
         f"One client, LoRA, constant lr 1e-3, batch 16 x 32 tokens, BBC News (5 topics); full-depth accuracy "
-        f"on the server validation split, mean over seeds {seeds}.\n\n"
-        + table(["setting", *(f"acc @{m}" for m in marks), "final per seed", "blocks/step", "train s"], rows)
-        + "\n"
+        f"on the server validation split, mean over seeds {seeds}.\n\n" + curve_table(curves, marks) + "\n"
     )
     print(markdown)
     write_results(

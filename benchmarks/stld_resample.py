@@ -16,11 +16,10 @@ server validation split, seeds 0 and 1.
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
-from benchlib import RESULTS, command_line, header, machine, table, write_results
-from stld_shapes import curve, sensitivity_rates
+from benchlib import RESULTS, command_line, header, machine, write_results
+from stld_shapes import curve_table, run_curves, sensitivity_rates
 
 from fedcore.mechanisms.layer_dropout import DropConfig
 
@@ -45,26 +44,14 @@ def main(argv: list[str] | None = None) -> int:
         settings[f"p={mean}, drawn every step"] = (rates, 1)
         settings[f"p={mean}, drawn every {args.round_steps} steps"] = (rates, args.round_steps)
     seeds = [int(s) for s in args.seeds.split(",")]
-    curves: dict[str, dict[int, dict]] = {}
-    for label, (rates, period) in settings.items():
-        curves[label] = {seed: curve(rates, seed, args.steps, args.every, period) for seed in seeds}
-        print(label, curves[label], flush=True)
+    curves = run_curves(settings, seeds, args.steps, args.every)
     marks = list(range(args.every, args.steps + 1, args.every))
-    rows = []
-    for label, by_seed in curves.items():
-        mean = [statistics.mean(r["accuracy"][i] for r in by_seed.values()) for i in range(len(marks))]
-        blocks = statistics.mean(r["blocks_per_step"] for r in by_seed.values())
-        secs = statistics.mean(r["train_seconds"] for r in by_seed.values())
-        per_seed = " / ".join(f"{r['accuracy'][-1]:.3f}" for r in by_seed.values())
-        rows.append([label, *(f"{a:.3f}" for a in mean), per_seed, f"{blocks:.1f}", f"{secs:.0f}"])
     markdown = header("STLD: active blocks drawn every step or once per round", info, command_line(), False)
     markdown += (
         "Rates: the `sensitivity` shape (blocks above twice the median removal sensitivity never dropped). "
         f"One client, LoRA, constant lr 1e-3, batch 16 x 32 tokens, BBC News (5 topics); full-depth accuracy "
         f"on the server validation split, mean over seeds {seeds}; `train s`: mean training seconds "
-        f"({args.threads} thread(s)).\n\n"
-        + table(["setting", *(f"acc @{m}" for m in marks), "final per seed", "blocks/step", "train s"], rows)
-        + "\n"
+        f"({args.threads} thread(s)).\n\n" + curve_table(curves, marks) + "\n"
     )
     print(markdown)
     write_results(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 
 import torch
 from benchlib import RESULTS, command_line, header, machine, table, timed_step, write_results
@@ -101,6 +102,29 @@ def curve(rates: tuple[float, ...], seed: int, steps: int, every: int, resample_
     return {"accuracy": accuracies, "train_seconds": seconds, "blocks_per_step": blocks / steps}
 
 
+def run_curves(
+    settings: dict[str, tuple[tuple[float, ...], int]], seeds: list[int], steps: int, every: int
+) -> dict[str, dict[int, dict]]:
+    """label -> seed -> ``curve`` for settings given as (rates, steps between draws of the active set)."""
+    curves: dict[str, dict[int, dict]] = {}
+    for label, (rates, resample_every) in settings.items():
+        curves[label] = {seed: curve(rates, seed, steps, every, resample_every) for seed in seeds}
+        print(label, curves[label], flush=True)
+    return curves
+
+
+def curve_table(curves: dict[str, dict[int, dict]], marks: list[int]) -> str:
+    """Mean accuracy over the seeds at each mark, the last accuracy per seed, blocks run and train seconds."""
+    rows = []
+    for label, by_seed in curves.items():
+        mean = [statistics.mean(r["accuracy"][i] for r in by_seed.values()) for i in range(len(marks))]
+        blocks = statistics.mean(r["blocks_per_step"] for r in by_seed.values())
+        secs = statistics.mean(r["train_seconds"] for r in by_seed.values())
+        per_seed = " / ".join(f"{r['accuracy'][-1]:.3f}" for r in by_seed.values())
+        rows.append([label, *(f"{a:.3f}" for a in mean), per_seed, f"{blocks:.1f}", f"{secs:.0f}"])
+    return table(["setting", *(f"acc @{m}" for m in marks), "final per seed", "blocks/step", "train s"], rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -125,13 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         f"sensitivity {RATE}": by_sensitivity,
     }
     seeds = [int(s) for s in args.seeds.split(",")]
-    curves: dict[str, dict[int, dict]] = {}
-    if not args.skip_curves:
-        for label, rates in settings.items():
-            curves[label] = {}
-            for seed in seeds:
-                curves[label][seed] = curve(tuple(rates), seed, args.steps, args.every)
-                print(label, seed, curves[label][seed], flush=True)
+    curves = (
+        {}
+        if args.skip_curves
+        else run_curves({k: (tuple(v), 1) for k, v in settings.items()}, seeds, args.steps, args.every)
+    )
     markdown = header(
         "Layer dropout shapes on a pretrained 30-block decoder (SmolLM2-135M)", info, command_line(), False
     )
@@ -151,19 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if curves:
         marks = list(range(args.every, args.steps + 1, args.every))
-        rows = []
-        for label, by_seed in curves.items():
-            mean = [sum(r["accuracy"][i] for r in by_seed.values()) / len(by_seed) for i in range(len(marks))]
-            secs = sum(r["train_seconds"] for r in by_seed.values()) / len(by_seed)
-            blocks = sum(r["blocks_per_step"] for r in by_seed.values()) / len(by_seed)
-            per_seed = " / ".join(f"{r['accuracy'][-1]:.3f}" for r in by_seed.values())
-            rows.append([label, *(f"{a:.3f}" for a in mean), per_seed, f"{blocks:.1f}", f"{secs:.0f}"])
         markdown += (
             f"\n### Learning curves (BBC News, 5 topics, one client, LoRA, constant lr 1e-3, batch 16 x 32 "
             f"tokens; full-depth accuracy on the server validation split, mean over seeds {seeds})\n\n"
-            + table(
-                ["setting", *(f"acc @{m}" for m in marks), "final per seed", "blocks/step", "train s"], rows
-            )
+            + curve_table(curves, marks)
             + "\n"
         )
     print(markdown)
