@@ -55,6 +55,9 @@ VARIANTS = {
     "droppeft-stld-only": "method='droppeft' drop.mode='fixed' drop.mean-rate=0.3 drop.shape='sensitivity' "
     "ptls.fraction=0",
     "droppeft-warmup": "method='droppeft' drop.warmup=0.5",
+    # the bandit's probe on one training batch (8 rows) instead of 32: the two full-model passes over 32
+    # rows cost a testbed client about as much as 2-3 of its 5 training steps
+    "droppeft-probe8": "method='droppeft' drop.probe-examples=8",
     "leff-random": f"method='leff' {FULL_LR} leff.window='random'",
     "leff-round-robin": f"method='leff' {FULL_LR} leff.window='round-robin'",
     "leff-t0.1": f"method='leff' {FULL_LR} leff.temperature=0.1",
