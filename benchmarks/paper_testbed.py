@@ -37,7 +37,6 @@ from methods import merge_overrides, run_one  # noqa: E402
 
 from fedcore.cli.report import RunRecord, load_run, plot_runs  # noqa: E402
 
-NAME = "paper-testbed"
 FULL_LR = "train.lr=2e-4"
 #: variant -> overrides on top of the preset (the default of each method is its own name)
 VARIANTS = {
@@ -204,7 +203,7 @@ def _summary(rows: list[dict[str, Any]]) -> list[list[Any]]:
 def report(args: argparse.Namespace, info: dict[str, Any], runs_root: Path, runs: list) -> None:
     rows = run_rows(runs, _round_memory(args.memory))
     for plot in plot_runs([run for _, _, run in runs], runs_root):
-        shutil.copy(plot, RESULTS / f"{NAME}-{plot.name}")
+        shutil.copy(plot, RESULTS / f"{args.name}-{plot.name}")
     markdown = header("Methods on the paper-cls testbed", info, command_line(), quick=False)
     markdown += (
         (f"{args.note}\n\n" if args.note else "")
@@ -242,7 +241,7 @@ def report(args: argparse.Namespace, info: dict[str, Any], runs_root: Path, runs
         )
         + "\n"
     )
-    write_results(NAME, RESULTS, markdown, {"machine": info, "command": command_line(), "runs": rows})
+    write_results(args.name, RESULTS, markdown, {"machine": info, "command": command_line(), "runs": rows})
     print(markdown, flush=True)
 
 
@@ -261,6 +260,7 @@ def _parse_run_dir(path: Path) -> tuple[str, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--name", default="paper-testbed", help="results/<name>.{md,json} and its PNGs")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"from {', '.join(VARIANTS)}")
     parser.add_argument("--supernodes", type=int, default=8)
     parser.add_argument("--note", default="", help="how the runs were produced, for the report")
