@@ -53,6 +53,8 @@ VARIANTS = {
     "droppeft-fixed0.3": "method='droppeft' drop.mode='fixed' drop.mean-rate=0.3 drop.shape='sensitivity'",
     "droppeft-stld-only": "method='droppeft' drop.mode='fixed' drop.mean-rate=0.3 drop.shape='sensitivity' "
     "ptls.fraction=0",
+    # the preset's DropPEFT without personal layers: isolates what PTLS costs the global model
+    "droppeft-no-ptls": "method='droppeft' ptls.fraction=0",
     "droppeft-warmup": "method='droppeft' drop.warmup=0.5",
     # the bandit's probe on one training batch (8 rows) instead of 32: the two full-model passes over 32
     # rows cost a testbed client about as much as 2-3 of its 5 training steps
