@@ -53,6 +53,9 @@ VARIANTS = {
     "droppeft-fixed0.3": "method='droppeft' drop.mode='fixed' drop.mean-rate=0.3 drop.shape='sensitivity'",
     "droppeft-stld-only": "method='droppeft' drop.mode='fixed' drop.mean-rate=0.3 drop.shape='sensitivity' "
     "ptls.fraction=0",
+    # the bandit's other arm, fixed: with droppeft-stld-only, the best fixed rate in hindsight
+    "droppeft-fixed0.15-no-ptls": "method='droppeft' drop.mode='fixed' drop.mean-rate=0.15 "
+    "drop.shape='sensitivity' ptls.fraction=0",
     # the preset's DropPEFT without personal layers: isolates what PTLS costs the global model
     "droppeft-no-ptls": "method='droppeft' ptls.fraction=0",
     "droppeft-warmup": "method='droppeft' drop.warmup=0.5",
