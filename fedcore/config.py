@@ -162,6 +162,11 @@ class LayerDropConfig(Section):
     warmup: float = Field(
         0.0, ge=0, le=1, description="Share of the federation's steps over which drop rates ramp up from 0."
     )
+    lr_compensation: bool = Field(
+        False,
+        description="Scale each block's learning rate by 1 / (1 - its drop rate), so that a block's "
+        "expected change per step matches full depth (this project's option).",
+    )
     shape: Literal["uniform", "incremental", "sensitivity"] = Field(
         "incremental", description="How drop.mean-rate is spread over the blocks (mode=fixed)."
     )

@@ -132,6 +132,7 @@ def base_plan(
         train_groups=tuple(train_groups),
         drop_rates=drop.rates(num_blocks, sensitivity=sensitivity) if drop and drop.mean_rate > 0 else (),
         drop_warmup=cfg.drop.warmup,
+        drop_lr_compensation=cfg.drop.lr_compensation,
         personal_fraction=personal,
         steps=cfg.train.local_steps,
         epochs=cfg.train.local_epochs,

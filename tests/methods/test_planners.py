@@ -65,6 +65,10 @@ def test_fixed_dropout_and_personal_layers_enter_any_plan(
     assert len(plan.drop_rates) == LayerMap(model).num_blocks
     assert sum(plan.drop_rates) / len(plan.drop_rates) == pytest.approx(0.3)
     assert plan.personal_fraction == 0.5 and plan.evaluate_local
+    assert not plan.drop_lr_compensation
+    overrides["drop.lr-compensation"] = True
+    planner, _, state = _planner_and_state(tiny_models["bert"], tmp_path, **overrides)
+    assert planner.plan(1, CLIENTS[:1], state)[CLIENTS[0].node_id].plan.drop_lr_compensation
 
 
 @pytest.mark.parametrize("method", ["fedlora", "droppeft"])
