@@ -115,6 +115,21 @@ def test_droppeft_plans_bandit_arms_and_learns_only_from_the_round(
     assert restored.state_dict() == planner.state_dict()
 
 
+def test_droppeft_with_one_arm_runs_it_without_the_probe(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A single arm leaves the bandit nothing to learn, so no client pays for the probe's passes."""
+    planner, _, state = _planner_and_state(
+        tiny_models["bert"], tmp_path, method="droppeft", **{"drop.rates": "0.15"}
+    )
+    plan = planner.plan(1, CLIENTS[:1], state)[CLIENTS[0].node_id].plan
+    assert plan.probe_examples == 0 and plan.label == "p0.15-incremental"
+    assert sum(plan.drop_rates) / len(plan.drop_rates) == pytest.approx(0.15)
+    metrics = {wire.PROBE_LOSS_BEFORE: 0.7, wire.PROBE_LOSS_AFTER: 0.5, wire.DEVICE_TIME_S: 2.0}
+    planner.observe(1, [ClientResult(0, True, metrics)])
+    assert planner.rewards == {}
+
+
 def test_droppeft_does_not_prune_arms_of_drifting_devices(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -39,6 +39,9 @@ class DropPeftPlanner(AllLayersPlanner):
             discount=cfg.drop.discount,
             prune=cfg.drop.discount == 1.0,  # a pruned arm never returns: wrong for drifting devices
         )
+        if self.drop is None and len(self.bandit.arms) == 1:
+            # one arm leaves nothing to choose: it runs as a fixed configuration, without the probe
+            self.drop = self.bandit.arms[0]
         self.choices: dict[int, DropConfig] = {}
         self.rewards: dict[str, float] = {}
 
