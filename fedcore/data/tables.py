@@ -350,7 +350,7 @@ def local_split(
 def probe_split(train: datasets.Dataset, count: int) -> tuple[datasets.Dataset, datasets.Dataset]:
     """(rows to train on, rows held out for DropPEFT's probe), the probe taken from the end of ``train``.
 
-    The bandit's reward is the loss drop of a round on rows that round did not train on; the client's
+    The bandit's reward is the loss ratio of a round on rows that round did not train on; the client's
     test rows are not used, since their accuracy is reported. At most a quarter of the rows (at least one)
     is held out, so a small partition still trains on most of its data; a one-row partition probes on the
     row it trains on.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -106,7 +107,7 @@ def test_droppeft_plans_bandit_arms_and_learns_only_from_the_round(
         assert client_plan.payload is state
     metrics = {wire.PROBE_LOSS_BEFORE: 0.7, wire.PROBE_LOSS_AFTER: 0.5, wire.DEVICE_TIME_S: 2.0}
     planner.observe(1, [ClientResult(0, True, metrics), ClientResult(1, False, {})])
-    assert planner.rewards == {"client-0": pytest.approx(0.1)}
+    assert planner.rewards == {"client-0": pytest.approx(math.log(0.7 / 0.5) / 2.0)}
 
     planner.plan(2, CLIENTS[2:], state)  # clients.per-round: only client 2 this round
     assert list(planner.state_dict()["choices"]) == ["client-2"]

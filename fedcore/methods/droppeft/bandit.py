@@ -221,15 +221,25 @@ class DropoutBandit:
         self._devices = restored._devices
 
 
-def progress_reward(loss_before: float, loss_after: float, wall_time_s: float) -> float:
-    """Held-out loss drop (full model, before vs after local training) per second of the device's round.
+#: losses below this count as this, so that a perfect probe does not make the log-ratio infinite
+MIN_LOSS = 1e-6
 
-    Our choice of reward: it trades how much a configuration helps against how long it keeps the device busy,
-    which is what time-to-accuracy rewards. It can be negative when a round made the model worse.
+
+def progress_reward(loss_before: float, loss_after: float, wall_time_s: float) -> float:
+    """Log-ratio of the held-out loss (full model, before / after local training) per second of the
+    device's round.
+
+    Our choice of reward: it trades how much a configuration helps against how long it keeps the device
+    busy, which is what time-to-accuracy rewards, and it can be negative when a round made the model worse.
+    It is a ratio rather than the plain drop because the drop mostly measures where the round started: on
+    the paper-cls testbed the drop of a client round correlates with its loss before training at r = 0.88
+    over 80 client rounds, the log-ratio at r = 0.05 (``benchmarks/results/bandit_arms.md``).
     """
     _check_finite("loss_before", loss_before)
     _check_finite("loss_after", loss_after)
     _check_finite("wall_time_s", wall_time_s)
+    if loss_before < 0.0 or loss_after < 0.0:
+        raise ValueError(f"losses must be >= 0, got {loss_before!r} and {loss_after!r}")
     if wall_time_s <= 0.0:
         raise ValueError(f"wall_time_s must be > 0, got {wall_time_s!r}")
-    return (loss_before - loss_after) / wall_time_s
+    return math.log(max(loss_before, MIN_LOSS) / max(loss_after, MIN_LOSS)) / wall_time_s

@@ -1,9 +1,10 @@
 """DropPEFT: every client trains all tunable groups with stochastic layer dropout whose configuration
 a per-device bandit picks online, and keeps its most-updated blocks personal (PTLS).
 
-The reward of an arm is the device's training progress per second: the drop of the full-model loss on
-held-out local examples across the round, divided by the round's device time (this project's choice of
-reward; the paper states only that an exploration-exploitation strategy configures the rates).
+The reward of an arm is the device's training progress per second: the log-ratio of the full-model loss
+on held-out local examples before and after the round, divided by the round's device time (this
+project's choice of reward; the paper states only that an exploration-exploitation strategy configures
+the rates).
 """
 
 from __future__ import annotations

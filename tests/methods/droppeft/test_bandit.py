@@ -204,9 +204,13 @@ def test_non_finite_reward_is_refused(reward: float) -> None:
 
 
 def test_progress_reward() -> None:
-    assert progress_reward(2.0, 1.5, 0.25) == 2.0
-    assert progress_reward(1.0, 1.2, 2.0) == pytest.approx(-0.1)  # a round that hurt gets a negative reward
+    assert progress_reward(2.0, 1.0, 0.5) == pytest.approx(2 * math.log(2))
+    assert progress_reward(1.0, 1.25, 2.0) == pytest.approx(math.log(0.8) / 2)  # a round that hurt: < 0
+    # scale-free: halving the loss from 2.0 is worth as much as halving it from 0.2, unlike the plain drop
+    assert progress_reward(0.2, 0.1, 1.0) == pytest.approx(progress_reward(2.0, 1.0, 1.0))
+    assert math.isfinite(progress_reward(0.5, 0.0, 1.0)) and progress_reward(0.5, 0.0, 1.0) > 0
     for args in [
+        (-1.0, 0.5, 1.0),
         (1.0, 0.5, 0.0),
         (1.0, 0.5, -1.0),
         (math.nan, 0.5, 1.0),
