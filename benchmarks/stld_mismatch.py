@@ -39,8 +39,8 @@ RATES = (0.15, 0.3)
 
 
 def run_label(run_dir: Path) -> str:
-    """The variant and seed of a paper_testbed run directory (``<variant>-s<seed>/<stamp>-<method>``)."""
-    return run_dir.parent.name
+    """The name of a finished paper_testbed run directory (``<stamp>-<variant>-s<seed>``)."""
+    return run_dir.name
 
 
 def measure(run_dir: Path, draws: int) -> dict:
