@@ -56,6 +56,8 @@ VARIANTS = {
     # the bandit's other arm, fixed: with droppeft-stld-only, the best fixed rate in hindsight
     "droppeft-fixed0.15-no-ptls": "method='droppeft' drop.mode='fixed' drop.mean-rate=0.15 "
     "drop.shape='sensitivity' ptls.fraction=0",
+    # the preset's DropPEFT (personal layers included) with the bandit's better arm as its only arm
+    "droppeft-arm0.15": "method='droppeft' drop.rates='0.15'",
     # rate compensation: each block's learning rate divided by (1 - its drop rate)
     "droppeft-stld-only-lrcomp": "method='droppeft' drop.mode='fixed' drop.mean-rate=0.3 "
     "drop.shape='sensitivity' ptls.fraction=0 drop.lr-compensation=true",
