@@ -61,7 +61,6 @@ VARIANTS = {
     # rate compensation: each block's learning rate divided by (1 - its drop rate)
     "droppeft-stld-only-lrcomp": "method='droppeft' drop.mode='fixed' drop.mean-rate=0.3 "
     "drop.shape='sensitivity' ptls.fraction=0 drop.lr-compensation=true",
-    "droppeft-lrcomp": "method='droppeft' drop.lr-compensation=true",
     # the preset's DropPEFT without personal layers: isolates what PTLS costs the global model
     "droppeft-no-ptls": "method='droppeft' ptls.fraction=0",
     "droppeft-warmup": "method='droppeft' drop.warmup=0.5",

@@ -52,13 +52,13 @@ def drop_scale(plan: LayerPlan, step: int, steps: int) -> float:
     return min(1.0, position / (plan.drop_warmup * steps * plan.rounds))
 
 
-def block_lr_factors(plan: LayerPlan, rates: list[float]) -> list[float]:
-    """Per block, the factor on the step's learning rate: 1 / (1 - p_l) with ``drop_lr_compensation``
-    (this project's option), else 1. A block run in a share (1 - p_l) of the steps then moves as far per
-    step in expectation as at full depth, as if it had missed none of its updates."""
-    if not plan.drop_lr_compensation:
-        return [1.0] * len(rates)
-    return [1.0 / (1.0 - p) for p in rates]
+def block_lr_factor(plan: LayerPlan, rates: list[float], block: int | None) -> float:
+    """The factor on the step's learning rate for one optimizer group: 1 / (1 - p_l) for block l with
+    ``drop_lr_compensation`` (this project's option), else 1. A block run in a share (1 - p_l) of the
+    steps then moves as far per step in expectation as at full depth, as if it had missed no update."""
+    if not plan.drop_lr_compensation or not rates or block is None:
+        return 1.0
+    return 1.0 / (1.0 - rates[block])
 
 
 def param_groups(params: Mapping[str, nn.Parameter], layer_map: LayerMap) -> list[dict[str, object]]:
@@ -137,11 +137,9 @@ def train_plan(
             scale = drop_scale(plan, step, steps)
             rates = [p * scale for p in plan.drop_rates]
             active = sample_active_blocks(rates, generator) if rates else list(range(layer_map.num_blocks))
-            factors = block_lr_factors(plan, rates) if rates else []
             lr = learning_rate(plan, step, steps, warmup_fraction)
             for group in optimizer.param_groups:
-                block = group["block"]
-                group["lr"] = lr * factors[block] if factors and block is not None else lr
+                group["lr"] = lr * block_lr_factor(plan, rates, group["block"])
             blocks_run += len(active)
             with meter.step(), only_blocks(model, active), compute_precision(precision, device):
                 loss = model(**batch).loss
