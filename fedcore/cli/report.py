@@ -71,6 +71,7 @@ COL_METHOD = "method"
 COL_ROUNDS = "rounds"
 COL_FINAL_ACC = "final accuracy"
 COL_BEST_ACC = "best accuracy"
+COL_VAL_ACC = "final validation accuracy"
 COL_F1 = "final macro-F1"
 COL_PERSONAL_ACC = "final personal accuracy"
 COL_PPL = "final perplexity"
@@ -81,7 +82,7 @@ COL_ACT = "mean activation (MB)"
 COL_DOWN = "MB down / client-round"
 COL_UP = "MB up / client-round"
 COL_FAILED = "failed/rejected replies"
-_DROP_WHEN_EMPTY = (COL_FINAL_ACC, COL_BEST_ACC, COL_F1, COL_PERSONAL_ACC, COL_PPL, COL_ACT)
+_DROP_WHEN_EMPTY = (COL_FINAL_ACC, COL_BEST_ACC, COL_VAL_ACC, COL_F1, COL_PERSONAL_ACC, COL_PPL, COL_ACT)
 
 
 class ReportError(ValueError):
@@ -270,6 +271,8 @@ def comparison_table(runs: Sequence[RunRecord], target: float | None = None) -> 
             COL_ROUNDS: _rounds(run),
             COL_FINAL_ACC: _last(g["accuracy"]),
             COL_BEST_ACC: _max(g["accuracy"]),
+            # the server's validation split (data.validation-fraction): what settings are chosen on
+            COL_VAL_ACC: _last(g["val_accuracy"]) if "val_accuracy" in g else math.nan,
             COL_F1: _last(g["macro_f1"]),
             COL_PERSONAL_ACC: _personal_accuracy(run),
             COL_PPL: _last(g["perplexity"]),

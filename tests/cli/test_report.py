@@ -21,6 +21,7 @@ from fedcore.cli.report import (
     COL_RSS_MAX,
     COL_RSS_MEAN,
     COL_UP,
+    COL_VAL_ACC,
     COL_WALL,
     ReportError,
     comparison_table,
@@ -104,7 +105,7 @@ def run_a(tmp_path: Path) -> Path:
         _global(2, 70.0, 0.80),
         _client(3, 0, 800.0, 2_000_000, 500_000),
         _client(3, 1, None, 2_000_000, None, status="failed"),
-        {**_global(3, 100.0, 0.78), "personal_accuracy": 0.9, "note": "text"},
+        {**_global(3, 100.0, 0.78), "personal_accuracy": 0.9, "val_accuracy": 0.7, "note": "text"},
     ]
     summary = {"method": "fedlora", "rounds_completed": 3, "final": rows[-1], "total_wall_time_s": 105.0}
     return _write_run(tmp_path / "run-a", "fedlora", rows, summary)
@@ -131,6 +132,8 @@ def test_table_values(run_a: Path, run_b: Path) -> None:
     assert (a[COL_ROUNDS], b[COL_ROUNDS]) == (3, 2)
     assert a[COL_FINAL_ACC] == pytest.approx(0.78)
     assert a[COL_BEST_ACC] == pytest.approx(0.80)
+    assert a[COL_VAL_ACC] == pytest.approx(0.7)
+    assert math.isnan(b[COL_VAL_ACC])  # no validation split
     assert a[COL_F1] == pytest.approx(0.68)
     assert b[COL_FINAL_ACC] == pytest.approx(0.65)
     assert a[COL_WALL] == 105.0  # from summary.json
@@ -219,6 +222,7 @@ def test_causal_lm_reports_perplexity(tmp_path: Path) -> None:
     table = comparison_table([run], target=0.75)
     assert table[COL_PPL].iloc[0] == 25.5
     assert COL_FINAL_ACC not in table.columns and COL_BEST_ACC not in table.columns
+    assert COL_VAL_ACC not in table.columns
     assert math.isnan(table[target_column(0.75)].iloc[0])
     assert len(plot_runs([run], tmp_path / "plots")) == 4
 
