@@ -286,7 +286,7 @@ class OutputConfig(Section):
 
 class RunConfig(Section):
     preset: str = Field(
-        "", description="A named bundle of settings (fedcore/presets.py); explicit values win."
+        "", description="A named bundle of settings (fedcore/presets.py); values other than a default win."
     )
     method: str = Field("fedlora", description="One of fedcore/methods/specs.py's METHODS.")
     seed: int = Field(0, ge=0)

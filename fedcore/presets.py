@@ -63,6 +63,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         # chosen on the server validation split of this testbed (two seeds): the sensitivity arms'
         # global validation accuracy 0.448 / 0.365 against 0.396 / 0.365 with the incremental ones
         "drop.shapes": "sensitivity",
+        # DropPEFT chosen on the same split (20 rounds, seeds 0 / 1; benchmarks/results/paper-testbed-I.md):
+        # one arm, 0.15, without personal layers reached 0.802 / 0.719, against 0.583 / 0.385 for that arm
+        # with personal layers and 0.448 / 0.354 for the bandit over 0.15 / 0.3 with them, so the testbed
+        # runs DropPEFT as layer dropout at 0.15 alone (the paper's full method: droppeft-paper variant)
+        "drop.rates": "0.15",
+        "ptls.fraction": 0.0,
     },
     # the same 30-block model as a sentiment classifier: the deep testbed for layer dropout and windows
     "llm-classifier": {

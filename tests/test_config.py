@@ -121,3 +121,9 @@ def test_preset_fills_defaults_but_explicit_values_win() -> None:
         8,
     )
     assert testbed.data.validation_fraction > 0 and testbed.rounds >= 10
+    droppeft = RunConfig.from_flat({"preset": "paper-cls", "method": "droppeft"})
+    assert (droppeft.drop.rate_grid(), droppeft.ptls.fraction) == ([0.15], 0.0)
+    # the app sees only the merged config: a value equal to the default reads as unset, another spelling wins
+    for rates, grid in (("0.15,0.3", [0.15]), ("0.15,0.30", [0.15, 0.3])):
+        paper = RunConfig.from_flat({"preset": "paper-cls", "method": "droppeft", "drop.rates": rates})
+        assert paper.drop.rate_grid() == grid
