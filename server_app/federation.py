@@ -128,7 +128,7 @@ def collect_reply(
     except (KeyError, TypeError, ValueError) as exc:
         return ClientOutcome({**row, "status": "rejected", "reason": f"malformed reply: {exc!r}"}, None)
     row = {**metrics, **row, wire.BYTES_UP: record.count_bytes(), "status": "ok", "reason": None}
-    weight = plan_weight(metrics[wire.EXAMPLES], plan, cfg.train.batch_size, client.num_examples)
+    weight = plan_weight(metrics[wire.EXAMPLES], client.num_examples)
     tensors = {name: tensor.float() for name, tensor in update.items()}
     return ClientOutcome(row, ClientUpdate(client.node_id, weight, tensors))
 

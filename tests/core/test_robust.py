@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from fedcore.core.aggregate import ClientUpdate, aggregate_layerwise
-from fedcore.core.plan import LayerPlan
 from fedcore.core.robust import WEIGHT_CAP, cap_weights, clip_to_median, group_norms, plan_weight
 
 
@@ -17,14 +16,12 @@ def _group_of(name: str) -> str:
     return name.split(".")[0]
 
 
-def test_weight_is_the_least_of_what_the_server_knows() -> None:
-    steps = LayerPlan(round=1, rounds=1, train_groups=("head",), steps=20)
-    epochs = LayerPlan(round=1, rounds=1, train_groups=("head",), steps=0, epochs=3)
-    assert plan_weight(9_999_999, steps, batch_size=32, partition_size=500) == 500
-    assert plan_weight(9_999_999, steps, batch_size=8, partition_size=500) == 160
-    assert plan_weight(100, steps, batch_size=32, partition_size=500) == 100
-    assert plan_weight(9_999_999, epochs, batch_size=32, partition_size=500) == 500
-    assert plan_weight(700, epochs, batch_size=32, partition_size=0) == 700
+def test_weight_is_the_stated_dataset_size_bounded_by_the_start_up_statement() -> None:
+    assert plan_weight(9_999_999, partition_size=500) == 500
+    assert plan_weight(100, partition_size=500) == 100
+    assert plan_weight(700, partition_size=0) == 700
+    # FedAvg's weight: a step-counted round (20 x 8 = 160 examples touched) still weighs its dataset
+    assert plan_weight(500, partition_size=500) == 500
 
 
 def test_no_weight_above_the_cap_times_the_lower_median() -> None:
