@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=OVERRIDES",
         help="an extra run named NAME with these run-config overrides (repeatable; give method= in them)",
     )
+    parser.add_argument("--note", default="", help="how the runs were produced, for the report")
     parser.add_argument(
         "--from-runs",
         type=Path,
@@ -166,6 +167,7 @@ def report_runs(
     for plot in plots:
         shutil.copy(plot, RESULTS / f"{args.name}-{plot.name}")
     report = header(f"Methods side by side: {args.name}", info, command_line(), quick=False)
+    report += f"\n{args.note}\n" if args.note else ""
     report += f"\nSupernodes: {args.supernodes}, CPUs per client: {args.cpus:g}. Runs and overrides:\n\n"
     report += "".join(f"- `{name}`: `{overrides}`\n" for name, overrides in runs_wanted)
     report += f"\n{summary}\n\n### Accuracy per round\n\n{accuracy_by_round(runs)}\n"
