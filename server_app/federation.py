@@ -27,7 +27,7 @@ from fedcore.core.files import write_json_atomic
 from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
 from fedcore.core.reply_schema import SchemaError, check_train_metrics
-from fedcore.core.robust import cap_weights, clip_to_median, plan_weight
+from fedcore.core.robust import cap_weights, clip_to_median, stated_weight
 from fedcore.core.seeding import derive_seed
 from fedcore.core.wire import dict_to_config, received_state, state_to_arrays
 from fedcore.data.batching import Batch, make_batches
@@ -128,7 +128,7 @@ def collect_reply(
     except (KeyError, TypeError, ValueError) as exc:
         return ClientOutcome({**row, "status": "rejected", "reason": f"malformed reply: {exc!r}"}, None)
     row = {**metrics, **row, wire.BYTES_UP: record.count_bytes(), "status": "ok", "reason": None}
-    weight = plan_weight(metrics[wire.EXAMPLES], client.num_examples)
+    weight = stated_weight(metrics[wire.EXAMPLES], client.num_examples)
     tensors = {name: tensor.float() for name, tensor in update.items()}
     return ClientOutcome(row, ClientUpdate(client.node_id, weight, tensors))
 

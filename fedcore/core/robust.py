@@ -31,7 +31,7 @@ from fedcore.core.aggregate import ClientUpdate
 WEIGHT_CAP = 2.0
 
 
-def plan_weight(stated: int, partition_size: int) -> int:
+def stated_weight(stated: int, partition_size: int) -> int:
     """The client's training examples as stated, at most its start-up partition size (0 = not stated)."""
     return min(stated, partition_size) if partition_size else stated
 

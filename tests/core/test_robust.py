@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fedcore.core.aggregate import ClientUpdate, aggregate_layerwise
-from fedcore.core.robust import WEIGHT_CAP, cap_weights, clip_to_median, group_norms, plan_weight
+from fedcore.core.robust import WEIGHT_CAP, cap_weights, clip_to_median, group_norms, stated_weight
 
 
 def _group_of(name: str) -> str:
@@ -17,11 +17,11 @@ def _group_of(name: str) -> str:
 
 
 def test_weight_is_the_stated_dataset_size_bounded_by_the_start_up_statement() -> None:
-    assert plan_weight(9_999_999, partition_size=500) == 500
-    assert plan_weight(100, partition_size=500) == 100
-    assert plan_weight(700, partition_size=0) == 700
+    assert stated_weight(9_999_999, partition_size=500) == 500
+    assert stated_weight(100, partition_size=500) == 100
+    assert stated_weight(700, partition_size=0) == 700
     # FedAvg's weight: a step-counted round (20 x 8 = 160 examples touched) still weighs its dataset
-    assert plan_weight(500, partition_size=500) == 500
+    assert stated_weight(500, partition_size=500) == 500
 
 
 def test_no_weight_above_the_cap_times_the_lower_median() -> None:
