@@ -74,6 +74,7 @@ VARIANTS = {
     # the bandit's probe on one training batch (8 rows) instead of 32: the two full-model passes over 32
     # rows cost a testbed client about as much as 2-3 of its 5 training steps
     "droppeft-probe8": f"{PAPER_DROPPEFT} drop.probe-examples=8",
+    "leff": f"method='leff' {FULL_LR}",
     "leff-random": f"method='leff' {FULL_LR} leff.window='random'",
     "leff-round-robin": f"method='leff' {FULL_LR} leff.window='round-robin'",
     "leff-t0.1": f"method='leff' {FULL_LR} leff.temperature=0.1",
