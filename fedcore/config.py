@@ -131,6 +131,12 @@ class RoundConfig(Section):
     aggregator: Aggregator = Field(
         "mean", description="Per parameter: weighted 'mean', or the robust 'median' / 'trimmed-mean'."
     )
+    weight_cap: float = Field(
+        2.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="No client's aggregation weight above this x the round's median weight (0 = off).",
+    )
     clip_factor: float = Field(
         2.0,
         ge=0,

@@ -138,7 +138,7 @@ def bound_and_aggregate(state: ServerState, outcomes: list[ClientOutcome]) -> No
     and aggregate once there are clients.min sound replies."""
     cfg = state.cfg
     sound = [o for o in outcomes if o.update is not None]
-    updates = cap_weights([o.update for o in sound])
+    updates = cap_weights([o.update for o in sound], cfg.round.weight_cap)
     updates, scales = clip_to_median(updates, state.layer_map.group_of, cfg.round.clip_factor)
     for outcome, update, scale in zip(sound, updates, scales, strict=True):
         outcome.row.update(weight=update.weight, clip_scale=scale)

@@ -4,11 +4,11 @@ A client's statements cannot be verified, so the server bounds what they can buy
 defences, after the norm bounding and median-relative clipping of the robust-FL literature, e.g. FLAME):
 
 - weight: FedAvg's, the client's number of training examples, at most its partition size stated at
-  start-up, then at most ``WEIGHT_CAP`` x the round's median weight. A step-counted round touches only
-  steps x batch size examples, but the weight stays the dataset size, as in FedAvg: bounding it by the
-  examples touched gives every client of a step-counted plan the same weight, and under label skew the
-  small one-class clients then outvote the rest (the default federation's FedLoRA ended at the majority
-  class, 0.570, instead of 0.760);
+  start-up, then at most ``cap`` x the round's median weight (``round.weight-cap``). A step-counted
+  round touches only steps x batch size examples, but the weight stays the dataset size, as in FedAvg:
+  bounding it by the examples touched gives every client of a step-counted plan the same weight, and
+  under label skew the small one-class clients then outvote the rest (the default federation's FedLoRA
+  ended at the majority class, 0.570, instead of 0.760);
 - size: per layer group, over the clients that changed that group, no update is longer than
   ``factor`` x the median update norm (``round.clip-factor``); a longer one is scaled down to it.
 
@@ -27,18 +27,15 @@ import torch
 
 from fedcore.core.aggregate import ClientUpdate
 
-#: no client weighs more than this many times the round's median weight (this project's default)
-WEIGHT_CAP = 2.0
-
 
 def stated_weight(stated: int, partition_size: int) -> int:
     """The client's training examples as stated, at most its start-up partition size (0 = not stated)."""
     return min(stated, partition_size) if partition_size else stated
 
 
-def cap_weights(updates: list[ClientUpdate], cap: float = WEIGHT_CAP) -> list[ClientUpdate]:
-    """No weight above ``cap`` x the round's (lower) median weight."""
-    if not updates:
+def cap_weights(updates: list[ClientUpdate], cap: float) -> list[ClientUpdate]:
+    """No weight above ``cap`` x the round's (lower) median weight (0 = off)."""
+    if not updates or not cap:
         return updates
     limit = cap * statistics.median_low(u.weight for u in updates)
     return [replace(u, weight=min(u.weight, limit)) for u in updates]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fedcore.core.aggregate import ClientUpdate, aggregate_layerwise
-from fedcore.core.robust import WEIGHT_CAP, cap_weights, clip_to_median, group_norms, stated_weight
+from fedcore.core.robust import cap_weights, clip_to_median, group_norms, stated_weight
 
 
 def _group_of(name: str) -> str:
@@ -24,11 +24,20 @@ def test_weight_is_the_stated_dataset_size_bounded_by_the_start_up_statement() -
     assert stated_weight(500, partition_size=500) == 500
 
 
+WEIGHT_CAP = 2.0
+
+
 def test_no_weight_above_the_cap_times_the_lower_median() -> None:
     updates = [ClientUpdate(i, w, {}) for i, w in enumerate([100, 120, 9_999_999])]
-    assert [u.weight for u in cap_weights(updates)] == [100, 120, WEIGHT_CAP * 120]
-    two = cap_weights([ClientUpdate(0, 100, {}), ClientUpdate(1, 10**6, {})])
+    assert [u.weight for u in cap_weights(updates, WEIGHT_CAP)] == [100, 120, WEIGHT_CAP * 120]
+    two = cap_weights([ClientUpdate(0, 100, {}), ClientUpdate(1, 10**6, {})], WEIGHT_CAP)
     assert [u.weight for u in two] == [100, WEIGHT_CAP * 100]  # the lower median: the honest one
+    assert [u.weight for u in cap_weights(updates, 3.0)] == [100, 120, 360]
+
+
+def test_weight_cap_zero_keeps_fedavg_weights() -> None:
+    updates = [ClientUpdate(i, w, {}) for i, w in enumerate([100, 120, 9_999_999])]
+    assert [u.weight for u in cap_weights(updates, 0.0)] == [100, 120, 9_999_999]
 
 
 def test_norms_are_per_group_and_do_not_overflow() -> None:
@@ -104,7 +113,7 @@ def test_one_client_moves_a_round_at_most_its_bounded_share(attack: str, weight:
     hostile = {name: change(t) for name, t in honest[0].items()}
     factor = 2.0
     updates = [ClientUpdate(i, 16, u) for i, u in enumerate(honest)] + [ClientUpdate(9, weight, hostile)]
-    bounded, _ = clip_to_median(cap_weights(updates), _group_of, factor)
+    bounded, _ = clip_to_median(cap_weights(updates, WEIGHT_CAP), _group_of, factor)
     old = {"a.w": torch.zeros(6), "b.w": torch.zeros(3)}
     with_it = aggregate_layerwise(old, bounded)
     without = aggregate_layerwise(old, bounded[:3])
