@@ -255,7 +255,11 @@ class LeffConfig(Section):
         "mse",
         description="Student output loss: variance-normalised per dimension, or the paper's mse.",
     )
-    proxy: str = Field("embedded:proxy-text", description="Unlabelled text: embedded asset or local file.")
+    proxy: str = Field(
+        "embedded:proxy-text",
+        description="Unlabelled text: embedded asset, local file, or 'server:validation' (the server's "
+        "validation texts without labels).",
+    )
     proxy_examples: int = Field(128, ge=1, description="Proxy examples for importance and distillation.")
 
     @model_validator(mode="after")
@@ -317,6 +321,15 @@ class RunConfig(Section):
         if method not in METHODS:
             raise ValueError(f"must be one of {', '.join(repr(m) for m in METHODS)}")
         return method
+
+    @model_validator(mode="after")
+    def _validation_proxy_has_texts(self) -> RunConfig:
+        if self.leff.proxy == "server:validation" and self.data.validation_fraction == 0:
+            raise ValueError(
+                "leff.proxy='server:validation' takes the server's validation texts, but "
+                "data.validation-fraction is 0 (no validation split)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tuning_fits_method(self) -> RunConfig:

@@ -68,6 +68,8 @@ BAD_CONFIGS = [
     ({"preset": "llm-huge"}, "preset"),
     ({"leff.window": "best"}, "leff.window"),
     ({"leff.compression": 0}, "leff.compression"),
+    ({"leff.proxy": "server:validation"}, "leff.proxy"),
+    ({"round.weight-cap": -1.0}, "round.weight-cap"),
     ({"leff.keep-protected": True, "leff.student-init": "uniform"}, "leff.keep-protected"),
     ({"method": "leff", "tuning.mode": "lora"}, "tuning.mode"),
     ({"drop.rates": "0.2,1.5"}, "drop.rates"),

@@ -2,11 +2,14 @@
 
 LEFF's paper notes that the proxy domain barely matters; the default is the embedded set of news
 headlines. A local file works too: .txt (one text per line) or any table file the data loader reads
-(.csv, .jsonl, .json, .parquet) with a ``text`` column.
+(.csv, .jsonl, .json, .parquet) with a ``text`` column. ``server:validation`` takes the texts of the
+server's validation split without their labels (this project's option: text of the task's own domain
+that the server already holds, never the test split).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +18,20 @@ import pandas as pd
 from fedcore.data import assets
 from fedcore.data.tables import DataError, read_table
 
+#: the texts of the server's validation split, used without their labels
+SERVER_VALIDATION = "server:validation"
+
 
 class ProxyError(ValueError):
     """The proxy text cannot be read; the message names leff.proxy."""
 
 
-def load_proxy_texts(ref: str, count: int, seed: int) -> list[str]:
-    """``count`` non-empty texts drawn reproducibly from the proxy source."""
-    if ref.startswith(assets.EMBEDDED_PREFIX):
+def load_proxy_texts(ref: str, count: int, seed: int, validation_texts: Sequence[str] = ()) -> list[str]:
+    """``count`` non-empty texts drawn reproducibly from the proxy source (``validation_texts``: the
+    server's validation split, for ``server:validation``)."""
+    if ref == SERVER_VALIDATION:
+        texts = list(validation_texts)
+    elif ref.startswith(assets.EMBEDDED_PREFIX):
         if ref != "embedded:proxy-text":
             raise ProxyError(f"leff.proxy: unknown embedded proxy '{ref}'; known: embedded:proxy-text")
         texts = pd.read_csv(assets.asset_path("proxy-text"))["Text"].astype(str).tolist()
@@ -43,6 +52,7 @@ def load_proxy_texts(ref: str, count: int, seed: int) -> list[str]:
             raise ProxyError(f"leff.proxy: cannot read {path}: {exc}") from None
     texts = [t.strip() for t in texts if t.strip()]
     if not texts:
-        raise ProxyError(f"leff.proxy: '{ref}' holds no text")
+        hint = " (set data.validation-fraction > 0)" if ref == SERVER_VALIDATION else ""
+        raise ProxyError(f"leff.proxy: '{ref}' holds no text{hint}")
     order = np.random.default_rng(seed).permutation(len(texts))[:count]
     return [texts[i] for i in order]

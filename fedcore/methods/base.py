@@ -20,7 +20,8 @@ from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
 from fedcore.core.seeding import derive_seed
 from fedcore.data.batching import make_batches
-from fedcore.data.proxy import load_proxy_texts
+from fedcore.data.proxy import SERVER_VALIDATION, load_proxy_texts
+from fedcore.data.splits import server_splits
 from fedcore.mechanisms.block_sensitivity import block_sensitivity
 from fedcore.mechanisms.layer_dropout import DropConfig
 from fedcore.model import tunable_names
@@ -107,9 +108,19 @@ def drop_sensitivity(
     return proxy_sensitivity(cfg, model, tokenizer)
 
 
+def run_proxy_texts(cfg: RunConfig, count: int) -> list[str]:
+    """``count`` texts of the run's proxy source (``leff.proxy``), the server's validation texts included."""
+    validation = (
+        server_splits(cfg.data, cfg.model.task, cfg.seed).validation["text"]
+        if cfg.leff.proxy == SERVER_VALIDATION
+        else ()
+    )
+    return load_proxy_texts(cfg.leff.proxy, count, cfg.seed, validation)
+
+
 def proxy_sensitivity(cfg: RunConfig, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[float]:
     """Block removal sensitivity of ``model`` on the run's proxy text (no labels needed)."""
-    texts = load_proxy_texts(cfg.leff.proxy, SENSITIVITY_PROXY_EXAMPLES, cfg.seed)
+    texts = run_proxy_texts(cfg, SENSITIVITY_PROXY_EXAMPLES)
     table = Dataset.from_dict({"text": texts})
     return block_sensitivity(model, make_batches(table, tokenizer, cfg.model.task, cfg.model.max_length, 32))
 

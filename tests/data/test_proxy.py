@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from fedcore.data.proxy import ProxyError, load_proxy_texts
+from fedcore.data.proxy import SERVER_VALIDATION, ProxyError, load_proxy_texts
+from fedcore.data.splits import server_splits
+from fedcore.methods.base import run_proxy_texts
+from tests.conftest import tiny_run_config
 
 
 def test_proxy_files_follow_the_data_loaders_rules(tmp_path: Path) -> None:
@@ -29,3 +32,23 @@ def test_proxy_without_text_column_names_the_key(tmp_path: Path) -> None:
     path.write_text("title\nsomething\n")
     with pytest.raises(ProxyError, match="leff.proxy: .* has no 'text' column"):
         load_proxy_texts(str(path), 5, seed=0)
+
+
+def test_server_validation_proxy_is_the_validation_texts(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    cfg = tiny_run_config(
+        tiny_models["bert"], tmp_path, **{"leff.proxy": SERVER_VALIDATION, "data.validation-fraction": 0.1}
+    )
+    splits = server_splits(cfg.data, cfg.model.task, cfg.seed)
+    texts = run_proxy_texts(cfg, 1000)
+    assert sorted(texts) == sorted(t.strip() for t in splits.validation["text"] if t.strip())
+    assert not set(texts) & {t.strip() for t in splits.test["text"]}  # never the test split
+    assert run_proxy_texts(cfg, 5) == texts[:5]  # a reproducible draw
+
+
+def test_server_validation_proxy_without_texts_says_what_to_set() -> None:
+    with pytest.raises(
+        ProxyError, match="leff.proxy: 'server:validation' holds no text .*validation-fraction"
+    ):
+        load_proxy_texts(SERVER_VALIDATION, 5, seed=0, validation_texts=[" ", ""])

@@ -38,7 +38,6 @@ from fedcore.core.devices import DeviceProfile
 from fedcore.core.layers import HEAD, LayerMap, block_group
 from fedcore.core.seeding import derive_seed
 from fedcore.data.batching import make_batches
-from fedcore.data.proxy import load_proxy_texts
 from fedcore.mechanisms.layer_dropout import protected_blocks
 from fedcore.mechanisms.partial_model import STUDENT, Layout
 from fedcore.methods.base import (
@@ -49,6 +48,7 @@ from fedcore.methods.base import (
     drop_sensitivity,
     fixed_drop,
     proxy_sensitivity,
+    run_proxy_texts,
 )
 from fedcore.methods.leff.distill import CompressedSegment, distill_segment, segments_outside, student_depth
 from fedcore.methods.leff.importance import block_importance, choose_window
@@ -75,7 +75,7 @@ class LeffPlanner:
         self.cfg = cfg
         self.model = model  # the server's global model: teacher and importance scorer
         self.layer_map = LayerMap(model)
-        texts = load_proxy_texts(cfg.leff.proxy, cfg.leff.proxy_examples, cfg.seed)
+        texts = run_proxy_texts(cfg, cfg.leff.proxy_examples)
         self.proxy_batches = make_batches(
             Dataset.from_dict({"text": texts}), tokenizer, cfg.model.task, cfg.model.max_length, 32
         )
