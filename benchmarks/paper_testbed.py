@@ -79,6 +79,10 @@ VARIANTS = {
     "leff-round-robin": f"method='leff' {FULL_LR} leff.window='round-robin'",
     "leff-t0.1": f"method='leff' {FULL_LR} leff.temperature=0.1",
     "leff-protected": f"method='leff' {FULL_LR} leff.keep-protected=true",
+    # better students at the same server cost (benchmarks/results/leff_distill_lr.md): distilled at lr 1e-3
+    # on the server's validation texts instead of at 1e-4 on the generic proxy headlines
+    "leff-students-val-lr1e-3": f"method='leff' {FULL_LR} leff.proxy='server:validation' "
+    "leff.distill-lr=1e-3",
     # a diagnosis, not a method: LEFF with its frozen blocks exact (no compression, no distillation)
     "leff-exact": f"method='leff' {FULL_LR} leff.compression=1.0 leff.distill-steps=0",
 }
