@@ -227,6 +227,10 @@ class PtlsConfig(Section):
         return self
 
 
+#: ``leff.proxy`` value for the texts of the server's validation split, used without their labels
+SERVER_VALIDATION = "server:validation"
+
+
 class LeffConfig(Section):
     """LEFF: importance-sampled windows of blocks, the rest distilled into frozen students."""
 
@@ -324,7 +328,7 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _validation_proxy_has_texts(self) -> RunConfig:
-        if self.leff.proxy == "server:validation" and self.data.validation_fraction == 0:
+        if self.leff.proxy == SERVER_VALIDATION and self.data.validation_fraction == 0:
             raise ValueError(
                 "leff.proxy='server:validation' takes the server's validation texts, but "
                 "data.validation-fraction is 0 (no validation split)"

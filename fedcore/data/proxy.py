@@ -15,11 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fedcore.config import SERVER_VALIDATION
 from fedcore.data import assets
 from fedcore.data.tables import DataError, read_table
-
-#: the texts of the server's validation split, used without their labels
-SERVER_VALIDATION = "server:validation"
 
 
 class ProxyError(ValueError):

@@ -15,12 +15,12 @@ from datasets import Dataset
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from fedcore.config import RunConfig
+from fedcore.config import SERVER_VALIDATION, RunConfig
 from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
 from fedcore.core.seeding import derive_seed
 from fedcore.data.batching import make_batches
-from fedcore.data.proxy import SERVER_VALIDATION, load_proxy_texts
+from fedcore.data.proxy import load_proxy_texts
 from fedcore.data.splits import server_splits
 from fedcore.mechanisms.block_sensitivity import block_sensitivity
 from fedcore.mechanisms.layer_dropout import DropConfig

@@ -11,6 +11,8 @@ import torch
 from fedcore.core.aggregate import ClientUpdate, aggregate_layerwise
 from fedcore.core.robust import cap_weights, clip_to_median, group_norms, stated_weight
 
+WEIGHT_CAP = 2.0  # round.weight-cap's default
+
 
 def _group_of(name: str) -> str:
     return name.split(".")[0]
@@ -22,9 +24,6 @@ def test_weight_is_the_stated_dataset_size_bounded_by_the_start_up_statement() -
     assert stated_weight(700, partition_size=0) == 700
     # FedAvg's weight: a step-counted round (20 x 8 = 160 examples touched) still weighs its dataset
     assert stated_weight(500, partition_size=500) == 500
-
-
-WEIGHT_CAP = 2.0
 
 
 def test_no_weight_above_the_cap_times_the_lower_median() -> None:

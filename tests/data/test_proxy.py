@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fedcore.data.proxy import SERVER_VALIDATION, ProxyError, load_proxy_texts
+from fedcore.config import SERVER_VALIDATION
+from fedcore.data.proxy import ProxyError, load_proxy_texts
 from fedcore.data.splits import server_splits
 from fedcore.methods.base import run_proxy_texts
 from tests.conftest import tiny_run_config
