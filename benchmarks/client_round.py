@@ -94,6 +94,7 @@ def run_config(method: str, model_name: str, args: argparse.Namespace) -> RunCon
         "leff.compression": args.compression,
         "leff.distill-steps": args.distill_steps,
         "leff.keep-protected": args.keep_protected,
+        "leff.stand-in": args.stand_in,
         **METHOD_OVERRIDES.get(method, {}),
     }
     if model_name == SMOLLM2:
@@ -170,7 +171,8 @@ def child(directory: Path, threads: int) -> None:
     num_labels = client_splits(
         cfg.data, cfg.model.task, cfg.seed, PARTITION, cfg.clients.num_partitions
     ).num_labels
-    model = cached_model(cfg, num_labels, len(plan.block_sources)).model  # the model the round used
+    # the model the round used
+    model = cached_model(cfg, num_labels, len(plan.block_sources), plan.frozen_dtype).model
     result = {
         "rss_runtime_mb": rss_runtime,
         "rss_before_round_mb": rss_before,
@@ -368,6 +370,12 @@ def main() -> None:
     parser.add_argument(
         "--keep-protected", action="store_true", help="LEFF: students keep protected blocks whole"
     )
+    parser.add_argument(
+        "--stand-in",
+        choices=("students", "bfloat16"),
+        default="students",
+        help="LEFF: distilled students or the frozen blocks in bfloat16 (leff.stand-in)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 steps, 2 distillation steps")
     parser.add_argument("--out", type=Path, default=None, help="results directory")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
@@ -397,6 +405,8 @@ def main() -> None:
             name += f"_mmap{args.mmap_threshold_mb}mb"
         if args.keep_protected:
             name += "_protected"
+        if args.stand_in != "students":
+            name += f"_{args.stand_in}"
         for method in methods:
             results.append(measure(method, model_name, args, root))
     body = render(results)
@@ -408,7 +418,8 @@ def main() -> None:
             f"{args.partitions} (Rotten Tomatoes); droppeft: fixed drop, mean rate 0.5 (incremental shape), "
             f"personal share 0.25; leff: capacity {args.capacity}, compression {args.compression}, "
             f"{args.distill_steps} distillation steps"
-            f"{', students keep protected blocks whole' if args.keep_protected else ''}. "
+            f"{', students keep protected blocks whole' if args.keep_protected else ''}"
+            f"{', frozen blocks in bfloat16 instead of students' if args.stand_in == 'bfloat16' else ''}. "
             f"Allocator: {allocator(args.mmap_threshold_mb)}.",
             "",
             body,

@@ -83,6 +83,11 @@ VARIANTS = {
     # on the server's validation texts instead of at 1e-4 on the generic proxy headlines
     "leff-students-val-lr1e-3": f"method='leff' {FULL_LR} leff.proxy='server:validation' "
     "leff.distill-lr=1e-3",
+    # LEFF with the frozen blocks themselves in bfloat16 instead of distilled students (this project's
+    # option, fedcore/mechanisms/frozen_precision.py), and its window ablations
+    "leff-bf16": f"method='leff' {FULL_LR} leff.stand-in='bfloat16'",
+    "leff-bf16-random": f"method='leff' {FULL_LR} leff.stand-in='bfloat16' leff.window='random'",
+    "leff-bf16-round-robin": f"method='leff' {FULL_LR} leff.stand-in='bfloat16' leff.window='round-robin'",
     # a diagnosis, not a method: LEFF with its frozen blocks exact (no compression, no distillation)
     "leff-exact": f"method='leff' {FULL_LR} leff.compression=1.0 leff.distill-steps=0",
 }

@@ -22,12 +22,13 @@ from client_app.personal_store import PersonalStore
 from fedcore.config import RunConfig
 from fedcore.core import wire
 from fedcore.core.devices import DeviceProfile, profile_for
-from fedcore.core.layers import LayerMap
+from fedcore.core.layers import LayerMap, block_of_group
 from fedcore.core.plan import LayerPlan
-from fedcore.core.wire import arrays_to_state, config_to_dict, state_to_arrays
+from fedcore.core.wire import config_to_dict, received_state, state_to_arrays
 from fedcore.data.batching import Batch, make_batches
 from fedcore.data.splits import ClientSplits, client_splits
 from fedcore.data.tables import probe_split
+from fedcore.mechanisms.frozen_precision import hold_frozen_blocks
 from fedcore.mechanisms.partial_model import Layout, build_layout_model
 from fedcore.mechanisms.personal_layers import keep_personal, next_personal_state, shared_update
 from fedcore.model import build_model, load_tokenizer, load_tunable_state
@@ -51,17 +52,19 @@ def local_data(cfg: RunConfig, node_config: dict[str, Any]) -> tuple[int, Client
     return partition_id, splits
 
 
-def cached_model(cfg: RunConfig, num_labels: int, depth: int) -> ClientModel:
-    """The full model (depth 0) or a LEFF layout of ``depth`` blocks, reused across rounds in one process.
+def cached_model(cfg: RunConfig, num_labels: int, depth: int, frozen_dtype: str = "") -> ClientModel:
+    """The full model (depth 0) or a LEFF layout of ``depth`` blocks (its blocks created in
+    ``frozen_dtype`` when the plan names one), reused across rounds in one process.
 
     Reuse is safe because every round overwrites all tunable parameters with the server's values and
     nothing else is ever modified (a Ray actor serves many rounds; a deployed ClientApp only one).
     """
-    key = (cfg.model, cfg.tuning, cfg.tuning_mode, cfg.seed, num_labels, depth)
+    key = (cfg.model, cfg.tuning, cfg.tuning_mode, cfg.seed, num_labels, depth, frozen_dtype)
     if key not in _model_cache:
         _model_cache.clear()
         if depth:
-            model, tokenizer = build_layout_model(cfg, num_labels, depth), load_tokenizer(cfg.model)
+            model = build_layout_model(cfg, num_labels, depth, frozen_dtype)
+            tokenizer = load_tokenizer(cfg.model)
         else:
             model, tokenizer = build_model(cfg, num_labels)
         _model_cache[key] = ClientModel(model, tokenizer, LayerMap(model))
@@ -79,11 +82,12 @@ def execute_train(content: RecordDict, node_config: dict[str, Any]) -> RecordDic
     partition_id, splits = local_data(cfg, node_config)
     store = PersonalStore.for_node(node_config, run_name, partition_id)
     profile = profile_for(partition_id, cfg.devices.profiles, node_config)
-    client = cached_model(cfg, splits.num_labels, len(plan.block_sources))
+    client = cached_model(cfg, splits.num_labels, len(plan.block_sources), plan.frozen_dtype)
     # The client model's own (local) names differ from the global ones only for LEFF layouts; the layout
     # is the one place that switches between them.
     layout = Layout.for_plan(client.layer_map, plan.block_sources)
     local_plan = dataclasses.replace(plan, train_groups=layout.local_groups(plan.train_groups))
+    hold_in_plan_precision(client, local_plan)
     bytes_down = arrays.count_bytes()
     received = load_global(client, arrays, local_plan)
     stored, personal = overlay_personal(client, layout, store.before(plan.round))
@@ -121,16 +125,26 @@ def decode(content: RecordDict) -> tuple[RunConfig, LayerPlan, ArrayRecord, str]
     return cfg, plan, content.array_records[wire.GLOBAL], run_name
 
 
-def load_global(client: ClientModel, arrays: ArrayRecord, local_plan: LayerPlan) -> dict[str, torch.Tensor]:
-    """Load the server's values into the model; returns those of the trained groups (the update's start).
+def hold_in_plan_precision(client: ClientModel, local_plan: LayerPlan) -> None:
+    """Blocks the plan trains in float32, the others in the plan's ``frozen_dtype`` (when it names one)."""
+    if local_plan.frozen_dtype:
+        blocks = (block_of_group(group) for group in local_plan.train_groups)
+        trained = {block for block in blocks if block is not None}
+        hold_frozen_blocks(client.model, trained, local_plan.frozen_dtype, torch.float32)
 
-    The payload is released tensor by tensor while converting, and frozen tensors then live only in the
-    model: each tensor is held once.
+
+def load_global(client: ClientModel, arrays: ArrayRecord, local_plan: LayerPlan) -> dict[str, torch.Tensor]:
+    """Load the server's values into the model; returns those of the trained groups in float32 (the
+    update's start).
+
+    The payload is released tensor by tensor while converting and kept in the precision it travelled in
+    until each tensor is copied into its parameter (at that parameter's dtype), so frozen tensors then live
+    only in the model: each tensor is held once.
     """
-    received = arrays_to_state(arrays, release=True)
+    received = received_state(arrays, release=True)
     load_tunable_state(client.model, received)
     trained = set(local_plan.train_groups)
-    return {n: t for n, t in received.items() if client.layer_map.group_of(n) in trained}
+    return {n: t.float() for n, t in received.items() if client.layer_map.group_of(n) in trained}
 
 
 def overlay_personal(

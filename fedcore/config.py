@@ -235,6 +235,11 @@ class LeffConfig(Section):
     """LEFF: importance-sampled windows of blocks, the rest distilled into frozen students."""
 
     window: Literal["importance", "random", "round-robin"] = "importance"
+    stand_in: Literal["students", "bfloat16"] = Field(
+        "students",
+        description="What stands in for the blocks outside a client's window: the paper's distilled "
+        "students, or the blocks themselves held in bfloat16 (no distillation; this project's option).",
+    )
     temperature: float = Field(1.0, gt=0, description="Softmax temperature over normalised window scores.")
     importance_every: int = Field(1, ge=1, description="Recompute block importance every R rounds.")
     compression: float = Field(0.5, gt=0, le=1, description="Student depth = ceil(unselected blocks * r).")

@@ -68,6 +68,7 @@ BAD_CONFIGS = [
     ({"preset": "llm-huge"}, "preset"),
     ({"leff.window": "best"}, "leff.window"),
     ({"leff.compression": 0}, "leff.compression"),
+    ({"leff.stand-in": "int3"}, "leff.stand-in"),
     ({"leff.proxy": "server:validation"}, "leff.proxy"),
     ({"round.weight-cap": -1.0}, "round.weight-cap"),
     ({"leff.keep-protected": True, "leff.student-init": "uniform"}, "leff.keep-protected"),

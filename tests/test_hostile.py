@@ -21,7 +21,7 @@ from client_app.app import info, train
 from client_app.info import node_info
 from fedcore.config import RunConfig
 from fedcore.core import wire
-from fedcore.core.wire import arrays_to_state, config_to_dict, state_to_arrays
+from fedcore.core.wire import config_to_dict, received_state, state_to_arrays
 from fedcore.model import build_model, tunable_state
 from server_app.checkpoint import load_checkpoint
 from tests.conftest import tiny_run_config
@@ -61,7 +61,7 @@ def hostile_client(attack: Attack) -> ClientApp:
 
 
 def set_update(content: RecordDict, change: Callable[[torch.Tensor], torch.Tensor]) -> None:
-    update = arrays_to_state(content.array_records[wire.UPDATE])
+    update = received_state(content.array_records[wire.UPDATE])
     content[wire.UPDATE] = state_to_arrays({name: change(t) for name, t in update.items()})
 
 
@@ -148,7 +148,7 @@ def _setting(**values: Any) -> Callable[[dict[str, Any]], None]:
 
 def _as_dtype(dtype: torch.dtype) -> Attack:
     def rewrite(p: int, content: RecordDict) -> None:
-        update = arrays_to_state(content.array_records[wire.UPDATE])
+        update = received_state(content.array_records[wire.UPDATE])
         content[wire.UPDATE] = ArrayRecord({name: t.to(dtype) for name, t in update.items()})
 
     return rewrite

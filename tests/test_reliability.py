@@ -21,7 +21,7 @@ from client_app.app import info
 from client_app.executor import execute_train
 from fedcore.config import RunConfig
 from fedcore.core import wire
-from fedcore.core.wire import arrays_to_state, state_to_arrays
+from fedcore.core.wire import received_state, state_to_arrays
 from server_app.checkpoint import CheckpointError, load_checkpoint
 from tests.conftest import tiny_run_config
 from tests.simulate import simulate
@@ -48,7 +48,7 @@ def _misbehave(msg: Message, context: Context) -> Message:
     if partition == 7:
         time.sleep(STALL_S)
     content = execute_train(msg.content, dict(context.node_config))
-    update = arrays_to_state(content.array_records[wire.UPDATE])
+    update = received_state(content.array_records[wire.UPDATE])
     name = sorted(update)[0]
     if partition == 4:
         update[name] = torch.full_like(update[name], math.nan)

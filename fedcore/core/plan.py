@@ -20,6 +20,9 @@ class LayerPlan:
     #: the client's block layout (LEFF): for each local block, the global block it is, or -1 for a
     #: frozen student block; empty = the client holds the full model
     block_sources: tuple[int, ...] = ()
+    #: the dtype the client holds and runs its untrained blocks in ("bfloat16"; LEFF's bfloat16 stand-in);
+    #: empty = the model's own
+    frozen_dtype: str = ""
     #: per-block probability of skipping the block in a training step (empty = never skip)
     drop_rates: tuple[float, ...] = ()
     #: share of the federation's steps over which the drop rates ramp up from 0 (0 = full rates at once)

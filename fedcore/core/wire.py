@@ -72,31 +72,31 @@ def wire_dtype_of(name: str) -> torch.dtype:
 
 
 def state_to_arrays(state: Mapping[str, torch.Tensor], wire_dtype: str = "float32") -> ArrayRecord:
-    """Tensors in the wire precision; a value fp16 cannot hold is refused rather than sent as inf."""
+    """Tensors in the wire precision; a value fp16 cannot hold is refused rather than sent as inf.
+
+    A tensor already in float16 travels as it is: the sender chose that precision for it (LEFF's frozen
+    blocks under ``leff.stand-in='bfloat16'``), and widening it would only double its bytes.
+    """
     import torch
 
     dtype = wire_dtype_of(wire_dtype)
     arrays = {}
     for name, tensor in state.items():
-        wire = tensor.detach().to("cpu", dtype).contiguous()
-        if dtype != tensor.dtype and not torch.isfinite(wire).all() and torch.isfinite(tensor).all():
+        target = torch.float16 if tensor.dtype == torch.float16 else dtype
+        wire = tensor.detach().to("cpu", target).contiguous()
+        if target != tensor.dtype and not torch.isfinite(wire).all() and torch.isfinite(tensor).all():
             raise ValueError(f"{name}: values exceed the range of {wire_dtype}; use round.wire-dtype=float32")
         arrays[name] = wire
     return ArrayRecord(arrays)
 
 
-def received_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
-    """Tensors exactly as they travelled, dtype included: what the server checks before converting."""
-    return dict(record.to_torch_state_dict())
-
-
-def arrays_to_state(record: ArrayRecord, *, release: bool = False) -> dict[str, torch.Tensor]:
-    """Tensors back in fp32, whatever precision they travelled in.
+def received_state(record: ArrayRecord, *, release: bool = False) -> dict[str, torch.Tensor]:
+    """Tensors exactly as they travelled, dtype included (the receiver converts where it needs to).
 
     ``release`` empties the record while converting, so the serialised copy of each tensor is freed as soon
     as its tensor exists instead of both living until the round ends (the payload is then held once).
     """
-    return {name: t.float() for name, t in record.to_torch_state_dict(keep_input=not release).items()}
+    return dict(record.to_torch_state_dict(keep_input=not release))
 
 
 def dict_to_config(values: Mapping[str, Any]) -> ConfigRecord:

@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 
 from fedcore.config import RunConfig
 from fedcore.core.layers import EMBED, LayerMap, block_group, block_of_group
+from fedcore.mechanisms.frozen_precision import FROZEN_DTYPES
 from fedcore.model import ModelLoadError, apply_tuning, load_tokenizer, model_location
 
 STUDENT = -1
@@ -119,20 +120,35 @@ def _checkpoint_files(location: str) -> list[Path]:
     return files
 
 
-def build_layout_model(cfg: RunConfig, num_labels: int, depth: int) -> nn.Module:
-    """A model of ``depth`` blocks with the checkpoint's embeddings; blocks and head come from the server."""
+def _outside_blocks_in_float32(model: nn.Module, layer_map: LayerMap) -> None:
+    """Embeddings, final norm, head and their buffers back in float32: only blocks are ever held lower."""
+    with torch.no_grad():
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if layer_map.block_index(name) is None and tensor.is_floating_point():
+                tensor.data = tensor.data.float()
+
+
+def build_layout_model(cfg: RunConfig, num_labels: int, depth: int, frozen_dtype: str = "") -> nn.Module:
+    """A model of ``depth`` blocks with the checkpoint's embeddings; blocks and head come from the server.
+
+    With ``frozen_dtype`` the blocks are created in that dtype (every block starts frozen; the executor
+    puts each round's window back in float32), so the full-precision blocks never exist at once.
+    """
     location = model_location(cfg.model)
     config = AutoConfig.from_pretrained(location)
     config.num_hidden_layers = depth
     torch.manual_seed(cfg.seed)
+    dtype = FROZEN_DTYPES[frozen_dtype] if frozen_dtype else torch.float32
     if cfg.model.task == "seq-cls":
         config.num_labels = num_labels
         if config.pad_token_id is None:
             config.pad_token_id = load_tokenizer(cfg.model).pad_token_id
-        model = AutoModelForSequenceClassification.from_config(config)
+        model = AutoModelForSequenceClassification.from_config(config, torch_dtype=dtype)
     else:
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype)
     layer_map = LayerMap(model)
+    if frozen_dtype:
+        _outside_blocks_in_float32(model, layer_map)
     params = dict(model.named_parameters())
     prefix = f"{model.base_model_prefix}."
     loaded: set[str] = set()

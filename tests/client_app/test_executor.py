@@ -20,7 +20,7 @@ from fedcore.core.devices import DeviceProfile
 from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
 from fedcore.core.tensor_files import CorruptTensorFile
-from fedcore.core.wire import arrays_to_state, config_to_dict, dict_to_config, state_to_arrays
+from fedcore.core.wire import config_to_dict, dict_to_config, received_state, state_to_arrays
 from fedcore.data import tables
 from fedcore.data.splits import client_splits
 from fedcore.methods.base import ClientInfo
@@ -165,7 +165,7 @@ def test_leff_client_holds_window_and_students_and_uploads_only_the_window(
     params = dict(model.named_parameters())
     assert all(torch.equal(params[n].detach(), t) for n, t in students.items()), "students must stay frozen"
 
-    update = arrays_to_state(reply.array_records[wire.UPDATE])
+    update = received_state(reply.array_records[wire.UPDATE])
     assert {layer_map.group_of(n) for n in update} == {"block.2", "block.3", "head"}
     examples = int(reply.metric_records[wire.TRAIN_METRICS]["examples"])
     new_state = aggregate_layerwise(global_state, [ClientUpdate(NODE_ID, examples, update)])
@@ -174,6 +174,44 @@ def test_leff_client_holds_window_and_students_and_uploads_only_the_window(
         assert changed == (name in update and bool(update[name].abs().sum() > 0)), name
         if layer_map.group_of(name) not in ("block.2", "block.3", "head"):
             assert new_state[name] is before
+
+
+@pytest.mark.parametrize("arch", ["llama", "bert"])
+def test_leff_bfloat16_stand_in_holds_every_block_and_uploads_only_the_window(
+    tmp_path: Path, arch: str
+) -> None:
+    model_dir = make_tiny_model_dir(tmp_path / arch, arch, layers=5)
+    overrides = {"leff.window": "round-robin", "leff.stand-in": "bfloat16", "leff.distill-steps": 2}
+    cfg = tiny_run_config(model_dir, tmp_path, method="leff", **overrides)
+    server_model, tokenizer = build_model(cfg, num_labels=2)
+    layer_map = LayerMap(server_model)
+    global_state = tunable_state(server_model)
+    planner = LeffPlanner(cfg, server_model, tokenizer)
+    client = ClientInfo(NODE_ID, 0, profile=DeviceProfile("edge", max_blocks=2).as_config())
+    planned = planner.plan(2, [client], global_state)[NODE_ID]  # round-robin, client 0, round 2: window 2-3
+    plan, payload = planned.plan, planned.payload
+    assert plan.block_sources == (0, 1, 2, 3, 4)
+    assert plan.frozen_dtype == "bfloat16"
+    assert planner.state_dict()["distill_seconds"] == 0.0, "nothing is distilled"
+    window = {"block.2", "block.3", "head"}
+    for name, tensor in payload.items():
+        assert tensor.dtype == (torch.float32 if layer_map.group_of(name) in window else torch.float16), name
+
+    reply = call_client(cfg, plan, payload, node_context(tmp_path / "personal"))
+
+    model = cached_model(cfg, 2, len(plan.block_sources), plan.frozen_dtype).model
+    params = dict(model.named_parameters())
+    assert len(params) == len(dict(server_model.named_parameters()))
+    for name, tensor in payload.items():
+        if layer_map.group_of(name) not in window:  # frozen: the server's values, rounded, untouched
+            assert params[name].dtype == torch.bfloat16
+            assert torch.equal(params[name].detach(), tensor.to(torch.bfloat16)), name
+    embeddings = [n for n in params if layer_map.group_of(n) == "embed"]
+    assert embeddings and all(params[n].dtype == torch.float32 for n in embeddings)
+    update = received_state(reply.array_records[wire.UPDATE])
+    assert {layer_map.group_of(n) for n in update} == window
+    assert {t.dtype for t in update.values()} == {torch.float32}
+    assert all(update[n].abs().sum() > 0 for n in update if n.endswith("weight") and "norm" not in n)
 
 
 def test_float16_wire_halves_the_upload_and_keeps_the_update(
@@ -191,8 +229,15 @@ def test_float16_wire_halves_the_upload_and_keeps_the_update(
     assert half.count_bytes() < 0.55 * full.count_bytes()
     assert {a.dtype for a in half.values()} == {"float16"}
     # Same seed, same start: the half-precision update is the full one rounded.
-    for name, delta in arrays_to_state(full).items():
-        torch.testing.assert_close(arrays_to_state(half)[name], delta.half().float(), rtol=0, atol=0)
+    for name, delta in received_state(full).items():
+        torch.testing.assert_close(received_state(half)[name].float(), delta.half().float(), rtol=0, atol=0)
+
+
+def test_a_float16_tensor_travels_as_it_is_on_a_float32_wire() -> None:
+    state = {"frozen": torch.tensor([1.5, -2.25]).half(), "window": torch.tensor([1.0, 1 / 3])}
+    received = received_state(state_to_arrays(state, "float32"))
+    assert received["frozen"].dtype == torch.float16 and torch.equal(received["frozen"], state["frozen"])
+    assert received["window"].dtype == torch.float32 and torch.equal(received["window"], state["window"])
 
 
 def test_float16_wire_refuses_values_it_cannot_hold() -> None:

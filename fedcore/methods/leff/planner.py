@@ -19,6 +19,10 @@ segments are kept across rounds, and a segment needed again is distilled from it
 model moves little per round, so the student keeps what earlier rounds taught it; distilling SmolLM2's
 segments from teacher copies costs ~1 s per step and 20 steps leave most of the error (normalised error
 1.74 -> 0.81 for blocks 15-29, ``benchmarks/results/paper-testbed.md``).
+
+bfloat16 stand-in (this project's option, ``leff.stand-in='bfloat16'``): no students at all; the client
+holds every block, those outside its window in bfloat16 (``fedcore.mechanisms.frozen_precision``; they
+travel in float16). No distillation runs, and the window trains among the global model's own blocks.
 """
 
 from __future__ import annotations
@@ -62,9 +66,13 @@ class Assignment:
     window: range
     before: CompressedSegment | None
     after: CompressedSegment | None
+    #: the depth of a client holding every block itself (``leff.stand-in='bfloat16'``); 0 = students
+    exact_depth: int = 0
 
     @property
     def sources(self) -> tuple[int, ...]:
+        if self.exact_depth:
+            return tuple(range(self.exact_depth))
         before = len(self.before.blocks) if self.before else 0
         after = len(self.after.blocks) if self.after else 0
         return (STUDENT,) * before + tuple(self.window) + (STUDENT,) * after
@@ -82,9 +90,10 @@ class LeffPlanner:
         self.drop = fixed_drop(cfg)
         self.sensitivity = drop_sensitivity(cfg, model, tokenizer)
         #: which blocks a student starts from (``leff.student-init``): measured once, like the drop shape's
+        self.students = cfg.leff.stand_in == "students"
         self.student_sensitivity = (
             (self.sensitivity or proxy_sensitivity(cfg, model, tokenizer))
-            if cfg.leff.student_init == "sensitive"
+            if self.students and cfg.leff.student_init == "sensitive"
             else None
         )
         #: blocks every student keeps whole (``leff.keep-protected``): those the model cannot do without
@@ -164,10 +173,13 @@ class LeffPlanner:
                 leff.window, self.importance, width, rng, round_number, index, leff.temperature
             )
             window = range(start, start + width)
-            segments = {seg.start < start: seg for seg in segments_outside(start, width, num_blocks)}
-            before = self._student(segments[True], round_number) if True in segments else None
-            after = self._student(segments[False], round_number) if False in segments else None
-            assignment = Assignment(client.partition_id, window, before, after)
+            if self.students:
+                segments = {seg.start < start: seg for seg in segments_outside(start, width, num_blocks)}
+                before = self._student(segments[True], round_number) if True in segments else None
+                after = self._student(segments[False], round_number) if False in segments else None
+                assignment = Assignment(client.partition_id, window, before, after)
+            else:
+                assignment = Assignment(client.partition_id, window, None, None, exact_depth=num_blocks)
             self.windows[f"client-{client.partition_id}"] = [start, width]
             plan = base_plan(
                 self.cfg,
@@ -179,6 +191,7 @@ class LeffPlanner:
             plan = dataclasses.replace(
                 plan,
                 block_sources=assignment.sources,
+                frozen_dtype="" if self.students else "bfloat16",
                 drop_rates=self._drop_rates(assignment),
                 label=f"window {start}-{start + width - 1}",
             )
@@ -186,26 +199,38 @@ class LeffPlanner:
         return plans
 
     def _drop_rates(self, assignment: Assignment) -> tuple[float, ...]:
-        """STLD inside the window only (students are never dropped); empty when dropout is off."""
+        """STLD inside the window only (frozen blocks are never dropped); empty when dropout is off."""
         if self.drop is None or self.drop.mean_rate == 0:
             return ()
         window = assignment.window
         sensitivity = [self.sensitivity[i] for i in window] if self.sensitivity else None
         window_rates = iter(self.drop.rates(len(window), sensitivity=sensitivity))
-        return tuple(next(window_rates) if s != STUDENT else 0.0 for s in assignment.sources)
+        return tuple(next(window_rates) if s in window else 0.0 for s in assignment.sources)
 
     def _payload(
         self, assignment: Assignment, global_state: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        """Window blocks and head (local names) plus the students; embeddings come from the client's disk."""
+        """Window blocks and head (local names) plus the students, or the other blocks in float16 for a
+        bfloat16 stand-in; embeddings come from the client's disk."""
         layout = Layout(self.layer_map, assignment.sources)
         payload = layout.to_local(global_state)
+        if assignment.exact_depth:
+            return {name: self._wire_value(name, t, assignment.window) for name, t in payload.items()}
         if assignment.before:
             payload.update(layout.student_state(assignment.before.blocks, 0))
         if assignment.after:
             first = len(assignment.sources) - len(assignment.after.blocks)
             payload.update(layout.student_state(assignment.after.blocks, first))
         return payload
+
+    def _wire_value(self, name: str, tensor: torch.Tensor, window: range) -> torch.Tensor:
+        """A frozen block's tensor in float16 (the client holds it in bfloat16 anyway), unless float16
+        cannot hold its values; window and head tensors as they are."""
+        block = self.layer_map.block_index(name)
+        if block is None or block in window:
+            return tensor
+        half = tensor.half()
+        return half if torch.isfinite(half).all() else tensor
 
     def observe(self, round_number: int, results: list[ClientResult]) -> None:
         pass

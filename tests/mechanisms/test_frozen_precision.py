@@ -1,0 +1,64 @@
+"""Frozen blocks in bfloat16: half the bytes, outputs close to float32, gradients reach the window only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedcore.core.layers import find_blocks
+from fedcore.mechanisms.frozen_precision import hold_frozen_blocks
+from fedcore.model import build_model
+from tests.conftest import make_tiny_model_dir, tiny_run_config
+
+
+def _batch(vocab_size: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, vocab_size, (3, 10), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0  # padding: the additive mask entering each block is cast too
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 1])}
+
+
+@pytest.mark.parametrize("arch", ["llama", "bert"])
+def test_frozen_blocks_run_in_bfloat16_and_only_the_window_learns(tmp_path: Path, arch: str) -> None:
+    model_dir = make_tiny_model_dir(tmp_path / arch, arch, layers=4)
+    cfg = tiny_run_config(model_dir, tmp_path, method="fedavg")
+    model = build_model(cfg, num_labels=2)[0]
+    model.eval()
+    batch = _batch(model.config.vocab_size)
+    with torch.no_grad():
+        reference = model(**batch).logits
+    blocks = find_blocks(model)[1]
+    full_bytes = sum(p.numel() * p.element_size() for p in blocks[0].parameters())
+
+    hold_frozen_blocks(model, {2}, "bfloat16", torch.float32)
+
+    dtypes = [{p.dtype for p in block.parameters()} for block in blocks]
+    assert dtypes == [{torch.bfloat16}, {torch.bfloat16}, {torch.float32}, {torch.bfloat16}]
+    assert sum(p.numel() * p.element_size() for p in blocks[0].parameters()) * 2 == full_bytes
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for param in blocks[2].parameters():
+        param.requires_grad_(True)
+    output = model(**batch)
+    assert output.logits.dtype == torch.float32
+    torch.testing.assert_close(output.logits, reference, rtol=0.05, atol=0.05)
+    assert not torch.equal(output.logits, reference), "the frozen blocks really ran in bfloat16"
+    output.loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in blocks[2].parameters() if p.dim() > 1)
+
+    # the next round's window: block 0 comes back to float32, block 2 goes frozen
+    hold_frozen_blocks(model, {0}, "bfloat16", torch.float32)
+    dtypes = [{p.dtype for p in block.parameters()} for block in blocks]
+    assert dtypes == [{torch.float32}, {torch.bfloat16}, {torch.bfloat16}, {torch.bfloat16}]
+    with torch.no_grad():
+        assert model(**batch).logits.dtype == torch.float32
+
+
+def test_an_unknown_frozen_dtype_is_refused_with_the_name(tmp_path: Path) -> None:
+    model_dir = make_tiny_model_dir(tmp_path / "bert", "bert", layers=2)
+    model = build_model(tiny_run_config(model_dir, tmp_path, method="fedavg"), num_labels=2)[0]
+    with pytest.raises(ValueError, match="frozen_dtype.*'int3'"):
+        hold_frozen_blocks(model, {0}, "int3", torch.float32)
