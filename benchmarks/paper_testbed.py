@@ -88,6 +88,8 @@ VARIANTS = {
     "leff-bf16": f"method='leff' {FULL_LR} leff.stand-in='bfloat16'",
     "leff-bf16-random": f"method='leff' {FULL_LR} leff.stand-in='bfloat16' leff.window='random'",
     "leff-bf16-round-robin": f"method='leff' {FULL_LR} leff.stand-in='bfloat16' leff.window='round-robin'",
+    # a window trains a sixth to a half of the blocks per round: a larger step, chosen on validation
+    "leff-bf16-lr5e-4": "method='leff' train.lr=5e-4 leff.stand-in='bfloat16'",
     # a diagnosis, not a method: LEFF with its frozen blocks exact (no compression, no distillation)
     "leff-exact": f"method='leff' {FULL_LR} leff.compression=1.0 leff.distill-steps=0",
 }
