@@ -90,6 +90,9 @@ VARIANTS = {
     "leff-bf16-round-robin": f"method='leff' {FULL_LR} leff.stand-in='bfloat16' leff.window='round-robin'",
     # a window trains a sixth to a half of the blocks per round: a larger step, chosen on validation
     "leff-bf16-lr5e-4": "method='leff' train.lr=5e-4 leff.stand-in='bfloat16'",
+    # importance favours the top blocks (block 29 scores ~10x the median) but at temperature 1 the softmax
+    # over scores normalised to [0, 1] draws windows almost uniformly (leff_window_spread.md): sharper
+    "leff-bf16-t0.1": f"method='leff' {FULL_LR} leff.stand-in='bfloat16' leff.temperature=0.1",
     # a diagnosis, not a method: LEFF with its frozen blocks exact (no compression, no distillation)
     "leff-exact": f"method='leff' {FULL_LR} leff.compression=1.0 leff.distill-steps=0",
 }
