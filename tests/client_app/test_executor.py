@@ -9,6 +9,7 @@ import pytest
 import torch
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+from torch import nn
 
 from client_app.app import app as client_app
 from client_app.executor import cached_model
@@ -135,19 +136,25 @@ def deep_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("deep") / "bert8", "bert", layers=8)
 
 
+def plan_window_2_3(cfg: RunConfig) -> tuple[nn.Module, dict, LeffPlanner, LayerPlan, dict]:
+    """The server's model, its state, the planner, and the round-2 plan + payload of a client that can
+    train two blocks (round-robin windows: client 0 trains blocks 2-3 in round 2)."""
+    server_model, tokenizer = build_model(cfg, num_labels=2)
+    global_state = tunable_state(server_model)
+    planner = LeffPlanner(cfg, server_model, tokenizer)
+    client = ClientInfo(NODE_ID, 0, profile=DeviceProfile("edge", max_blocks=2).as_config())
+    planned = planner.plan(2, [client], global_state)[NODE_ID]
+    return server_model, global_state, planner, planned.plan, planned.payload
+
+
 def test_leff_client_holds_window_and_students_and_uploads_only_the_window(
     deep_bert: Path, tmp_path: Path
 ) -> None:
     cfg = tiny_run_config(
         deep_bert, tmp_path, method="leff", **{"leff.window": "round-robin", "leff.distill-steps": 2}
     )
-    server_model, tokenizer = build_model(cfg, num_labels=2)
+    server_model, global_state, planner, plan, payload = plan_window_2_3(cfg)
     layer_map = LayerMap(server_model)
-    global_state = tunable_state(server_model)
-    planner = LeffPlanner(cfg, server_model, tokenizer)
-    client = ClientInfo(NODE_ID, 0, profile=DeviceProfile("edge", max_blocks=2).as_config())
-    planned = planner.plan(2, [client], global_state)[NODE_ID]  # round-robin, client 0, round 2: window 2-3
-    plan, payload = planned.plan, planned.payload
     assert plan.block_sources == (-1, 2, 3, -1, -1)  # students of ceil(2 * .5)=1 and ceil(4 * .5)=2 blocks
     assert not any("embeddings" in name for name in payload), "embeddings come from the client's disk"
 
@@ -183,13 +190,8 @@ def test_leff_bfloat16_stand_in_holds_every_block_and_uploads_only_the_window(
     model_dir = make_tiny_model_dir(tmp_path / arch, arch, layers=5)
     overrides = {"leff.window": "round-robin", "leff.stand-in": "bfloat16", "leff.distill-steps": 2}
     cfg = tiny_run_config(model_dir, tmp_path, method="leff", **overrides)
-    server_model, tokenizer = build_model(cfg, num_labels=2)
+    server_model, _, planner, plan, payload = plan_window_2_3(cfg)
     layer_map = LayerMap(server_model)
-    global_state = tunable_state(server_model)
-    planner = LeffPlanner(cfg, server_model, tokenizer)
-    client = ClientInfo(NODE_ID, 0, profile=DeviceProfile("edge", max_blocks=2).as_config())
-    planned = planner.plan(2, [client], global_state)[NODE_ID]  # round-robin, client 0, round 2: window 2-3
-    plan, payload = planned.plan, planned.payload
     assert plan.block_sources == (0, 1, 2, 3, 4)
     assert plan.frozen_dtype == "bfloat16"
     assert planner.state_dict()["distill_seconds"] == 0.0, "nothing is distilled"
