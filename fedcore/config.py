@@ -234,7 +234,7 @@ SERVER_VALIDATION = "server:validation"
 class LeffConfig(Section):
     """LEFF: importance-sampled windows of blocks, the rest distilled into frozen students."""
 
-    window: Literal["importance", "random", "round-robin"] = "importance"
+    window: Literal["importance", "random", "round-robin", "least-trained"] = "importance"
     stand_in: Literal["students", "bfloat16"] = Field(
         "students",
         description="What stands in for the blocks outside a client's window: the paper's distilled "

@@ -26,7 +26,7 @@ from fedcore.core.layers import LayerMap
 from fedcore.data.batching import Batch, to_device
 from fedcore.model import training_state_kept
 
-STRATEGIES = ("importance", "random", "round-robin")
+STRATEGIES = ("importance", "random", "round-robin", "least-trained")
 
 
 def _loss(model: nn.Module, batch: Batch, task: str) -> torch.Tensor:
@@ -109,12 +109,18 @@ def choose_window(
     round_number: int,
     client_index: int,
     temperature: float,
+    trained: Sequence[int] = (),
 ) -> int:
     """Start block of the window one client trains this round.
 
     "importance" samples from window_probabilities (the paper's method), "random" draws uniformly and
     "round-robin" tiles the depth, one window width further per round and per client, so every block
     is trained within ceil(L / width) steps (the paper's ablation baselines).
+    "least-trained" (this project's policy) takes the window whose blocks clients have trained least
+    often so far (``trained``: a count per block), ties broken by window score, then by the lower start.
+    A draw over window starts trains the blocks at either end of the model up to ``width`` times less
+    often than the middle ones, and the top blocks feed the task head; this policy evens that out
+    whatever the clients' window widths.
     """
     scores = window_scores(importance, width)
     if strategy == "importance":
@@ -124,4 +130,9 @@ def choose_window(
     if strategy == "round-robin":
         num_blocks = len(importance)
         return min((round_number - 1 + client_index) * width % num_blocks, num_blocks - width)
+    if strategy == "least-trained":
+        counts = list(trained) or [0] * len(importance)
+        if len(counts) != len(importance):
+            raise ValueError(f"trained counts {len(counts)} blocks, importance {len(importance)}")
+        return min(range(len(scores)), key=lambda s: (sum(counts[s : s + width]), -scores[s], s))
     raise ValueError(f"unknown window strategy '{strategy}'; allowed: {', '.join(STRATEGIES)}")

@@ -104,6 +104,8 @@ class LeffPlanner:
         )
         self.importance: list[float] = []
         self.windows: dict[str, list[int]] = {}  # the last round's, for the logs
+        #: how many planned client windows have held each block so far (``leff.window='least-trained'``)
+        self.trained: list[int] = []
         self.cache: dict[tuple[int, int], CompressedSegment] = {}
         #: the last distilled student of recently used segments, most recent last (warm starts)
         self.warm: OrderedDict[tuple[int, int], nn.ModuleList] = OrderedDict()
@@ -166,13 +168,16 @@ class LeffPlanner:
         }
         rng = np.random.default_rng(derive_seed(self.cfg.seed, round_number))
         self.windows = {}
+        self.trained = self.trained or [0] * num_blocks
         plans = {}
         for index, client in enumerate(clients):
             width = DeviceProfile.from_config(client.profile).trainable_blocks(num_blocks)
             start = choose_window(
-                leff.window, self.importance, width, rng, round_number, index, leff.temperature
+                leff.window, self.importance, width, rng, round_number, index, leff.temperature, self.trained
             )
             window = range(start, start + width)
+            for block in window:
+                self.trained[block] += 1
             if self.students:
                 segments = {seg.start < start: seg for seg in segments_outside(start, width, num_blocks)}
                 before = self._student(segments[True], round_number) if True in segments else None
@@ -240,6 +245,7 @@ class LeffPlanner:
         return {
             "importance": self.importance,
             "windows": self.windows,
+            "trained": self.trained,
             "distill_seconds": self.stats.get("distill_seconds", 0.0),
             "cache_hit_rate": self.stats.get("cache_hits", 0) / lookups if lookups else None,
             "warm_starts": self.stats.get("warm_starts", 0),
@@ -248,3 +254,4 @@ class LeffPlanner:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.importance = list(state["importance"])
+        self.trained = list(state.get("trained", []))

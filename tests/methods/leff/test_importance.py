@@ -157,5 +157,48 @@ def test_random_and_importance_sampling() -> None:
 
 
 def test_unknown_strategy_names_the_allowed_ones() -> None:
-    with pytest.raises(ValueError, match="importance, random, round-robin"):
+    with pytest.raises(ValueError, match="importance, random, round-robin, least-trained"):
         choose_window("greedy", [1.0, 2.0], 1, np.random.default_rng(0), 1, 0, 1.0)
+
+
+def test_least_trained_evens_out_how_often_each_block_is_trained() -> None:
+    """Windows of mixed widths under least-trained cover every block equally often (within one window),
+    where draws over window starts train the end blocks several times less often than the middle."""
+    num_blocks, widths = 30, [5, 10, 15, 5]
+    importance = [1.0] * num_blocks
+    trained = [0] * num_blocks
+    for round_number in range(1, 11):
+        for index, width in enumerate(widths):
+            start = choose_window(
+                "least-trained",
+                importance,
+                width,
+                np.random.default_rng(0),
+                round_number,
+                index,
+                1.0,
+                trained,
+            )
+            assert 0 <= start <= num_blocks - width
+            for block in range(start, start + width):
+                trained[block] += 1
+    assert max(trained) - min(trained) <= max(widths) // 5 + 1
+    rng = np.random.default_rng(0)
+    drawn = [0] * num_blocks
+    for _ in range(10):
+        for width in widths:
+            start = choose_window("random", importance, width, rng, 1, 0, 1.0)
+            for block in range(start, start + width):
+                drawn[block] += 1
+    assert drawn[-1] < min(trained) and drawn[0] < min(trained)
+
+
+def test_least_trained_breaks_ties_by_importance_and_checks_the_counts() -> None:
+    importance = [0.1, 0.2, 5.0, 4.0, 0.1, 0.3]
+    assert choose_window("least-trained", importance, 2, np.random.default_rng(0), 1, 0, 1.0) == 2
+    assert (
+        choose_window("least-trained", importance, 2, np.random.default_rng(0), 1, 0, 1.0, [0, 0, 3, 3, 0, 0])
+        == 4  # blocks 0-1 and 4-5 both untrained: the higher score (0.4 against 0.3) wins
+    )
+    with pytest.raises(ValueError, match="trained counts"):
+        choose_window("least-trained", importance, 2, np.random.default_rng(0), 1, 0, 1.0, [0, 0])
