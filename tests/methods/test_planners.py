@@ -168,6 +168,30 @@ def test_leff_plans_carry_their_payload_and_log_only_the_round(tmp_path: Path) -
     assert set(planner.state_dict()["windows"]) == {"client-1"}
 
 
+def test_leff_least_trained_windows_cover_the_model_and_survive_a_resume(tmp_path: Path) -> None:
+    """The planner counts every planned window's blocks, gives the next client a window trained least
+    often, and checkpoints the counts: a planner restored from its state plans round 2 exactly alike."""
+    model_dir = make_tiny_model_dir(tmp_path / "bert6", "bert", layers=6)
+    overrides = {"leff.window": "least-trained", "leff.stand-in": "bfloat16", "leff.proxy-examples": 16}
+    planner, _, state = _planner_and_state(model_dir, tmp_path, method="leff", **overrides)
+    profile = DeviceProfile("edge", max_blocks=2).as_config()
+    clients = [ClientInfo(node_id=10 + p, partition_id=p, profile=profile) for p in range(3)]
+    planner.plan(1, clients, state)
+    after_one = list(planner.state_dict()["trained"])
+    assert sum(after_one) == 6 and max(after_one) <= 2
+
+    restored, _, _ = _planner_and_state(model_dir, tmp_path / "again", method="leff", **overrides)
+    restored.load_state_dict(planner.state_dict())
+    planner.plan(2, clients[:1], state)
+    restored.plan(2, clients[:1], state)
+    assert restored.state_dict()["windows"] == planner.state_dict()["windows"]
+    assert restored.state_dict()["trained"] == planner.state_dict()["trained"]
+    assert sum(planner.state_dict()["trained"]) == 8
+    ((start, width),) = planner.state_dict()["windows"].values()
+    window_sums = [sum(after_one[s : s + width]) for s in range(6 - width + 1)]
+    assert sum(after_one[start : start + width]) == min(window_sums)
+
+
 @pytest.mark.parametrize("kept", [0, 8])
 def test_leff_warm_starts_a_segment_sampled_again(tmp_path: Path, kept: int) -> None:
     model_dir = make_tiny_model_dir(tmp_path / "bert6", "bert", layers=6)
