@@ -177,7 +177,7 @@ def test_leff_least_trained_windows_cover_the_model_and_survive_a_resume(tmp_pat
     profile = DeviceProfile("edge", max_blocks=2).as_config()
     clients = [ClientInfo(node_id=10 + p, partition_id=p, profile=profile) for p in range(3)]
     planner.plan(1, clients, state)
-    after_one = list(planner.state_dict()["trained"])
+    after_one = planner.state_dict()["trained"]
     assert sum(after_one) == 6 and max(after_one) <= 2
 
     restored, _, _ = _planner_and_state(model_dir, tmp_path / "again", method="leff", **overrides)

@@ -105,7 +105,7 @@ class LeffPlanner:
         self.importance: list[float] = []
         self.windows: dict[str, list[int]] = {}  # the last round's, for the logs
         #: how many planned client windows have held each block so far (``leff.window='least-trained'``)
-        self.trained: list[int] = []
+        self.trained = [0] * self.layer_map.num_blocks
         self.cache: dict[tuple[int, int], CompressedSegment] = {}
         #: the last distilled student of recently used segments, most recent last (warm starts)
         self.warm: OrderedDict[tuple[int, int], nn.ModuleList] = OrderedDict()
@@ -168,7 +168,6 @@ class LeffPlanner:
         }
         rng = np.random.default_rng(derive_seed(self.cfg.seed, round_number))
         self.windows = {}
-        self.trained = self.trained or [0] * num_blocks
         plans = {}
         for index, client in enumerate(clients):
             width = DeviceProfile.from_config(client.profile).trainable_blocks(num_blocks)
@@ -245,7 +244,7 @@ class LeffPlanner:
         return {
             "importance": self.importance,
             "windows": self.windows,
-            "trained": self.trained,
+            "trained": list(self.trained),
             "distill_seconds": self.stats.get("distill_seconds", 0.0),
             "cache_hit_rate": self.stats.get("cache_hits", 0) / lookups if lookups else None,
             "warm_starts": self.stats.get("warm_starts", 0),
@@ -254,4 +253,4 @@ class LeffPlanner:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.importance = list(state["importance"])
-        self.trained = list(state.get("trained", []))
+        self.trained = list(state.get("trained") or self.trained)
