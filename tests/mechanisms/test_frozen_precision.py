@@ -98,3 +98,14 @@ def test_an_unknown_frozen_dtype_is_refused_with_the_name(tmp_path: Path) -> Non
     model = build_model(tiny_run_config(model_dir, tmp_path, method="fedavg"), num_labels=2)[0]
     with pytest.raises(ValueError, match="frozen_dtype.*'int3'"):
         hold_frozen_blocks(model, {0}, "int3", torch.float32)
+
+
+def test_a_bfloat16_held_linear_that_asks_for_gradients_is_refused(tmp_path: Path) -> None:
+    model_dir = make_tiny_model_dir(tmp_path / "llama", "llama", layers=2)
+    model = build_model(tiny_run_config(model_dir, tmp_path, method="fedavg"), num_labels=2)[0]
+    hold_frozen_blocks(model, {1}, "bfloat16", torch.float32)
+    for param in model.parameters():
+        param.requires_grad_(True)  # a frozen block's weights must not train
+    output = model(**_batch(model.config.vocab_size))  # evaluation may run with stale flags
+    with pytest.raises(RuntimeError, match="frozen: its weight takes no gradient"):
+        output.loss.backward()
