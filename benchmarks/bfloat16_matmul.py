@@ -7,7 +7,7 @@ forward and backward pass (gradient to the input only, as for a block after a cl
 SmolLM2-135M-shaped Llama block with random weights, held three ways side by side in one process:
 
 - ``float32``: the block as FedAvg holds it;
-- ``bfloat16 arithmetic``: the whole block in bfloat16, inputs cast to it (the stand-in's first form);
+- ``bfloat16 arithmetic``: the whole block in bfloat16, inputs cast to it;
 - ``bfloat16 storage``: the product's form (``fedcore.mechanisms.frozen_precision``): linear weights in
   bfloat16, widened to float32 one at a time for each product.
 
