@@ -12,7 +12,7 @@ bfloat16 is the blocks' storage, not their arithmetic: a frozen block's linear l
 bytes) keep their weights in bfloat16 and multiply in the model's dtype, widening one weight at a time
 and again in the backward pass instead of keeping the wide copy; its norms stay in the model's dtype.
 Arithmetic in bfloat16 made a block's step 32x slower than float32 on a CPU without bfloat16
-instructions (``benchmarks/results/bfloat16_matmul.md``), which is where simulations and many workstations run.
+instructions (``benchmarks/results/bfloat16_matmul.md``), where simulations and many workstations run.
 Only ``torch.nn.Linear`` is held lower; other modules (e.g. GPT-2's ``Conv1D``) stay in the model's dtype.
 """
 
