@@ -16,6 +16,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from fedcore.config import SERVER_VALIDATION, RunConfig
+from fedcore.core.devices import DeviceProfile
 from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
 from fedcore.core.seeding import derive_seed
@@ -23,7 +24,7 @@ from fedcore.data.batching import make_batches
 from fedcore.data.proxy import load_proxy_texts
 from fedcore.data.splits import server_splits
 from fedcore.mechanisms.block_sensitivity import block_sensitivity
-from fedcore.mechanisms.layer_dropout import DropConfig
+from fedcore.mechanisms.layer_dropout import DropConfig, speed_matched
 from fedcore.model import tunable_names
 
 
@@ -103,6 +104,8 @@ def drop_sensitivity(
         shapes = set(cfg.drop.shape_grid())
     else:
         shapes = {cfg.drop.shape} if cfg.drop_mode == "fixed" else set()
+    if cfg.drop.target_speed > 0:
+        shapes.add(cfg.drop.shape)
     if "sensitivity" not in shapes:
         return None
     return proxy_sensitivity(cfg, model, tokenizer)
@@ -135,8 +138,12 @@ def base_plan(
     sensitivity: Sequence[float] | None = None,
 ) -> LayerPlan:
     """The plan every method starts from: train these groups with the run's local-training settings
-    (``sensitivity``: per block, for the 'sensitivity' drop shape)."""
+    (``sensitivity``: per block, for the 'sensitivity' drop shape). A client slower than
+    ``drop.target-speed`` runs at least its speed-matched drop rate (``speed_matched``)."""
     personal = cfg.personal_fraction
+    if cfg.drop.target_speed > 0 and client.profile:  # a client that stated no profile runs as planned
+        speed = DeviceProfile.from_config(client.profile).speed
+        drop = speed_matched(drop, speed, cfg.drop.target_speed, cfg.drop.shape)
     return LayerPlan(
         round=round_number,
         rounds=cfg.rounds,

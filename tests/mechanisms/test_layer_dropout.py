@@ -24,11 +24,13 @@ from fedcore.core.layers import LayerMap, find_blocks
 from fedcore.core.plan import LayerPlan
 from fedcore.data.batching import Batch, make_batches
 from fedcore.mechanisms.layer_dropout import (
+    MAX_MATCHED_RATE,
     DropConfig,
     only_blocks,
     protected_blocks,
     sample_active_blocks,
     sensitivity_weights,
+    speed_matched,
     spread_rate,
 )
 from fedcore.model import build_model
@@ -363,3 +365,22 @@ def test_sensitivity_shape_spares_the_blocks_the_model_needs() -> None:
         DropConfig(0.3, "sensitivity").rates(6)
     with pytest.raises(ValueError, match="one sensitivity per block"):
         DropConfig(0.3, "sensitivity").rates(6, sensitivity=scores[:5])
+
+
+@pytest.mark.parametrize(
+    ("drop", "speed", "target", "expected"),
+    [
+        (None, 0.25, 0.5, DropConfig(0.5, "uniform")),  # a device twice too slow drops half its blocks
+        (None, 0.5, 0.5, None),  # at the target: full depth
+        (None, 1.0, 0.5, None),
+        (DropConfig(0.15, "sensitivity"), 0.25, 0.5, DropConfig(0.5, "sensitivity")),  # the arm's shape
+        (DropConfig(0.6, "incremental"), 0.25, 0.5, DropConfig(0.6, "incremental")),  # already faster
+        (DropConfig(0.15, "incremental"), 1.0, 0.5, DropConfig(0.15, "incremental")),
+        (None, 0.01, 1.0, DropConfig(MAX_MATCHED_RATE, "uniform")),  # capped: steps still train
+        (DropConfig(0.15, "incremental"), 0.25, 0.0, DropConfig(0.15, "incremental")),  # off
+    ],
+)
+def test_speed_matched_rates_bring_slow_devices_to_the_target(
+    drop: DropConfig | None, speed: float, target: float, expected: DropConfig | None
+) -> None:
+    assert speed_matched(drop, speed, target, "uniform") == expected

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fedcore.core import wire
-from fedcore.core.devices import DeviceProfile
+from fedcore.core.devices import PROFILES, DeviceProfile
 from fedcore.core.layers import HEAD, LayerMap
 from fedcore.methods.base import ClientInfo, ClientResult, tunable_groups
 from fedcore.methods.baselines import AllLayersPlanner
@@ -129,6 +129,34 @@ def test_droppeft_with_one_arm_runs_it_without_the_probe(
     metrics = {wire.PROBE_LOSS_BEFORE: 0.7, wire.PROBE_LOSS_AFTER: 0.5, wire.DEVICE_TIME_S: 2.0}
     planner.observe(1, [ClientResult(0, True, metrics)])
     assert planner.rewards == {}
+
+
+@pytest.mark.parametrize("method", ["droppeft", "fedlora"])
+def test_target_speed_gives_only_slow_devices_their_speed_matched_rate(
+    tiny_models: dict[str, Path], tmp_path: Path, method: str
+) -> None:
+    """drop.target-speed=0.5: a quarter-speed device drops half its blocks on average, a half-speed one
+    keeps its arm (full depth here), a faster one too; the slow device's plan says what it runs."""
+    # DropPEFT's one arm is full depth in the uniform shape; FedLoRA has no arm and takes drop.shape
+    arm = {"drop.rates": "0", "drop.shapes": "uniform"} if method == "droppeft" else {}
+    shape = "uniform" if method == "droppeft" else "incremental"
+    planner, model, state = _planner_and_state(
+        tiny_models["bert"], tmp_path, method=method, **{"drop.target-speed": 0.5, **arm}
+    )
+    devices = {0: "workstation", 1: "cpu-box", 2: "jetson-orin"}
+    clients = [
+        ClientInfo(node_id=10 + p, partition_id=p, profile=PROFILES[name].as_config())
+        for p, name in devices.items()
+    ]
+    planned = planner.plan(1, clients, state)
+    by_device = {devices[c.partition_id]: planned[c.node_id].plan for c in clients}
+    assert by_device["workstation"].drop_rates == () and by_device["cpu-box"].drop_rates == ()
+    slow = by_device["jetson-orin"]
+    assert len(slow.drop_rates) == LayerMap(model).num_blocks
+    assert sum(slow.drop_rates) / len(slow.drop_rates) == pytest.approx(0.5)
+    assert slow.label == f"p0.50-{shape}" and slow.probe_examples == 0
+    unmatched, _, _ = _planner_and_state(tiny_models["bert"], tmp_path, method=method, **arm)
+    assert all(p.plan.drop_rates == () for p in unmatched.plan(1, clients, state).values())
 
 
 def test_droppeft_does_not_prune_arms_of_drifting_devices(
