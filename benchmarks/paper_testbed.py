@@ -10,7 +10,10 @@ keeps any): the *local* target is FedLoRA's final mean local accuracy minus one 
 local accuracy reached it (the model evaluated in round r exists at the end of round r - 1; the clients
 evaluated differ per round, 4 x 32 examples here, so this curve is noisier). ``client_round_memory_mb``
 comes from a ``client_round.py`` result for the same model (peak RSS minus the process's runtime RSS), when
-one is given with ``--memory``.
+one is given with ``--memory``. Besides the host's wall time, every time is also given on the *federation
+clock* (``federation_clock``): what a synchronous federation of the run's device profiles would take, the
+slowest sampled client setting each round's length, where the simulation runs the clients one after the
+other.
 
     python benchmarks/paper_testbed.py --seeds 0,1        # -> results/paper-testbed.{md,json} + PNGs
     python benchmarks/paper_testbed.py --from-runs benchmarks/runs/<time>   # report only
@@ -74,6 +77,9 @@ VARIANTS = {
     # the bandit's probe on one training batch (8 rows) instead of 32: the two full-model passes over 32
     # rows cost a testbed client about as much as 2-3 of its 5 training steps
     "droppeft-probe8": f"{PAPER_DROPPEFT} drop.probe-examples=8",
+    # layer dropout only where a device would hold the round up: the quarter-speed devices drop half their
+    # blocks (a half-speed device's time at full depth), the others run at full depth
+    "droppeft-speed-matched": "method='droppeft' drop.rates='0' drop.target-speed=0.5",
     "leff": f"method='leff' {FULL_LR}",
     "leff-random": f"method='leff' {FULL_LR} leff.window='random'",
     "leff-round-robin": f"method='leff' {FULL_LR} leff.window='round-robin'",
@@ -125,6 +131,50 @@ def _first_reach(run: RunRecord, target: float) -> float | None:
     return float(reached["elapsed_s"].iloc[0]) if len(reached) else None
 
 
+def _slowdown(c: Any) -> Any:
+    """Per client row, how many times slower its device profile is than the host (1 / speed)."""
+    return c["device_time_s"] / c["compute_time_s"]
+
+
+def federation_clock(run: RunRecord) -> dict[int, float]:
+    """Round -> seconds a synchronous federation of the run's devices would have taken to its end.
+
+    The simulation runs the clients one after the other on this host, so its wall time is their sum; a
+    deployed federation waits for its slowest client. Per round: the server's own time (the round's wall
+    time minus the client rounds) plus the slowest sound client's round on its device (its wall time
+    times its profile's slowdown). Transfers are not modelled (loopback here).
+    """
+    g, c = run.global_rows, run.client_rows
+    ok = c[c["status"] == "ok"]
+    device_wall = (ok["wall_time_s"] * _slowdown(ok)).groupby(ok["round"]).max()
+    client_sum = ok["wall_time_s"].groupby(ok["round"]).sum()
+    clock, elapsed = {}, 0.0
+    for round_number, round_wall in zip(g["round"], g["round_wall_time_s"], strict=True):
+        round_number = int(round_number)
+        if round_number > 0:
+            server = max(0.0, float(round_wall) - float(client_sum.get(round_number, 0.0)))
+            elapsed += server + float(device_wall.get(round_number, 0.0))
+        clock[round_number] = elapsed
+    return clock
+
+
+def _first_federation_reach(run: RunRecord, target: float) -> float | None:
+    clock = federation_clock(run)
+    for round_number, accuracy in zip(run.global_rows["round"], run.global_rows["accuracy"], strict=True):
+        if accuracy >= target:
+            return clock[int(round_number)]
+    return None
+
+
+def _slowest_device_activation(c: Any) -> float | None:
+    """Mean activation MB of the client rounds run on the run's slowest device profile."""
+    ok = c[c["status"] == "ok"].dropna(subset=["activation_mb", "device_time_s", "compute_time_s"])
+    if not len(ok):
+        return None
+    slowdown = _slowdown(ok).round(3)
+    return float(ok[slowdown == slowdown.max()]["activation_mb"].mean())
+
+
 def _round_memory(path: Path | None) -> dict[str, float]:
     """method -> peak RSS minus runtime RSS of one client round, from a client_round.py result file."""
     if path is None:
@@ -166,8 +216,13 @@ def run_rows(runs: list[tuple[str, int, RunRecord]], memory: dict[str, float]) -
                 "time_to_local_target_s": None
                 if math.isnan(local_target)
                 else _first_local_reach(run, local_target),
+                "time_to_target_federation_s": None
+                if math.isnan(target)
+                else _first_federation_reach(run, target),
                 "wall_time_s": float(g["elapsed_s"].max()),
+                "federation_time_s": max(federation_clock(run).values()),
                 "mean_activation_mb": float(activation.mean()) if len(activation) else None,
+                "slowest_device_activation_mb": _slowest_device_activation(c),
                 "mean_client_compute_s": _column_mean(c, "compute_time_s"),
                 "mean_client_wall_s": _column_mean(c, "wall_time_s"),
                 "client_round_memory_mb": memory.get(run.method),
@@ -226,8 +281,11 @@ def _summary(rows: list[dict[str, Any]]) -> list[list[Any]]:
                 " / ".join(_fmt(r["final_personal_accuracy"], ".3f") for r in _by_seed(group)),
                 " / ".join(_fmt(r["time_to_target_s"], ".0f") for r in _by_seed(group)),
                 " / ".join(_fmt(r["time_to_local_target_s"], ".0f") for r in _by_seed(group)),
+                " / ".join(_fmt(r["time_to_target_federation_s"], ".0f") for r in _by_seed(group)),
                 _mean([r["wall_time_s"] for r in group]),
+                _mean([r["federation_time_s"] for r in group]),
                 _mean([r["mean_activation_mb"] for r in group]),
+                _mean([r["slowest_device_activation_mb"] for r in group]),
                 _mean([r["mean_client_compute_s"] for r in group]),
                 _mean([r["mean_client_wall_s"] for r in group]),
                 group[0]["client_round_memory_mb"],
@@ -246,7 +304,10 @@ def report(args: argparse.Namespace, info: dict[str, Any], runs_root: Path, runs
         + f"Preset `paper-cls` + `{args.run_config}`; supernodes {args.supernodes}, CPUs per client "
         f"{args.cpus:g}. Target per seed: FedLoRA's final accuracy minus 0.01; local target: FedLoRA's "
         "final mean local accuracy (clients' own test examples, personal layers included where kept) minus "
-        "0.01.\n\n"
+        "0.01. The federation clock is what a synchronous federation of the run's devices would take: "
+        "per round the server's own time plus the slowest sampled client's round on its device (its wall "
+        "time times its profile's slowdown), where the host's wall time adds up every client's round "
+        "because the simulation runs them one after the other.\n\n"
         + table(
             [
                 "variant",
@@ -257,8 +318,11 @@ def report(args: argparse.Namespace, info: dict[str, Any], runs_root: Path, runs
                 "final local acc per seed",
                 "time to target s per seed",
                 "time to local target s per seed",
+                "time to target on the federation clock s per seed",
                 "mean wall s",
+                "mean federation clock s",
                 "mean activation MB",
+                "slowest device activation MB",
                 "client train s / round",
                 "client wall s / round",
                 "client round MB",
