@@ -180,9 +180,9 @@ class LayerDropConfig(Section):
         0.0,
         ge=0,
         le=1e3,
-        description="Devices slower than this relative speed drop blocks at a mean rate of at least "
-        "1 - speed / target-speed, so no device's blocks take longer than a target-speed device's at full "
-        "depth (this project's option; 0 = off).",
+        description="Where layer dropout is on (droppeft, or drop.mode=fixed), devices slower than this "
+        "relative speed drop blocks at a mean rate of at least 1 - speed / target-speed, so no device's "
+        "blocks take longer than a target-speed device's at full depth (this project's option; 0 = off).",
     )
     rates: str = Field("0.15,0.3", description="Bandit arms: comma-separated mean rates.")
     shapes: str = Field("incremental", description="Bandit arms: comma-separated shapes.")
@@ -345,15 +345,6 @@ class RunConfig(Section):
             raise ValueError(
                 "leff.proxy='server:validation' takes the server's validation texts, but "
                 "data.validation-fraction is 0 (no validation split)"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _target_speed_fits_method(self) -> RunConfig:
-        if self.drop.target_speed > 0 and self.method == "leff":
-            raise ValueError(
-                "drop.target-speed applies to methods that train every block; LEFF fits a slow device "
-                "by the width of its window (its device profile's capacity)"
             )
         return self
 

@@ -67,7 +67,6 @@ BAD_CONFIGS = [
     ({"model.name.sub": "x"}, "model.name"),
     ({"preset": "llm-huge"}, "preset"),
     ({"drop.target-speed": -0.5}, "drop.target-speed"),
-    ({"method": "leff", "drop.target-speed": 0.5}, "drop.target-speed"),
     ({"leff.window": "best"}, "leff.window"),
     ({"leff.compression": 0}, "leff.compression"),
     ({"leff.stand-in": "int3"}, "leff.stand-in"),

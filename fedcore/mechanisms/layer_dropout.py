@@ -90,23 +90,18 @@ class DropConfig:
 MAX_MATCHED_RATE = 0.75
 
 
-def speed_matched(
-    drop: DropConfig | None, speed: float, target_speed: float, shape: Shape
-) -> DropConfig | None:
+def speed_matched(drop: DropConfig, speed: float, target_speed: float) -> DropConfig:
     """The configuration a device of ``speed`` runs so that its blocks take no longer than a device of
     ``target_speed`` at full depth (this project's rule; ``drop.target-speed``).
 
     A synchronous round lasts as long as its slowest client. A device k times slower than the target runs
     a mean rate of at least 1 - 1/k (a quarter-speed device under a half-speed target: 0.5), at most
-    ``MAX_MATCHED_RATE``; devices at or above the target keep ``drop`` unchanged, full depth when it is
-    None. ``shape`` spreads the rate when ``drop`` is None; otherwise ``drop``'s own shape is kept.
+    ``MAX_MATCHED_RATE``, in ``drop``'s shape; devices at or above the target run ``drop`` unchanged.
     """
     if target_speed <= 0 or speed >= target_speed:
         return drop
     rate = min(MAX_MATCHED_RATE, 1.0 - speed / target_speed)
-    if drop is not None and drop.mean_rate >= rate:
-        return drop
-    return DropConfig(rate, drop.shape if drop is not None else shape)
+    return drop if drop.mean_rate >= rate else DropConfig(rate, drop.shape)
 
 
 #: a block whose removal moves the model more than this many times the median block is never dropped

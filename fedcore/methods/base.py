@@ -104,8 +104,6 @@ def drop_sensitivity(
         shapes = set(cfg.drop.shape_grid())
     else:
         shapes = {cfg.drop.shape} if cfg.drop_mode == "fixed" else set()
-    if cfg.drop.target_speed > 0:
-        shapes.add(cfg.drop.shape)
     if "sensitivity" not in shapes:
         return None
     return proxy_sensitivity(cfg, model, tokenizer)
@@ -138,12 +136,11 @@ def base_plan(
     sensitivity: Sequence[float] | None = None,
 ) -> LayerPlan:
     """The plan every method starts from: train these groups with the run's local-training settings
-    (``sensitivity``: per block, for the 'sensitivity' drop shape). A client slower than
-    ``drop.target-speed`` runs at least its speed-matched drop rate (``speed_matched``)."""
+    (``sensitivity``: per block, for the 'sensitivity' drop shape). Where the plan has layer dropout, a
+    client slower than ``drop.target-speed`` runs at least its speed-matched rate (``speed_matched``)."""
     personal = cfg.personal_fraction
-    if cfg.drop.target_speed > 0 and client.profile:  # a client that stated no profile runs as planned
-        speed = DeviceProfile.from_config(client.profile).speed
-        drop = speed_matched(drop, speed, cfg.drop.target_speed, cfg.drop.shape)
+    if drop is not None and client.profile:  # a client that stated no profile runs as planned
+        drop = speed_matched(drop, DeviceProfile.from_config(client.profile).speed, cfg.drop.target_speed)
     return LayerPlan(
         round=round_number,
         rounds=cfg.rounds,

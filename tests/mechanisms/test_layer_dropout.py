@@ -370,17 +370,16 @@ def test_sensitivity_shape_spares_the_blocks_the_model_needs() -> None:
 @pytest.mark.parametrize(
     ("drop", "speed", "target", "expected"),
     [
-        (None, 0.25, 0.5, DropConfig(0.5, "uniform")),  # a device twice too slow drops half its blocks
-        (None, 0.5, 0.5, None),  # at the target: full depth
-        (None, 1.0, 0.5, None),
+        (DropConfig(0.0, "uniform"), 0.25, 0.5, DropConfig(0.5, "uniform")),  # twice too slow: half
+        (DropConfig(0.0, "uniform"), 0.5, 0.5, DropConfig(0.0, "uniform")),  # at the target: as planned
+        (DropConfig(0.15, "incremental"), 1.0, 0.5, DropConfig(0.15, "incremental")),
         (DropConfig(0.15, "sensitivity"), 0.25, 0.5, DropConfig(0.5, "sensitivity")),  # the arm's shape
         (DropConfig(0.6, "incremental"), 0.25, 0.5, DropConfig(0.6, "incremental")),  # already faster
-        (DropConfig(0.15, "incremental"), 1.0, 0.5, DropConfig(0.15, "incremental")),
-        (None, 0.01, 1.0, DropConfig(MAX_MATCHED_RATE, "uniform")),  # capped: steps still train
+        (DropConfig(0.0, "uniform"), 0.01, 1.0, DropConfig(MAX_MATCHED_RATE, "uniform")),  # steps still train
         (DropConfig(0.15, "incremental"), 0.25, 0.0, DropConfig(0.15, "incremental")),  # off
     ],
 )
 def test_speed_matched_rates_bring_slow_devices_to_the_target(
-    drop: DropConfig | None, speed: float, target: float, expected: DropConfig | None
+    drop: DropConfig, speed: float, target: float, expected: DropConfig
 ) -> None:
-    assert speed_matched(drop, speed, target, "uniform") == expected
+    assert speed_matched(drop, speed, target) == expected

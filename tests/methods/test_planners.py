@@ -136,12 +136,15 @@ def test_target_speed_gives_only_slow_devices_their_speed_matched_rate(
     tiny_models: dict[str, Path], tmp_path: Path, method: str
 ) -> None:
     """drop.target-speed=0.5: a quarter-speed device drops half its blocks on average, a half-speed one
-    keeps its arm (full depth here), a faster one too; the slow device's plan says what it runs."""
-    # DropPEFT's one arm is full depth in the uniform shape; FedLoRA has no arm and takes drop.shape
-    arm = {"drop.rates": "0", "drop.shapes": "uniform"} if method == "droppeft" else {}
-    shape = "uniform" if method == "droppeft" else "incremental"
+    keeps its configuration (full depth here), a faster one too; the slow device's plan says what it runs.
+    DropPEFT's one arm and FedLoRA's fixed dropout both sit at rate 0."""
+    dropout = (
+        {"drop.rates": "0", "drop.shapes": "uniform"}
+        if method == "droppeft"
+        else {"drop.mode": "fixed", "drop.mean-rate": 0.0, "drop.shape": "uniform"}
+    )
     planner, model, state = _planner_and_state(
-        tiny_models["bert"], tmp_path, method=method, **{"drop.target-speed": 0.5, **arm}
+        tiny_models["bert"], tmp_path, method=method, **{"drop.target-speed": 0.5, **dropout}
     )
     devices = {0: "workstation", 1: "cpu-box", 2: "jetson-orin"}
     clients = [
@@ -154,9 +157,12 @@ def test_target_speed_gives_only_slow_devices_their_speed_matched_rate(
     slow = by_device["jetson-orin"]
     assert len(slow.drop_rates) == LayerMap(model).num_blocks
     assert sum(slow.drop_rates) / len(slow.drop_rates) == pytest.approx(0.5)
-    assert slow.label == f"p0.50-{shape}" and slow.probe_examples == 0
-    unmatched, _, _ = _planner_and_state(tiny_models["bert"], tmp_path, method=method, **arm)
+    assert slow.label == "p0.50-uniform" and slow.probe_examples == 0
+    unmatched, _, _ = _planner_and_state(tiny_models["bert"], tmp_path, method=method, **dropout)
     assert all(p.plan.drop_rates == () for p in unmatched.plan(1, clients, state).values())
+    # without layer dropout (FedLoRA's own default) the target changes nothing
+    plain, _, _ = _planner_and_state(tiny_models["bert"], tmp_path, **{"drop.target-speed": 0.5})
+    assert all(p.plan.drop_rates == () for p in plain.plan(1, clients, state).values())
 
 
 def test_droppeft_does_not_prune_arms_of_drifting_devices(
