@@ -265,14 +265,15 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def _summary(rows: list[dict[str, Any]]) -> list[list[Any]]:
-    by_variant: dict[str, list[dict[str, Any]]] = {}
+    by_variant: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
-        by_variant.setdefault(row["variant"], []).append(row)
+        by_variant.setdefault((row["batch"], row["variant"]), []).append(row)
     out = []
-    for variant, group in by_variant.items():
+    for (batch, variant), group in by_variant.items():
         seeds = sorted(r["seed"] for r in group)
         out.append(
             [
+                batch,
                 variant,
                 ",".join(map(str, seeds)),
                 " / ".join(f"{r['final_accuracy']:.3f}" for r in sorted(group, key=lambda r: r["seed"])),
@@ -281,11 +282,11 @@ def _summary(rows: list[dict[str, Any]]) -> list[list[Any]]:
                 " / ".join(_fmt(r["final_personal_accuracy"], ".3f") for r in _by_seed(group)),
                 " / ".join(_fmt(r["time_to_target_s"], ".0f") for r in _by_seed(group)),
                 " / ".join(_fmt(r["time_to_local_target_s"], ".0f") for r in _by_seed(group)),
-                " / ".join(_fmt(r["time_to_target_federation_s"], ".0f") for r in _by_seed(group)),
+                " / ".join(_fmt(r.get("time_to_target_federation_s"), ".0f") for r in _by_seed(group)),
                 _mean([r["wall_time_s"] for r in group]),
-                _mean([r["federation_time_s"] for r in group]),
+                _mean([r.get("federation_time_s") for r in group]),
                 _mean([r["mean_activation_mb"] for r in group]),
-                _mean([r["slowest_device_activation_mb"] for r in group]),
+                _mean([r.get("slowest_device_activation_mb") for r in group]),
                 _mean([r["mean_client_compute_s"] for r in group]),
                 _mean([r["mean_client_wall_s"] for r in group]),
                 group[0]["client_round_memory_mb"],
@@ -295,7 +296,9 @@ def _summary(rows: list[dict[str, Any]]) -> list[list[Any]]:
 
 
 def report(args: argparse.Namespace, info: dict[str, Any], runs_root: Path, runs: list) -> None:
-    rows = run_rows(runs, _round_memory(args.memory))
+    rows = [{"batch": args.name, **row} for row in run_rows(runs, _round_memory(args.memory))]
+    for earlier in args.with_results:
+        rows += [{"batch": earlier.stem, **row} for row in json.loads(earlier.read_text())["runs"]]
     for plot in plot_runs([run for _, _, run in runs], runs_root):
         shutil.copy(plot, RESULTS / f"{args.name}-{plot.name}")
     markdown = header("Methods on the paper-cls testbed", info, command_line(), quick=False)
@@ -310,6 +313,7 @@ def report(args: argparse.Namespace, info: dict[str, Any], runs_root: Path, runs
         "because the simulation runs them one after the other.\n\n"
         + table(
             [
+                "batch",
                 "variant",
                 "seeds",
                 "final acc per seed",
@@ -336,8 +340,11 @@ def report(args: argparse.Namespace, info: dict[str, Any], runs_root: Path, runs
         "these federations.\n"
         + "\n### Accuracy per round\n\n"
         + table(
-            ["variant", "seed", "accuracy by round (round 0 first)"],
-            [[r["variant"], r["seed"], " ".join(f"{a:.3f}" for a in r["accuracy_by_round"])] for r in rows],
+            ["batch", "variant", "seed", "accuracy by round (round 0 first)"],
+            [
+                [r["batch"], r["variant"], r["seed"], " ".join(f"{a:.3f}" for a in r["accuracy_by_round"])]
+                for r in rows
+            ],
         )
         + "\n"
     )
@@ -368,6 +375,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-config", default="", help="extra overrides for every run (after the preset)")
     parser.add_argument("--memory", type=Path, default=None, help="a client_round.py JSON result")
     parser.add_argument("--from-runs", type=Path, default=None, metavar="DIR")
+    parser.add_argument(
+        "--with-results",
+        type=Path,
+        nargs="*",
+        default=[],
+        metavar="JSON",
+        help="earlier batches' result files whose runs the report lists too (as they were measured; "
+        "times compare only within a batch)",
+    )
     parser.add_argument(
         "--runs-root", type=Path, default=None, help="add to (and report) the runs already in this folder"
     )
