@@ -14,6 +14,7 @@ from fedcore.core.layers import HEAD, LayerMap
 from fedcore.methods.base import ClientInfo, ClientResult, tunable_groups
 from fedcore.methods.baselines import AllLayersPlanner
 from fedcore.methods.droppeft.planner import DropPeftPlanner
+from fedcore.methods.leff import planner as leff_planner
 from fedcore.methods.leff.planner import LeffPlanner
 from fedcore.methods.registry import make_planner
 from fedcore.model import build_model, tunable_state
@@ -200,6 +201,29 @@ def test_leff_plans_carry_their_payload_and_log_only_the_round(tmp_path: Path) -
 
     planner.plan(2, clients[1:], state)  # clients.per-round: client 0 is not picked this round
     assert set(planner.state_dict()["windows"]) == {"client-1"}
+
+
+@pytest.mark.parametrize(
+    ("window", "scored"), [("random", False), ("round-robin", False), ("importance", True)]
+)
+def test_leff_scores_block_importance_only_for_policies_that_read_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window: str, scored: bool
+) -> None:
+    """Random and round-robin windows never read importance: the server skips its pass every round."""
+    model_dir = make_tiny_model_dir(tmp_path / "bert6", "bert", layers=6)
+    overrides = {"leff.window": window, "leff.stand-in": "bfloat16", "leff.proxy-examples": 16}
+    planner, _, state = _planner_and_state(model_dir, tmp_path, method="leff", **overrides)
+    passes = []
+    monkeypatch.setattr(
+        leff_planner, "block_importance", lambda *args: passes.append(1) or [1.0, 2.0, 3.0, 3.0, 2.0, 1.0]
+    )
+    profile = DeviceProfile("edge", max_blocks=2).as_config()
+    clients = [ClientInfo(node_id=10 + p, partition_id=p, profile=profile) for p in range(2)]
+    for round_number in (1, 2):
+        planned = planner.plan(round_number, clients, state)
+        assert all(len(p.plan.train_groups) == 3 for p in planned.values()), "two blocks and the head"
+    assert len(passes) == (2 if scored else 0)
+    assert (planner.state_dict()["importance"] == [0.0] * 6) is not scored
 
 
 def test_leff_least_trained_windows_cover_the_model_and_survive_a_resume(tmp_path: Path) -> None:

@@ -27,6 +27,9 @@ from fedcore.data.batching import Batch, to_device
 from fedcore.model import training_state_kept
 
 STRATEGIES = ("importance", "random", "round-robin", "least-trained")
+#: the window policies that read block importance (least-trained breaks its ties by it); for the others
+#: the server skips the importance pass, a forward and backward pass of the whole model every round
+READS_IMPORTANCE = ("importance", "least-trained")
 
 
 def _loss(model: nn.Module, batch: Batch, task: str) -> torch.Tensor:

@@ -55,7 +55,7 @@ from fedcore.methods.base import (
     run_proxy_texts,
 )
 from fedcore.methods.leff.distill import CompressedSegment, distill_segment, segments_outside, student_depth
-from fedcore.methods.leff.importance import block_importance, choose_window
+from fedcore.methods.leff.importance import READS_IMPORTANCE, block_importance, choose_window
 
 
 @dataclasses.dataclass
@@ -156,7 +156,9 @@ class LeffPlanner:
     ) -> dict[int, ClientPlan]:
         leff = self.cfg.leff
         num_blocks = self.layer_map.num_blocks
-        if not self.importance or (round_number - 1) % leff.importance_every == 0:
+        if leff.window not in READS_IMPORTANCE:
+            self.importance = [0.0] * num_blocks  # never read: no importance pass on the server
+        elif not self.importance or (round_number - 1) % leff.importance_every == 0:
             self.importance = block_importance(self.model, self.proxy_batches, self.cfg.model.task)
         self.cache = {}  # the global model changed: every student must be distilled anew
         self.stats = {
