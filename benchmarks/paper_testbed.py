@@ -80,9 +80,6 @@ VARIANTS = {
     # layer dropout only where a device would hold the round up: the quarter-speed devices drop half their
     # blocks (a half-speed device's time at full depth), the others run at full depth
     "droppeft-speed-matched": "method='droppeft' drop.rates='0' drop.target-speed=0.5",
-    # the same, with the head trained only by the clients that run every block
-    "droppeft-speed-matched-head": "method='droppeft' drop.rates='0' drop.target-speed=0.5 "
-    "drop.head-from-full-depth=true",
     "leff": f"method='leff' {FULL_LR}",
     "leff-random": f"method='leff' {FULL_LR} leff.window='random'",
     "leff-round-robin": f"method='leff' {FULL_LR} leff.window='round-robin'",

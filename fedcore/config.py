@@ -184,11 +184,6 @@ class LayerDropConfig(Section):
         "relative speed drop blocks at a mean rate of at least 1 - speed / target-speed, so no device's "
         "blocks take longer than a target-speed device's at full depth (this project's option; 0 = off).",
     )
-    head_from_full_depth: bool = Field(
-        False,
-        description="Only clients that run every block train the task head; a client that drops blocks "
-        "trains the blocks' parameters against the global head (this project's option).",
-    )
     rates: str = Field("0.15,0.3", description="Bandit arms: comma-separated mean rates.")
     shapes: str = Field("incremental", description="Bandit arms: comma-separated shapes.")
     exploration: float = Field(

@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from fedcore.config import SERVER_VALIDATION, RunConfig
 from fedcore.core.devices import DeviceProfile
-from fedcore.core.layers import HEAD, LayerMap
+from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
 from fedcore.core.seeding import derive_seed
 from fedcore.data.batching import make_batches
@@ -141,8 +141,6 @@ def base_plan(
     personal = cfg.personal_fraction
     if drop is not None and client.profile:  # a client that stated no profile runs as planned
         drop = speed_matched(drop, DeviceProfile.from_config(client.profile).speed, cfg.drop.target_speed)
-    if cfg.drop.head_from_full_depth and drop is not None and drop.mean_rate > 0:
-        train_groups = [group for group in train_groups if group != HEAD]
     return LayerPlan(
         round=round_number,
         rounds=cfg.rounds,

@@ -276,26 +276,3 @@ def test_the_probe_is_held_out_of_training_and_of_the_local_test_rows(
     )
     probe = tables.probe_split(splits.train, 8)[1]
     assert len(splits.test) and not set(probe["text"]) & set(splits.test["text"])
-
-
-def test_a_plan_without_the_head_trains_and_uploads_the_blocks_only(
-    tiny_models: dict[str, Path], tmp_path: Path
-) -> None:
-    """A client that drops blocks under drop.head-from-full-depth: its LoRA adapters move, the head it
-    holds does not, and nothing of the head travels back."""
-    cfg = tiny_run_config(tiny_models["bert"], tmp_path, method="fedlora")
-    server_model, _ = build_model(cfg, num_labels=2)
-    layer_map = LayerMap(server_model)
-    blocks = tuple(f"block.{i}" for i in range(layer_map.num_blocks))
-    plan = LayerPlan(
-        round=1, rounds=1, train_groups=blocks, steps=3, lr=1e-2, drop_rates=(0.5,) * len(blocks)
-    )
-    reply = call_client(cfg, plan, tunable_state(server_model), node_context(tmp_path / "node"))
-    update = received_state(reply.array_records[wire.UPDATE])
-    assert {layer_map.group_of(name) for name in update} == set(blocks)
-    assert any(delta.abs().max() > 0 for delta in update.values())
-    held = tunable_state(cached_model(cfg, 2, 0, "").model)
-    head = [name for name in held if layer_map.group_of(name) == "head"]
-    assert head, "the classifier head is tunable under LoRA"
-    for name in head:
-        torch.testing.assert_close(held[name], tunable_state(server_model)[name], rtol=0, atol=0)
