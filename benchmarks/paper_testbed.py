@@ -158,8 +158,7 @@ def federation_clock(run: RunRecord) -> dict[int, float]:
     return clock
 
 
-def _first_federation_reach(run: RunRecord, target: float) -> float | None:
-    clock = federation_clock(run)
+def _first_federation_reach(run: RunRecord, clock: dict[int, float], target: float) -> float | None:
     for round_number, accuracy in zip(run.global_rows["round"], run.global_rows["accuracy"], strict=True):
         if accuracy >= target:
             return clock[int(round_number)]
@@ -199,6 +198,7 @@ def run_rows(runs: list[tuple[str, int, RunRecord]], memory: dict[str, float]) -
     for variant, seed, run in runs:
         g, c = run.global_rows, run.client_rows
         target = lora_final.get(seed, math.nan) - 0.01
+        clock = federation_clock(run)
         local_target = lora_local.get(seed, math.nan) - 0.01
         activation = c["activation_mb"].dropna() if "activation_mb" in c else []
         validation = g["val_accuracy"].iloc[-1] if "val_accuracy" in g else None
@@ -218,9 +218,9 @@ def run_rows(runs: list[tuple[str, int, RunRecord]], memory: dict[str, float]) -
                 else _first_local_reach(run, local_target),
                 "time_to_target_federation_s": None
                 if math.isnan(target)
-                else _first_federation_reach(run, target),
+                else _first_federation_reach(run, clock, target),
                 "wall_time_s": float(g["elapsed_s"].max()),
-                "federation_time_s": max(federation_clock(run).values()),
+                "federation_time_s": max(clock.values()),
                 "mean_activation_mb": float(activation.mean()) if len(activation) else None,
                 "slowest_device_activation_mb": _slowest_device_activation(c),
                 "mean_client_compute_s": _column_mean(c, "compute_time_s"),

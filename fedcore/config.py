@@ -180,7 +180,8 @@ class LayerDropConfig(Section):
         0.0,
         ge=0,
         le=1e3,
-        description="Where layer dropout is on (droppeft, or drop.mode=fixed), devices slower than this "
+        description="Where layer dropout is on (droppeft, or drop.mode=fixed for a method that trains every "
+        "block; LEFF fits slow devices by their window instead), devices slower than this "
         "relative speed drop blocks at a mean rate of at least 1 - speed / target-speed, so no device's "
         "blocks take longer than a target-speed device's at full depth (this project's option; 0 = off).",
     )
