@@ -46,6 +46,8 @@ FULL_LR = "train.lr=2e-4"
 #: A preset replaces every key left at its default, so values equal to a default are spelled differently
 #: ('0.30', 'incremental,'): they parse to the same arms.
 PAPER_DROPPEFT = "method='droppeft' drop.rates='0.15,0.30' ptls.fraction=0.25"
+#: layer dropout only where a device would hold the round up (``drop.target-speed``)
+SPEED_MATCHED = "method='droppeft' drop.rates='0' drop.target-speed=0.5"
 #: variant -> overrides on top of the preset (the default of each method is its own name)
 VARIANTS = {
     "fedlora": "method='fedlora'",
@@ -79,7 +81,12 @@ VARIANTS = {
     "droppeft-probe8": f"{PAPER_DROPPEFT} drop.probe-examples=8",
     # layer dropout only where a device would hold the round up: the quarter-speed devices drop half their
     # blocks (a half-speed device's time at full depth), the others run at full depth
-    "droppeft-speed-matched": "method='droppeft' drop.rates='0' drop.target-speed=0.5",
+    "droppeft-speed-matched": SPEED_MATCHED,
+    # the two causes of the speed-matched clients' cost, separated: an update learned in sub-networks that
+    # misleads the global model (counted by the share of steps each block ran) or one too small to teach
+    # the global model the slow clients' classes (each block's step divided by 1 - its rate)
+    "droppeft-speed-matched-share": f"{SPEED_MATCHED} drop.share-weights=true",
+    "droppeft-speed-matched-lrcomp": f"{SPEED_MATCHED} drop.lr-compensation=true",
     "leff": f"method='leff' {FULL_LR}",
     "leff-random": f"method='leff' {FULL_LR} leff.window='random'",
     "leff-round-robin": f"method='leff' {FULL_LR} leff.window='round-robin'",
