@@ -101,6 +101,14 @@ def write_results(name: str, out_dir: Path, markdown: str, data: dict[str, Any])
     return md, js
 
 
+def variant_and_seed(run_dir: Path) -> tuple[str, int | None]:
+    """Batch run directories are named ``<date>-<time>-<variant>-s<seed>``; other names are their own
+    variant, without a seed."""
+    parts = run_dir.name.split("-", 2)
+    stem, sep, seed = (parts[2] if len(parts) == 3 else run_dir.name).rpartition("-s")
+    return (stem, int(seed)) if sep and seed.isdigit() else (run_dir.name, None)
+
+
 def save_deep_model(directory: Path, layers: int) -> Path:
     """MiniLM's BERT config at another depth, random weights, with MiniLM's tokenizer, loadable by path.
 

@@ -25,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import RESULTS, command_line, header, machine, table, write_results  # noqa: E402
+from benchlib import RESULTS, command_line, header, machine, table, variant_and_seed, write_results  # noqa: E402
 
 from fedcore.cli.report import load_run  # noqa: E402
 from fedcore.config import RunConfig  # noqa: E402
@@ -34,13 +34,6 @@ from fedcore.data.splits import server_splits  # noqa: E402
 from fedcore.model import build_model, load_tunable_state  # noqa: E402
 from fedcore.training.evaluate import evaluate  # noqa: E402
 from server_app.checkpoint import load_checkpoint  # noqa: E402
-
-
-def variant_and_seed(run_dir: Path) -> tuple[str, int | None]:
-    """``<date>-<time>-<variant>-s<seed>`` -> (variant, seed); other names are their own variant."""
-    parts = run_dir.name.split("-", 2)
-    stem, sep, seed = (parts[2] if len(parts) == 3 else run_dir.name).rpartition("-s")
-    return (stem, int(seed)) if sep and seed.isdigit() else (run_dir.name, None)
 
 
 def score_run(run_dir: Path) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import RESULTS, command_line, header, machine, table, write_results  # noqa: E402
+from benchlib import RESULTS, command_line, header, machine, table, variant_and_seed, write_results  # noqa: E402
 from methods import merge_overrides, run_one  # noqa: E402
 
 from fedcore.cli.report import RunRecord, load_run, plot_runs  # noqa: E402
@@ -189,7 +189,7 @@ def _round_memory(path: Path | None) -> dict[str, float]:
     return {r["method"]: r["peak_rss_mb"] - r["rss_runtime_mb"] for r in results}
 
 
-def run_rows(runs: list[tuple[str, int, RunRecord]], memory: dict[str, float]) -> list[dict[str, Any]]:
+def run_rows(runs: list[tuple[str, int | None, RunRecord]], memory: dict[str, float]) -> list[dict[str, Any]]:
     """One object per run with the fields the comparison is judged on."""
     lora_final = {
         seed: float(run.global_rows["accuracy"].iloc[-1])
@@ -359,16 +359,10 @@ def report(args: argparse.Namespace, info: dict[str, Any], runs_root: Path, runs
     print(markdown, flush=True)
 
 
-def finished_runs(root: Path) -> list[tuple[str, int, RunRecord]]:
+def finished_runs(root: Path) -> list[tuple[str, int | None, RunRecord]]:
     """(variant, seed, run) for every finished run in ``root``, in the order they ran."""
     dirs = sorted(p.parent for p in root.glob("*-s[0-9]*/metrics.jsonl"))
-    return [(*_parse_run_dir(d), load_run(d)) for d in dirs]
-
-
-def _parse_run_dir(path: Path) -> tuple[str, int]:
-    """Run directories are named <stamp>-<variant>-s<seed>."""
-    stem, _, seed = path.name.rpartition("-s")
-    return stem.split("-", 2)[2], int(seed)
+    return [(*variant_and_seed(d), load_run(d)) for d in dirs]
 
 
 def main(argv: list[str] | None = None) -> int:
