@@ -48,7 +48,10 @@ FULL_LR = "train.lr=2e-4"
 PAPER_DROPPEFT = "method='droppeft' drop.rates='0.15,0.30' ptls.fraction=0.25"
 #: layer dropout only where a device would hold the round up (``drop.target-speed``)
 SPEED_MATCHED = "method='droppeft' drop.rates='0' drop.target-speed=0.5"
-#: variant -> overrides on top of the preset (the default of each method is its own name)
+#: LEFF's importance windows at the temperature the variants below were measured at before the default
+#: became 0.1 (the ``leff-t0.1`` variants are today's default)
+T1 = "leff.temperature=1.0"
+#: variant -> overrides on top of the preset (the default of each method is its own name, LEFF's apart)
 VARIANTS = {
     "fedlora": "method='fedlora'",
     # the full-tuning methods at 2e-4, chosen on the server validation split (benchmarks/results/
@@ -87,31 +90,31 @@ VARIANTS = {
     # the global model the slow clients' classes (each block's step divided by 1 - its rate)
     "droppeft-speed-matched-share": f"{SPEED_MATCHED} drop.share-weights=true",
     "droppeft-speed-matched-lrcomp": f"{SPEED_MATCHED} drop.lr-compensation=true",
-    "leff": f"method='leff' {FULL_LR}",
+    "leff": f"method='leff' {FULL_LR} {T1}",
     "leff-random": f"method='leff' {FULL_LR} leff.window='random'",
     "leff-round-robin": f"method='leff' {FULL_LR} leff.window='round-robin'",
     "leff-t0.1": f"method='leff' {FULL_LR} leff.temperature=0.1",
-    "leff-protected": f"method='leff' {FULL_LR} leff.keep-protected=true",
+    "leff-protected": f"method='leff' {FULL_LR} {T1} leff.keep-protected=true",
     # better students at the same server cost (benchmarks/results/leff_distill_lr.md): distilled at lr 1e-3
     # on the server's validation texts instead of at 1e-4 on the generic proxy headlines
-    "leff-students-val-lr1e-3": f"method='leff' {FULL_LR} leff.proxy='server:validation' "
+    "leff-students-val-lr1e-3": f"method='leff' {FULL_LR} {T1} leff.proxy='server:validation' "
     "leff.distill-lr=1e-3",
     # LEFF with the frozen blocks themselves in bfloat16 instead of distilled students (this project's
     # option, fedcore/mechanisms/frozen_precision.py), and its window ablations
-    "leff-bf16": f"method='leff' {FULL_LR} leff.stand-in='bfloat16'",
+    "leff-bf16": f"method='leff' {FULL_LR} {T1} leff.stand-in='bfloat16'",
     "leff-bf16-random": f"method='leff' {FULL_LR} leff.stand-in='bfloat16' leff.window='random'",
     "leff-bf16-round-robin": f"method='leff' {FULL_LR} leff.stand-in='bfloat16' leff.window='round-robin'",
     # batch N: round-robin's best and worst seeds (0.840 / 0.570) trained the top five blocks 90 and 35
     # times, and draws over window starts train both ends of the model least: even coverage instead
-    "leff-bf16-least-trained": f"method='leff' {FULL_LR} leff.stand-in='bfloat16' "
+    "leff-bf16-least-trained": f"method='leff' {FULL_LR} {T1} leff.stand-in='bfloat16' "
     "leff.window='least-trained'",
     # a window trains a sixth to a half of the blocks per round: a larger step, chosen on validation
-    "leff-bf16-lr5e-4": "method='leff' train.lr=5e-4 leff.stand-in='bfloat16'",
+    "leff-bf16-lr5e-4": f"method='leff' train.lr=5e-4 leff.stand-in='bfloat16' {T1}",
     # importance favours the top blocks (block 29 scores ~10x the median) but at temperature 1 the softmax
     # over scores normalised to [0, 1] draws windows almost uniformly (leff_window_spread.md): sharper
     "leff-bf16-t0.1": f"method='leff' {FULL_LR} leff.stand-in='bfloat16' leff.temperature=0.1",
     # a diagnosis, not a method: LEFF with its frozen blocks exact (no compression, no distillation)
-    "leff-exact": f"method='leff' {FULL_LR} leff.compression=1.0 leff.distill-steps=0",
+    "leff-exact": f"method='leff' {FULL_LR} {T1} leff.compression=1.0 leff.distill-steps=0",
 }
 
 
