@@ -85,10 +85,9 @@ VARIANTS = {
     # layer dropout only where a device would hold the round up: the quarter-speed devices drop half their
     # blocks (a half-speed device's time at full depth), the others run at full depth
     "droppeft-speed-matched": SPEED_MATCHED,
-    # the two causes of the speed-matched clients' cost, separated: an update learned in sub-networks that
-    # misleads the global model (counted by the share of steps each block ran) or one too small to teach
-    # the global model the slow clients' classes (each block's step divided by 1 - its rate)
-    "droppeft-speed-matched-share": f"{SPEED_MATCHED} drop.share-weights=true",
+    # the speed-matched clients' updates made as large as at full depth (each block's step divided by 1 - its
+    # rate), a diagnosis of whether too small an update is what delays the global model (batch W; the same
+    # batch counted their block updates by the share of steps each block ran, an option since removed)
     "droppeft-speed-matched-lrcomp": f"{SPEED_MATCHED} drop.lr-compensation=true",
     "leff": f"method='leff' {FULL_LR} {T1}",
     "leff-random": f"method='leff' {FULL_LR} leff.window='random'",

@@ -176,12 +176,6 @@ class LayerDropConfig(Section):
     shape: Literal["uniform", "incremental", "sensitivity"] = Field(
         "incremental", description="How drop.mean-rate is spread over the blocks (mode=fixed)."
     )
-    share_weights: bool = Field(
-        False,
-        description="Aggregate a client's update of a block with its weight times the share of the "
-        "round's steps in which the block ran (expected from its plan), so an update learned in "
-        "sub-networks counts in proportion to the training behind it (this project's option).",
-    )
     target_speed: float = Field(
         0.0,
         ge=0,

@@ -32,7 +32,6 @@ from fedcore.core.seeding import derive_seed
 from fedcore.core.wire import dict_to_config, received_state, state_to_arrays
 from fedcore.data.batching import Batch, make_batches
 from fedcore.data.splits import server_splits
-from fedcore.mechanisms.layer_dropout import parameter_run_shares
 from fedcore.methods.base import ClientInfo, ClientPlan, ClientResult, Planner
 from fedcore.methods.registry import make_planner
 from fedcore.model import build_model, load_tunable_state, tunable_state
@@ -131,8 +130,7 @@ def collect_reply(
     row = {**metrics, **row, wire.BYTES_UP: record.count_bytes(), "status": "ok", "reason": None}
     weight = stated_weight(metrics[wire.EXAMPLES], client.num_examples)
     tensors = {name: tensor.float() for name, tensor in update.items()}
-    shares = parameter_run_shares(plan, tensors, layer_map) if cfg.drop.share_weights else {}
-    return ClientOutcome(row, ClientUpdate(client.node_id, weight, tensors, shares))
+    return ClientOutcome(row, ClientUpdate(client.node_id, weight, tensors))
 
 
 def bound_and_aggregate(state: ServerState, outcomes: list[ClientOutcome]) -> None:

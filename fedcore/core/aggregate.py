@@ -1,11 +1,9 @@
 """Layer-wise aggregation: each parameter is combined over only the clients that trained and uploaded it.
 
 The default combiner is the weighted mean, weights renormalised per parameter over its contributors, as
-LEFF prescribes for layers; FedAvg is the special case where every client uploads everything. With
-``drop.share-weights`` (this project's option for layer dropout) a client's weight for a block is scaled
-by the share of its steps that ran the block. The robust combiners (``round.aggregator``) take, per
-parameter and coordinate, the median or the trimmed mean of the contributors' deltas, unweighted (as
-Flower's whole-model FedMedian and FedTrimmedAvg do). Parameters
+LEFF prescribes for layers; FedAvg is the special case where every client uploads everything. The robust
+combiners (``round.aggregator``) take, per parameter and coordinate, the median or the trimmed mean of
+the contributors' deltas, unweighted (as Flower's whole-model FedMedian and FedTrimmedAvg do). Parameters
 no client uploaded keep their previous tensor object, so they stay bit-identical. Every reply is validated
 before it can touch the aggregate.
 """
@@ -13,7 +11,7 @@ before it can touch the aggregate.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -33,9 +31,6 @@ class ClientUpdate:
     #: aggregation weight: examples, bounded by what the server knows (fedcore.core.robust)
     weight: float
     update: dict[str, torch.Tensor]
-    #: per parameter, a factor in (0, 1] on ``weight`` for the weighted mean (absent = 1): the share of
-    #: the round's steps that ran the parameter's block under layer dropout (``drop.share-weights``)
-    shares: Mapping[str, float] = field(default_factory=dict)
 
 
 def validate_update(
@@ -96,7 +91,6 @@ def aggregate_layerwise(
         for name in client.update:
             contributors.setdefault(name, []).append(client)
     for name, clients in contributors.items():
-        weights = [c.weight * c.shares.get(name, 1.0) for c in clients]
-        delta = combine([c.update[name] for c in clients], weights, aggregator)
+        delta = combine([c.update[name] for c in clients], [c.weight for c in clients], aggregator)
         new_state[name] = (global_state[name].double() + delta).to(global_state[name].dtype)
     return new_state

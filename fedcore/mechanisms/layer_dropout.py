@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -18,8 +18,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-from fedcore.core.layers import LayerMap, find_blocks, swap_blocks
-from fedcore.core.plan import LayerPlan
+from fedcore.core.layers import find_blocks, swap_blocks
 
 Shape = Literal["uniform", "incremental", "sensitivity"]
 SHAPES: tuple[str, ...] = get_args(Shape)
@@ -167,43 +166,6 @@ def sample_active_blocks(drop_rates: Sequence[float], generator: torch.Generator
     if not active:
         active = [min(range(len(drop_rates)), key=lambda i: drop_rates[i])]
     return active
-
-
-def mean_drop_scale(plan: LayerPlan) -> float:
-    """The mean over a round's steps of the factor on the plan's drop rates: 1, or less in the rounds
-    where ``drop_warmup`` still ramps the rates up from 0 (the training loop's linear ramp, integrated
-    over the round)."""
-    ramp = plan.drop_warmup * plan.rounds  # in rounds
-    start, end = plan.round - 1, plan.round
-    if ramp <= start:
-        return 1.0
-    if ramp >= end:
-        return (end * end - start * start) / (2 * ramp)
-    return (ramp * ramp - start * start) / (2 * ramp) + (end - ramp)
-
-
-def block_run_shares(plan: LayerPlan) -> dict[int, float]:
-    """For each global block the plan drops now and then, the expected share of the round's steps in
-    which it runs: 1 - its drop rate, less any warm-up of the rates. A LEFF layout's local blocks are
-    mapped to the global blocks they hold; students are not global blocks and have no share."""
-    if not plan.drop_rates:
-        return {}
-    scale = mean_drop_scale(plan)
-    sources = plan.block_sources or tuple(range(len(plan.drop_rates)))
-    return {
-        source: 1.0 - rate * scale
-        for source, rate in zip(sources, plan.drop_rates, strict=True)
-        if source >= 0 and rate > 0
-    }
-
-
-def parameter_run_shares(plan: LayerPlan, names: Iterable[str], layer_map: LayerMap) -> dict[str, float]:
-    """``block_run_shares`` per parameter name (``drop.share-weights``' factors on a client's aggregation
-    weight), from the plan the server made, so a client cannot claim more; parameters outside dropped
-    blocks are left out (factor 1)."""
-    by_block = block_run_shares(plan)
-    blocks = {name: layer_map.block_index(name) for name in names}
-    return {name: by_block[block] for name, block in blocks.items() if block in by_block}
 
 
 def only_blocks(model: nn.Module, active: Sequence[int]) -> AbstractContextManager[None]:

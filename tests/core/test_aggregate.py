@@ -25,18 +25,6 @@ from tests.conftest import tiny_run_config
 # ---------------------------------------------------------------------------------------------- aggregate
 
 
-def test_run_shares_scale_a_clients_weight_only_for_the_parameters_they_name() -> None:
-    """drop.share-weights: a client that ran block "x" in half its steps counts half for "x" only."""
-    old = {"x": torch.tensor([0.0]), "y": torch.tensor([0.0])}
-    full = ClientUpdate(1, 10, {"x": torch.tensor([3.0]), "y": torch.tensor([3.0])})
-    half = ClientUpdate(2, 10, {"x": torch.tensor([6.0]), "y": torch.tensor([6.0])}, shares={"x": 0.5})
-    new = aggregate_layerwise(old, [full, half])
-    assert new["x"].item() == pytest.approx((10 * 3 + 5 * 6) / 15)
-    assert new["y"].item() == pytest.approx(4.5)
-    robust = aggregate_layerwise(old, [full, half], "median")  # unweighted by design: shares do not apply
-    assert robust["x"].item() == robust["y"].item()
-
-
 def test_weighted_mean_renormalised_per_parameter() -> None:
     """Hand-computed: weights are example counts renormalised over each parameter's contributors."""
     old = {

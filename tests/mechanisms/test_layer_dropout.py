@@ -26,10 +26,7 @@ from fedcore.data.batching import Batch, make_batches
 from fedcore.mechanisms.layer_dropout import (
     MAX_MATCHED_RATE,
     DropConfig,
-    block_run_shares,
-    mean_drop_scale,
     only_blocks,
-    parameter_run_shares,
     protected_blocks,
     sample_active_blocks,
     sensitivity_weights,
@@ -244,58 +241,6 @@ def test_drop_warmup_runs_more_blocks_early(tiny_models: dict[str, Path], tmp_pa
     abrupt = train_plan(model, batches, plan).metrics["mean_active_blocks"]
     ramped = train_plan(model, batches, dataclasses.replace(plan, drop_warmup=1.0)).metrics
     assert ramped["mean_active_blocks"] > abrupt
-
-
-@pytest.mark.parametrize(
-    ("round_number", "warmup"), [(1, 0.0), (1, 0.5), (2, 0.5), (3, 0.5), (2, 0.3), (1, 1.0)]
-)
-def test_mean_drop_scale_is_the_training_loops_ramp_averaged_over_the_round(
-    round_number: int, warmup: float
-) -> None:
-    """The server's expected share of steps must follow the ramp the client actually trains with."""
-    steps = 2000
-    plan = LayerPlan(round=round_number, rounds=4, train_groups=("head",), drop_warmup=warmup, steps=steps)
-    looped = sum(drop_scale(plan, step, steps) for step in range(steps)) / steps
-    assert mean_drop_scale(plan) == pytest.approx(looped, abs=1e-3)
-
-
-def test_block_run_shares_are_one_minus_the_rate_of_each_dropped_block() -> None:
-    plan = LayerPlan(round=1, rounds=2, train_groups=("head",), drop_rates=(0.0, 0.2, 0.5, 0.0))
-    assert block_run_shares(plan) == pytest.approx({1: 0.8, 2: 0.5})
-    assert block_run_shares(dataclasses.replace(plan, drop_rates=())) == {}
-    ramped = dataclasses.replace(plan, drop_warmup=1.0)  # round 1 of 2: the rates average a quarter
-    assert block_run_shares(ramped) == pytest.approx({1: 1 - 0.2 / 4, 2: 1 - 0.5 / 4})
-
-
-def test_block_run_shares_follow_a_leff_layout_to_global_blocks() -> None:
-    """Local block i holds global block block_sources[i]; students (-1) have no global share."""
-    plan = LayerPlan(
-        round=1, rounds=1, train_groups=("block.5",), block_sources=(-1, 5, 7), drop_rates=(0.3, 0.2, 0.4)
-    )
-    assert block_run_shares(plan) == pytest.approx({5: 0.8, 7: 0.6})
-
-
-def test_measured_run_share_matches_the_planned_share(tiny_models: dict[str, Path], tmp_path: Path) -> None:
-    """Over many steps the blocks a client runs agree with the share the server weights it by."""
-    model, tokenizer = _build(tiny_models["bert"], tmp_path)
-    rates = (0.0, 0.3, 0.6, 0.0)
-    plan = LayerPlan(round=1, rounds=1, train_groups=("head",), drop_rates=rates, steps=200, lr=1e-4, seed=0)
-    measured = train_plan(model, _batches(tokenizer), plan).metrics["mean_active_blocks"]
-    expected = 2 + sum(block_run_shares(plan).values())  # blocks 0 and 3 always run
-    assert measured == pytest.approx(expected, abs=0.15)
-
-
-def test_parameter_run_shares_cover_exactly_the_parameters_of_dropped_blocks(
-    tiny_models: dict[str, Path], tmp_path: Path
-) -> None:
-    model, _ = _build(tiny_models["bert"], tmp_path)
-    layer_map = LayerMap(model)
-    names = [name for name, _ in model.named_parameters()]
-    plan = LayerPlan(round=1, rounds=1, train_groups=("head",), drop_rates=(0.0, 0.25, 0.0, 0.0))
-    shares = parameter_run_shares(plan, names, layer_map)
-    assert shares
-    assert set(shares) == {name for name in names if layer_map.block_index(name) == 1}
-    assert set(shares.values()) == {0.75}
 
 
 def test_lr_compensation_enlarges_only_the_steps_of_blocks_that_may_be_dropped(
