@@ -36,10 +36,20 @@ from fedcore.training.evaluate import evaluate  # noqa: E402
 from server_app.checkpoint import load_checkpoint  # noqa: E402
 
 
+def known_keys(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The run's config without the keys this version no longer has (options tried and removed since
+    the run), each named on stderr: scoring needs only what builds the model and the splits."""
+    known = RunConfig().to_flat()
+    dropped = sorted(set(config) - set(known))
+    if dropped:
+        print(f"{run_dir.name}: config keys unknown to this version, ignored: {dropped}", file=sys.stderr)
+    return {key: value for key, value in config.items() if key in known}
+
+
 def score_run(run_dir: Path) -> dict[str, Any]:
     """The final model's accuracy on the run's first eval rows, all test rows and the validation split."""
     checkpoint = load_checkpoint(run_dir)
-    cfg = RunConfig.from_flat(checkpoint.config)
+    cfg = RunConfig.from_flat(known_keys(checkpoint.config, run_dir))
     splits = server_splits(cfg.data, cfg.model.task, cfg.seed)
     model, tokenizer = build_model(cfg, splits.num_labels)
     load_tunable_state(model, checkpoint.global_state)
