@@ -13,7 +13,6 @@ clients send (weights, sizes, clipping of the others) or through how slowly they
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import RESULTS, command_line, header, machine, table, variant_and_seed, write_results  # noqa: E402
+from benchlib import publish_runs_report, runs_report_args, table, variant_and_seed  # noqa: E402
 
 from fedcore.cli.report import load_run  # noqa: E402
 
@@ -66,11 +65,7 @@ def summarise(run_dir: Path, partitions: set[int]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
-    parser.add_argument("--name", required=True, help="results/<name>.{md,json}")
-    parser.add_argument("--note", default="", help="where the runs come from, for the report")
-    args = parser.parse_args(argv)
+    args = runs_report_args(__doc__.splitlines()[0], argv)
     by_seed: dict[int | None, set[int]] = {}
     for run_dir in args.runs:
         by_seed.setdefault(variant_and_seed(run_dir)[1], set()).update(
@@ -107,14 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows
         ],
     )
-    info = machine()
-    markdown = (
-        header(f"The clients that drop blocks: {args.name}", info, command_line(), quick=False)
-        + (f"\n{args.note}\n" if args.note else "")
-        + f"\n{body}\n"
-    )
-    write_results(args.name, RESULTS, markdown, {"machine": info, "command": command_line(), "runs": rows})
-    print(markdown, flush=True)
+    publish_runs_report(args.name, f"The clients that drop blocks: {args.name}", body, rows, args.note)
     return 0
 
 

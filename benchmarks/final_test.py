@@ -16,7 +16,6 @@ grouped by variant, with the per-seed values side by side.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import RESULTS, command_line, header, machine, table, variant_and_seed, write_results  # noqa: E402
+from benchlib import publish_runs_report, runs_report_args, table, variant_and_seed  # noqa: E402
 
 from fedcore.cli.report import load_run  # noqa: E402
 from fedcore.config import RunConfig  # noqa: E402
@@ -122,13 +121,8 @@ def summary(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
-    parser.add_argument("--name", required=True, help="results/<name>.{md,json}")
-    parser.add_argument("--note", default="", help="where the runs come from, for the report")
-    args = parser.parse_args(argv)
+    args = runs_report_args(__doc__.splitlines()[0], argv)
     rows = [score_run(run_dir) for run_dir in args.runs]
-    info = machine()
     per_run = table(
         ["run", "rounds", "reported", "first rows", "test rows", "test acc", "validation acc"],
         [
@@ -144,13 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows
         ],
     )
-    markdown = (
-        header(f"Final models on every test row: {args.name}", info, command_line(), quick=False)
-        + (f"\n{args.note}\n" if args.note else "")
-        + f"\n{summary(rows)}\n\n### Per run\n\n{per_run}\n"
-    )
-    write_results(args.name, RESULTS, markdown, {"machine": info, "command": command_line(), "runs": rows})
-    print(markdown, flush=True)
+    body = f"{summary(rows)}\n\n### Per run\n\n{per_run}"
+    publish_runs_report(args.name, f"Final models on every test row: {args.name}", body, rows, args.note)
     return 0
 
 
