@@ -44,8 +44,7 @@ def dropping_partitions(rows: list[dict[str, Any]]) -> set[int]:
     }
 
 
-def summarise(run_dir: Path, partitions: set[int]) -> dict[str, Any]:
-    rows = client_rows(run_dir)
+def summarise(run_dir: Path, rows: list[dict[str, Any]], partitions: set[int]) -> dict[str, Any]:
     variant, seed = variant_and_seed(run_dir)
     theirs = [r for r in rows if int(r["partition_id"]) in partitions and r["status"] == "ok"]
     early = [r for r in theirs if r["round"] <= EARLY_ROUNDS]
@@ -66,12 +65,11 @@ def summarise(run_dir: Path, partitions: set[int]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = runs_report_args(__doc__.splitlines()[0], argv)
+    logs = {run_dir: client_rows(run_dir) for run_dir in args.runs}
     by_seed: dict[int | None, set[int]] = {}
-    for run_dir in args.runs:
-        by_seed.setdefault(variant_and_seed(run_dir)[1], set()).update(
-            dropping_partitions(client_rows(run_dir))
-        )
-    rows = [summarise(d, by_seed[variant_and_seed(d)[1]]) for d in args.runs]
+    for run_dir, log in logs.items():
+        by_seed.setdefault(variant_and_seed(run_dir)[1], set()).update(dropping_partitions(log))
+    rows = [summarise(d, log, by_seed[variant_and_seed(d)[1]]) for d, log in logs.items()]
     rows.sort(key=lambda r: (r["seed"] or 0, r["variant"]))
 
     def fmt(value: float | None) -> str:

@@ -48,8 +48,8 @@ FULL_LR = "train.lr=2e-4"
 PAPER_DROPPEFT = "method='droppeft' drop.rates='0.15,0.30' ptls.fraction=0.25"
 #: layer dropout only where a device would hold the round up (``drop.target-speed``)
 SPEED_MATCHED = "method='droppeft' drop.rates='0' drop.target-speed=0.5"
-#: LEFF's importance windows at the temperature the variants below were measured at before the default
-#: became 0.1 (the ``leff-t0.1`` variants are today's default)
+#: LEFF's importance windows at the temperature the importance variants below were measured at before
+#: the default became 0.1 (the ``leff-t0.1`` variants are today's default)
 T1 = "leff.temperature=1.0"
 #: variant -> overrides on top of the preset (the default of each method is its own name, LEFF's apart)
 VARIANTS = {
@@ -105,7 +105,7 @@ VARIANTS = {
     "leff-bf16-round-robin": f"method='leff' {FULL_LR} leff.stand-in='bfloat16' leff.window='round-robin'",
     # batch N: round-robin's best and worst seeds (0.840 / 0.570) trained the top five blocks 90 and 35
     # times, and draws over window starts train both ends of the model least: even coverage instead
-    "leff-bf16-least-trained": f"method='leff' {FULL_LR} {T1} leff.stand-in='bfloat16' "
+    "leff-bf16-least-trained": f"method='leff' {FULL_LR} leff.stand-in='bfloat16' "
     "leff.window='least-trained'",
     # a window trains a sixth to a half of the blocks per round: a larger step, chosen on validation
     "leff-bf16-lr5e-4": f"method='leff' train.lr=5e-4 leff.stand-in='bfloat16' {T1}",
