@@ -89,6 +89,10 @@ VARIANTS = {
     # rate), a diagnosis of whether too small an update is what delays the global model (batch W; the same
     # batch counted their block updates by the share of steps each block ran, an option since removed)
     "droppeft-speed-matched-lrcomp": f"{SPEED_MATCHED} drop.lr-compensation=true",
+    # the full-depth counterpart of speed-matched dropout: the quarter-speed devices run 2 of the 5 local
+    # steps (floor of a half-speed device's time) at full depth, the others all 5 (train.target-speed);
+    # separates the cost of skipping blocks from the cost of doing less work on the slow devices
+    "fedlora-step-matched": "method='fedlora' train.target-speed=0.5",
     "leff": f"method='leff' {FULL_LR} {T1}",
     "leff-random": f"method='leff' {FULL_LR} leff.window='random'",
     "leff-round-robin": f"method='leff' {FULL_LR} leff.window='round-robin'",

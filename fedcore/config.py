@@ -121,6 +121,23 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="Training compute precision; 'auto' = bf16 on GPUs that support it, else fp32."
     )
+    target_speed: float = Field(
+        0.0,
+        ge=0,
+        le=1e3,
+        description="Devices slower than this relative speed run fewer local steps, floor(local-steps x "
+        "speed / target-speed) and at least 1, so no device's training takes longer than a target-speed "
+        "device's full round: the full-depth counterpart of drop.target-speed (this project's option; "
+        "0 = off).",
+    )
+
+    @model_validator(mode="after")
+    def _matched_steps_need_steps(self) -> TrainConfig:
+        if self.target_speed > 0 and self.local_steps == 0:
+            raise ValueError(
+                "train.target-speed scales train.local-steps, which is 0 (local epochs); set a step count"
+            )
+        return self
 
 
 class RoundConfig(Section):
@@ -351,6 +368,15 @@ class RunConfig(Section):
             raise ValueError(
                 "leff.proxy='server:validation' takes the server's validation texts, but "
                 "data.validation-fraction is 0 (no validation split)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_speed_match(self) -> RunConfig:
+        if self.train.target_speed > 0 and self.drop.target_speed > 0:
+            raise ValueError(
+                "train.target-speed and drop.target-speed both shorten slow devices' rounds (fewer steps, "
+                "shallower steps); set at most one of them"
             )
         return self
 

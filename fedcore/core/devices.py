@@ -61,6 +61,19 @@ class DeviceProfile:
         return cls(**{known[k]: v for k, v in values.items() if k in known})
 
 
+def speed_matched_steps(steps: int, speed: float, target_speed: float) -> int:
+    """The local steps a device of ``speed`` runs so that its training takes no longer than a device of
+    ``target_speed`` running all ``steps`` (this project's rule; ``train.target-speed``).
+
+    A synchronous round lasts as long as its slowest client; a device k times slower than the target runs
+    floor(steps / k) steps, at least one. Devices at or above the target, and ``target_speed`` 0, keep
+    ``steps``.
+    """
+    if target_speed <= 0 or speed >= target_speed:
+        return steps
+    return max(1, math.floor(steps * speed / target_speed + 1e-9))
+
+
 PROFILES: dict[str, DeviceProfile] = {
     "workstation": DeviceProfile("workstation", speed=1.0, memory_mb=24000, capacity=0.5),
     "cpu-box": DeviceProfile("cpu-box", speed=0.5, memory_mb=8000, capacity=0.34),

@@ -1,7 +1,8 @@
 """The Planner protocol, the facts planners work from, and the plan every method starts from.
 
 ``base_plan`` is where the options every method accepts enter a plan: a fixed layer-dropout
-configuration (``drop.mode=fixed``) and personal layers (``ptls.fraction``).
+configuration (``drop.mode=fixed``), personal layers (``ptls.fraction``) and fewer local steps for slow
+devices (``train.target-speed``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from fedcore.config import SERVER_VALIDATION, RunConfig
-from fedcore.core.devices import DeviceProfile
+from fedcore.core.devices import DeviceProfile, speed_matched_steps
 from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
 from fedcore.core.seeding import derive_seed
@@ -137,10 +138,15 @@ def base_plan(
 ) -> LayerPlan:
     """The plan every method starts from: train these groups with the run's local-training settings
     (``sensitivity``: per block, for the 'sensitivity' drop shape). Where the plan has layer dropout, a
-    client slower than ``drop.target-speed`` runs at least its speed-matched rate (``speed_matched``)."""
+    client slower than ``drop.target-speed`` runs at least its speed-matched rate (``speed_matched``); a
+    client slower than ``train.target-speed`` runs its speed-matched number of steps."""
     personal = cfg.personal_fraction
-    if drop is not None and client.profile:  # a client that stated no profile runs as planned
-        drop = speed_matched(drop, DeviceProfile.from_config(client.profile).speed, cfg.drop.target_speed)
+    steps = cfg.train.local_steps
+    if client.profile:  # a client that stated no profile runs as planned
+        speed = DeviceProfile.from_config(client.profile).speed
+        steps = speed_matched_steps(steps, speed, cfg.train.target_speed)
+        if drop is not None:
+            drop = speed_matched(drop, speed, cfg.drop.target_speed)
     return LayerPlan(
         round=round_number,
         rounds=cfg.rounds,
@@ -149,7 +155,7 @@ def base_plan(
         drop_warmup=cfg.drop.warmup,
         drop_lr_compensation=cfg.drop.lr_compensation,
         personal_fraction=personal,
-        steps=cfg.train.local_steps,
+        steps=steps,
         epochs=cfg.train.local_epochs,
         lr=cfg.learning_rate,
         seed=derive_seed(cfg.seed, round_number, client.partition_id),

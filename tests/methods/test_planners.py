@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fedcore.core import wire
-from fedcore.core.devices import PROFILES, DeviceProfile
+from fedcore.core.devices import PROFILES, DeviceProfile, speed_matched_steps
 from fedcore.core.layers import HEAD, LayerMap
 from fedcore.methods.base import ClientInfo, ClientResult, tunable_groups
 from fedcore.methods.baselines import AllLayersPlanner
@@ -165,6 +165,52 @@ def test_target_speed_gives_only_slow_devices_their_speed_matched_rate(
     # without layer dropout (FedLoRA's own default) the target changes nothing
     plain, _, _ = _planner_and_state(tiny_models["bert"], tmp_path, **{"drop.target-speed": 0.5})
     assert all(p.plan.drop_rates == () for p in plain.plan(1, clients, state).values())
+
+
+@pytest.mark.parametrize("method", ["fedlora", "droppeft", "leff"])
+def test_train_target_speed_gives_only_slow_devices_fewer_steps(
+    tiny_models: dict[str, Path], tmp_path: Path, method: str
+) -> None:
+    """train.target-speed=0.5 with 5 local steps: the quarter-speed device runs 2 (its training then
+    takes no longer than a half-speed device's 5), the half-speed and full-speed devices 5, a client that
+    stated no profile (LEFF needs every client's) 5 too; what each step trains is left as it was."""
+    planner, _, state = _planner_and_state(
+        tiny_models["bert"], tmp_path, method=method, **{"train.target-speed": 0.5, "train.local-steps": 5}
+    )
+    devices = {0: "workstation", 1: "cpu-box", 2: "jetson-orin"}
+    clients = [
+        ClientInfo(node_id=10 + p, partition_id=p, profile=PROFILES[name].as_config())
+        for p, name in devices.items()
+    ]
+    if method != "leff":
+        clients.append(ClientInfo(node_id=13, partition_id=3))
+    planned = planner.plan(1, clients, state)
+    steps = {c.partition_id: planned[c.node_id].plan.steps for c in clients}
+    expected = {0: 5, 1: 5, 2: 2} if method == "leff" else {0: 5, 1: 5, 2: 2, 3: 5}
+    assert steps == expected
+    unmatched, _, _ = _planner_and_state(
+        tiny_models["bert"], tmp_path, method=method, **{"train.local-steps": 5}
+    )
+    plain = unmatched.plan(1, clients, state)
+    for client in clients:
+        matched, reference = planned[client.node_id].plan, plain[client.node_id].plan
+        assert matched.drop_rates == reference.drop_rates
+        assert matched.train_groups == reference.train_groups
+
+
+@pytest.mark.parametrize(
+    ("steps", "speed", "target", "expected"),
+    [
+        (5, 0.25, 0.5, 2),
+        (5, 0.5, 0.5, 5),
+        (5, 1.0, 0.5, 5),
+        (20, 0.25, 1.0, 5),
+        (3, 0.1, 1.0, 1),
+        (5, 0.25, 0.0, 5),
+    ],
+)
+def test_speed_matched_steps(steps: int, speed: float, target: float, expected: int) -> None:
+    assert speed_matched_steps(steps, speed, target) == expected
 
 
 def test_droppeft_does_not_prune_arms_of_drifting_devices(
