@@ -110,6 +110,12 @@ class ClientsConfig(Section):
         return self
 
 
+def target_speed_field(description: str) -> Any:
+    """A relative device speed below which a device's round is shortened to a device of that speed's
+    (0 = off); ``train.target-speed`` and ``drop.target-speed`` differ only in how they shorten it."""
+    return Field(0.0, ge=0, le=1e3, description=description)
+
+
 class TrainConfig(Section):
     local_steps: int = Field(20, ge=0, description="Optimizer steps per round (0 = local-epochs).")
     local_epochs: int = Field(1, ge=1)
@@ -121,11 +127,8 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="Training compute precision; 'auto' = bf16 on GPUs that support it, else fp32."
     )
-    target_speed: float = Field(
-        0.0,
-        ge=0,
-        le=1e3,
-        description="Devices slower than this relative speed run fewer local steps, floor(local-steps x "
+    target_speed: float = target_speed_field(
+        "Devices slower than this relative speed run fewer local steps, floor(local-steps x "
         "speed / target-speed) and at least 1, so no device's training takes longer than a target-speed "
         "device's full round: the full-depth counterpart of drop.target-speed (this project's option; "
         "0 = off).",
@@ -193,11 +196,8 @@ class LayerDropConfig(Section):
     shape: Literal["uniform", "incremental", "sensitivity"] = Field(
         "incremental", description="How drop.mean-rate is spread over the blocks (mode=fixed)."
     )
-    target_speed: float = Field(
-        0.0,
-        ge=0,
-        le=1e3,
-        description="Where layer dropout is on (droppeft, or drop.mode=fixed for a method that trains every "
+    target_speed: float = target_speed_field(
+        "Where layer dropout is on (droppeft, or drop.mode=fixed for a method that trains every "
         "block; LEFF fits slow devices by their window instead), devices slower than this "
         "relative speed drop blocks at a mean rate of at least 1 - speed / target-speed, so no device's "
         "blocks take longer than a target-speed device's at full depth (this project's option; 0 = off).",
