@@ -207,6 +207,7 @@ def test_train_target_speed_gives_only_slow_devices_fewer_steps(
         (20, 0.25, 1.0, 5),
         (3, 0.1, 1.0, 1),
         (5, 0.25, 0.0, 5),
+        (4, 0.6, 0.8, 3),
     ],
 )
 def test_speed_matched_steps(steps: int, speed: float, target: float, expected: int) -> None:
