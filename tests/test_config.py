@@ -134,3 +134,16 @@ def test_preset_fills_defaults_but_explicit_values_win() -> None:
     for rates, grid in (("0.15,0.3", [0.15]), ("0.15,0.30", [0.15, 0.3])):
         paper = RunConfig.from_flat({"preset": "paper-cls", "method": "droppeft", "drop.rates": rates})
         assert paper.drop.rate_grid() == grid
+
+
+def test_encoder_testbed_preset() -> None:
+    """paper-enc: the 12-block encoder on the news topics, 8 skewed clients, the papers' DropPEFT."""
+    cfg = RunConfig.from_flat({"preset": "paper-enc", "method": "droppeft"})
+    assert (cfg.model.name, cfg.data.name, cfg.data.dirichlet_alpha, cfg.clients.num_partitions) == (
+        "embedded:all-mpnet-base-v2",
+        "embedded:bbc-news",
+        0.1,
+        8,
+    )
+    assert cfg.data.validation_fraction > 0 and cfg.train.local_steps == 5
+    assert (cfg.drop.rate_grid(), cfg.ptls.fraction) == ([0.15, 0.3], "auto")
