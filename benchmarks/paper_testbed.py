@@ -1,4 +1,5 @@
-"""The methods compared on the papers' kind of testbed (``preset='paper-cls'``), seeds side by side.
+"""The methods compared on the papers' kind of testbed (``preset='paper-cls'``, or ``--preset``), seeds side
+by side.
 
 Every method (and the LEFF window ablations) runs as users run it (``fedlayer simulate``, Ray), one after
 the other on one machine, for each seed, with the preset's settings and nothing else changed: the
@@ -18,6 +19,10 @@ other.
     python benchmarks/paper_testbed.py --seeds 0,1        # -> results/paper-testbed.{md,json} + PNGs
     python benchmarks/paper_testbed.py --from-runs benchmarks/runs/<time>   # report only
 
+The preset's keys are written out into every run's config rather than named (``preset=<name>``): a named
+preset fills every key left at its default, so an override equal to a default (``--run-config
+'train.local-steps=20'``) would lose to the preset; written out, every later override wins.
+
 The report is rewritten after every finished run, so a long batch can be committed as it lands.
 """
 
@@ -36,9 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchlib import RESULTS, command_line, header, machine, table, variant_and_seed, write_results  # noqa: E402
-from methods import merge_overrides, run_one  # noqa: E402
+from methods import flat_overrides, merge_overrides, run_one  # noqa: E402
 
 from fedcore.cli.report import RunRecord, load_run, plot_runs  # noqa: E402
+from fedcore.presets import PRESETS  # noqa: E402
 
 FULL_LR = "train.lr=2e-4"
 #: DropPEFT as the paper has it: the bandit over two arms and personal layers (the preset's DropPEFT before
@@ -314,10 +320,10 @@ def report(args: argparse.Namespace, info: dict[str, Any], runs_root: Path, runs
         rows += [{"batch": earlier.stem, **row} for row in json.loads(earlier.read_text())["runs"]]
     for plot in plot_runs([run for _, _, run in runs], runs_root):
         shutil.copy(plot, RESULTS / f"{args.name}-{plot.name}")
-    markdown = header("Methods on the paper-cls testbed", info, command_line(), quick=False)
+    markdown = header(f"Methods on the {args.preset} testbed", info, command_line(), quick=False)
     markdown += (
         (f"{args.note}\n\n" if args.note else "")
-        + f"Preset `paper-cls` + `{args.run_config}`; supernodes {args.supernodes}, CPUs per client "
+        + f"Preset `{args.preset}` + `{args.run_config}`; supernodes {args.supernodes}, CPUs per client "
         f"{args.cpus:g}. Target per seed: FedLoRA's final accuracy minus 0.01; local target: FedLoRA's "
         "final mean local accuracy (clients' own test examples, personal layers included where kept) minus "
         "0.01. The federation clock is what a synchronous federation of the run's devices would take: "
@@ -374,6 +380,7 @@ def finished_runs(root: Path) -> list[tuple[str, int | None, RunRecord]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--preset", default="paper-cls", choices=sorted(PRESETS))
     parser.add_argument("--name", default="paper-testbed", help="results/<name>.{md,json} and its PNGs")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"from {', '.join(VARIANTS)}")
     parser.add_argument("--supernodes", type=int, default=8)
@@ -408,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in (int(s) for s in args.seeds.split(",")):
         for variant in variants:
             overrides = merge_overrides(
-                "preset='paper-cls'", args.run_config, VARIANTS[variant], f"seed={seed}"
+                flat_overrides(PRESETS[args.preset]), args.run_config, VARIANTS[variant], f"seed={seed}"
             )
             if run_one(runs_root, f"{variant}-s{seed}", overrides, args.supernodes, args.cpus) is not None:
                 report(args, info, runs_root, finished_runs(runs_root))
