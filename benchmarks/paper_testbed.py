@@ -64,6 +64,8 @@ VARIANTS = {
     # leff_causes.md, one client, 50 steps: full tuning 0.94 against 0.78 at the full-tuning default 5e-5,
     # LEFF's window 0.78 against 0.46); 5e-5 stays the default elsewhere
     "fedavg": f"method='fedavg' {FULL_LR}",
+    # full tuning at its default lr (5e-5), for a testbed whose validation split has not chosen one yet
+    "fedavg-lr5e-5": "method='fedavg' train.lr=5e-5",
     "fedbitfit": "method='fedbitfit'",
     # the preset's DropPEFT: one arm (0.15, sensitivity) without personal layers, chosen on validation
     "droppeft": "method='droppeft'",
