@@ -28,7 +28,7 @@ from fedcore.core.layers import LayerMap
 from fedcore.core.limits import check_record, clip_text
 from fedcore.core.plan import LayerPlan
 from fedcore.core.reply_schema import SchemaError, check_train_metrics
-from fedcore.core.robust import cap_weights, clip_to_median, stated_weight
+from fedcore.core.robust import cap_weights, clip_updates, stated_weight
 from fedcore.core.seeding import derive_seed
 from fedcore.core.wire import dict_to_config, received_state, state_to_arrays
 from fedcore.data.batching import Batch, make_batches
@@ -148,7 +148,7 @@ def bound_and_aggregate(state: ServerState, outcomes: list[ClientOutcome]) -> No
     cfg = state.cfg
     sound = [o for o in outcomes if o.update is not None]
     updates = cap_weights([o.update for o in sound], cfg.round.weight_cap)
-    updates, scales = clip_to_median(updates, state.layer_map.group_of, cfg.round.clip_factor)
+    updates, scales = clip_updates(updates, state.layer_map.group_of, cfg.round.clip_factor)
     for outcome, update, scale in zip(sound, updates, scales, strict=True):
         outcome.row.update(weight=update.weight, clip_scale=scale)
     if len(updates) >= cfg.clients.min:

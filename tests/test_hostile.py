@@ -24,7 +24,7 @@ from fedcore.core import wire
 from fedcore.core.wire import config_to_dict, received_state, state_to_arrays
 from fedcore.model import build_model, tunable_state
 from server_app.checkpoint import load_checkpoint
-from tests.conftest import tiny_run_config
+from tests.conftest import make_tiny_model_dir, tiny_run_config
 from tests.simulate import simulate
 
 Attack = Callable[[int, RecordDict], None]
@@ -130,6 +130,42 @@ def test_one_hostile_client_cannot_take_over_the_model(
         assert weights[HOSTILE] <= cfg.round.weight_cap * median
     if cfg.round.clip_factor:
         assert all(r["clip_scale"] < 0.01 for r in hostile)
+
+
+# ------------------------------------------------------------------------ a block only the attacker trained
+
+#: LEFF on 8 blocks: the hostile node (partition 2) is a workstation training a 4-block window, the honest
+#: ones are Jetsons training one block each, so most of the attacker's blocks have no other contributor;
+#: DropPEFT: the honest clients drop most of their blocks, the attacker none
+SOLE: dict[str, dict[str, Any]] = {
+    "leff": {"method": "leff", "devices.profiles": "jetson-orin,jetson-orin,workstation"},
+    "droppeft": {"method": "droppeft", "drop.mode": "fixed", "drop.mean-rate": 0.9, "ptls.fraction": 0.0},
+}
+
+
+def reversed_x1000(p: int, content: RecordDict) -> None:
+    if p == HOSTILE:
+        set_update(content, lambda t: -1000 * t)
+
+
+@pytest.mark.parametrize("method", list(SOLE))
+def test_a_sole_contributor_is_bounded_by_the_others_updates(method: str, tmp_path: Path) -> None:
+    """Blocks only the hostile client changed have no median to clip to: the bound of their kind
+    (fedcore/core/robust.py) keeps its x1000 update within BOUND x the honest run's movement."""
+    model_dir = make_tiny_model_dir(tmp_path / "bert8", "bert", layers=8)
+    overrides = {**SMALL, "leff.distill-steps": 2, **SOLE[method]}
+    cfg = tiny_run_config(model_dir, tmp_path / "honest", **overrides)
+    start = tunable_state(build_model(cfg, num_labels=2)[0])
+    honest_final = final_state(simulate(cfg, supernodes=3))
+    moved = distance(honest_final, start)
+    cfg = tiny_run_config(model_dir, tmp_path / "attacked", **overrides)
+    run_dir = simulate(cfg, supernodes=3, client_app=hostile_client(reversed_x1000))
+    pulled = distance(final_state(run_dir), honest_final) / moved
+    print(f"{method}, reversed x1000: {pulled:.3f} x the honest run's movement")
+    assert pulled <= BOUND
+    hostile = [r for r in rows(run_dir) if r["kind"] == "client" and r["partition_id"] == HOSTILE]
+    assert [r["status"] for r in hostile] == ["ok", "ok"]
+    assert all(r["clip_scale"] < 0.01 for r in hostile)
 
 
 # ------------------------------------------------------------------------------------ replies that crashed it
