@@ -49,7 +49,9 @@ class ModelConfig(Section):
         "embedded:all-MiniLM-L6-v2",
         description="'embedded:<asset>', a local model directory, or a hub id (needs network).",
     )
-    task: Literal["seq-cls", "causal-lm"] = "seq-cls"
+    task: Literal["seq-cls", "causal-lm"] = Field(
+        "seq-cls", description="Sequence classification or causal language modelling."
+    )
     max_length: int = Field(64, ge=8, le=8192, description="Tokens per example (truncation).")
 
 
@@ -57,9 +59,9 @@ class TuningConfig(Section):
     mode: Literal["auto", "full", "lora", "bitfit"] = Field(
         "auto", description="'auto' takes the method's own tuning (fedavg: full, fedlora: lora...)."
     )
-    lora_r: int = Field(16, ge=1, le=1024)
-    lora_alpha: float = Field(32.0, gt=0)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling.")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout inside LoRA adapters.")
     lora_targets: str = Field(
         "", description="Comma-separated module names; empty = the architecture's default (model.py)."
     )
@@ -74,10 +76,14 @@ class DataConfig(Section):
         "embedded:rotten-tomatoes",
         description="'embedded:<asset>', a local .csv/.jsonl/.parquet file, or a hub dataset id.",
     )
-    text_column: str = "text"
-    label_column: str = "label"
-    partition: Literal["iid", "dirichlet", "natural"] = "dirichlet"
-    dirichlet_alpha: float = Field(1.0, gt=0)
+    text_column: str = Field("text", description="Text column of a local or hub dataset.")
+    label_column: str = Field("label", description="Label column (any values; numbered in sorted order).")
+    partition: Literal["iid", "dirichlet", "natural"] = Field(
+        "dirichlet", description="How rows are split over clients: iid, label skew, or by a column."
+    )
+    dirichlet_alpha: float = Field(
+        1.0, gt=0, description="Dirichlet concentration; smaller = stronger label skew."
+    )
     natural_column: str = Field("", description="Column whose values define natural partitions.")
     test_fraction: float = Field(0.1, gt=0, lt=1, description="Server-held test split.")
     validation_fraction: float = Field(
@@ -118,10 +124,10 @@ def target_speed_field(description: str) -> Any:
 
 class TrainConfig(Section):
     local_steps: int = Field(20, ge=0, description="Optimizer steps per round (0 = local-epochs).")
-    local_epochs: int = Field(1, ge=1)
-    batch_size: int = Field(32, ge=1, le=4096)
+    local_epochs: int = Field(1, ge=1, description="Local epochs when local-steps is 0.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Training batch size.")
     lr: float = Field(0.0, ge=0, lt=1, description="Peak learning rate (0 = the tuning mode's default).")
-    weight_decay: float = Field(0.01, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0, lt=1, description="AdamW weight decay.")
     warmup_fraction: float = Field(0.1, ge=0, lt=1, description="Share of all steps spent warming up.")
     clip_norm: float = Field(1.0, ge=0, description="Gradient clipping (0 = off).")
     precision: Literal["auto", "fp32", "bf16"] = Field(
@@ -175,7 +181,7 @@ class EvalConfig(Section):
         description="Every client evaluates the model it receives on its own test split (always "
         "on with personal layers).",
     )
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="Evaluation batch size.")
 
 
 class LayerDropConfig(Section):
@@ -328,7 +334,9 @@ class DevicesConfig(Section):
 
 class OutputConfig(Section):
     dir: str = Field("outputs", description="Parent directory of run directories.")
-    save_model: bool = True
+    save_model: bool = Field(
+        True, description="Save the final model (LoRA: the adapter) with save_pretrained."
+    )
     tensorboard: bool = Field(
         False, description="Also write TensorBoard event files (needs the 'tensorboard' extra)."
     )
@@ -357,8 +365,10 @@ class RunConfig(Section):
         "", description="A named bundle of settings (fedcore/presets.py); values other than a default win."
     )
     method: str = Field("fedlora", description="One of fedcore/methods/specs.py's METHODS.")
-    seed: int = Field(0, ge=0)
-    rounds: int = Field(5, ge=1, le=100000)
+    seed: int = Field(
+        0, ge=0, description="Derives every random choice: splits, partitions, plans, masks, init."
+    )
+    rounds: int = Field(5, ge=1, le=100000, description="Federated rounds.")
     resume_from: str = Field("", description="A run directory whose last checkpoint this run continues.")
     model: ModelConfig = ModelConfig()
     tuning: TuningConfig = TuningConfig()

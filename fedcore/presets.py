@@ -53,8 +53,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data.validation-fraction": 0.05,
         "clients.num-partitions": 8,
         "clients.per-round": 4,
-        # FedLoRA's accuracy flattens from about round 16 (benchmarks/results/paper-testbed-P.md: 0.91 0.87
-        # 0.90 0.89 0.89 over rounds 16-20, seed 0); at 10 rounds every method was still rising
+        # FedLoRA's accuracy flattens from about round 16; at 10 rounds every method was still rising
+        # (docs/research/paper-cls-comparison.md)
         "rounds": 20,
         "train.local-steps": 5,
         "eval.max-examples": 100,
@@ -62,12 +62,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval.client-examples": 32,
         "eval.local": True,
         "drop.probe-examples": 32,
-        # chosen on the server validation split of this testbed (two seeds): the sensitivity arms'
-        # global validation accuracy 0.448 / 0.365 against 0.396 / 0.365 with the incremental ones
+        # chosen on the server validation split of this testbed (two seeds): the sensitivity arms had the
+        # higher global validation accuracy (docs/research/paper-cls-comparison.md)
         "drop.shapes": "sensitivity",
-        # DropPEFT chosen on the same split (20 rounds, seeds 0 / 1; benchmarks/results/paper-testbed-I.md):
-        # one arm, 0.15, without personal layers reached 0.802 / 0.719, against 0.583 / 0.385 for that arm
-        # with personal layers and 0.448 / 0.354 for the bandit over 0.15 / 0.3 with them, so the testbed
+        # DropPEFT chosen on the same split: one arm, 0.15, without personal layers had the best validation
+        # accuracy of every DropPEFT measured (docs/research/droppeft-rate-and-bandit.md), so the testbed
         # runs DropPEFT as layer dropout at 0.15 alone (the paper's full method: droppeft-paper variant)
         "drop.rates": "0.15",
         "ptls.fraction": 0.0,

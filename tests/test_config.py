@@ -103,19 +103,6 @@ def test_bad_config_is_refused_naming_the_key(flat: dict, key: str) -> None:
     assert key in str(error.value)
 
 
-def test_readme_documents_every_key_with_its_default() -> None:
-    readme = (ROOT / "README.md").read_text()
-    for key, value in RunConfig().to_flat().items():
-        shown = (
-            str(value).lower()
-            if isinstance(value, bool)
-            else f'"{value}"'
-            if isinstance(value, str)
-            else value
-        )
-        assert f"| `{key}` | `{shown}` |" in readme, key
-
-
 def test_preset_fills_defaults_but_explicit_values_win() -> None:
     cfg = RunConfig.from_flat({"preset": "llm-austen", "train.local-steps": 4})
     assert (cfg.model.task, cfg.data.natural_column, cfg.clients.num_partitions) == ("causal-lm", "book", 6)

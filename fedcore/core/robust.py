@@ -7,8 +7,7 @@ defences, after the norm bounding and median-relative clipping of the robust-FL 
   start-up, then at most ``cap`` x the round's median weight (``round.weight-cap``). A step-counted
   round touches only steps x batch size examples, but the weight stays the dataset size, as in FedAvg:
   bounding it by the examples touched gives every client of a step-counted plan the same weight, and
-  under label skew the small one-class clients then outvote the rest (the default federation's FedLoRA
-  ended at the majority class, 0.570, instead of 0.760);
+  under label skew the small one-class clients then outvote the rest (``docs/research/client-weights.md``);
 - size: per layer group, over the clients that changed that group, no update is longer than
   ``factor`` x the median update norm (``round.clip-factor``); a longer one is scaled down to it;
 - size of a sole contributor's update (a block only one client trained: LEFF windows, blocks the others

@@ -113,10 +113,8 @@ def sensitivity_weights(scores: Sequence[float], protect_factor: float = PROTECT
 
     A typical block weighs 1 and one that matters k times more than the median weighs 1/k, so the drop
     rate it receives shrinks in proportion; the few blocks the pretrained model cannot do without are
-    never dropped. Measured on SmolLM2 (``benchmarks/results/stld_protect.md``): a step that drops one of
-    them trains the head and adapters on features the full model never produces, and protecting them
-    (rate 0, the same mean spread over the rest) lifted one client's accuracy after 40 steps from 0.67 to
-    0.79 (two seeds).
+    never dropped: a step that drops one of them trains the head and adapters on features the full model
+    never produces (``docs/research/layer-dropout-per-step-cost.md``).
     """
     median = statistics.median(scores)
     protected = set(protected_blocks(scores, protect_factor))

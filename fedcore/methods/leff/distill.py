@@ -12,14 +12,12 @@ Our design where the paper is silent (paper-inspired, not the paper's):
   - ``sensitive`` (default): the segment's last block, whose output the next block or the task head reads
     (see ``uniform``), and the k - 1 other blocks whose removal moves the model's last hidden state the most
     (``fedcore.mechanisms.block_sensitivity``, measured once on proxy text). A pretrained decoder leans on a
-    few blocks (SmolLM2-135M: blocks 0, 1, 2, 11 and 24-29): a student that keeps them starts close to its
-    segment. Measured on the paper-cls testbed (``benchmarks/results/leff_causes.md``): SmolLM2's blocks
-    0-24 as 13 blocks start at a normalised error of 0.11 (0.08 after 20 steps) against 0.80 for uniform
-    spacing, which 20 steps of the paper's MSE only worsen (0.95): it drops block 1 and 11.
+    few blocks: a student that keeps them starts close to its segment, while uniform spacing can drop
+    them and distillation does not rebuild them (``docs/research/leff-students.md``).
   - ``uniform``: uniformly spaced blocks (Offsite-Tuning's emulator rule, indices round(i * (n - 1) /
     (k - 1)), first and last included); a one-block student copies the segment's LAST block, since the
-    last block shapes the features the task head reads (removing it alone costs a fine-tuned MiniLM ~19
-    points, any other single block 1-5; ``benchmarks/results/leff_students.md``).
+    last block shapes the features the task head reads (removing it alone costs a fine-tuned model far
+    more than removing any other single block; ``docs/research/leff-students.md``).
 - The target is the segment's OUTPUT hidden state (padding masked); the KL matches student layer j to the
   teacher layer it was copied from. Distillation runs with dropout off, so targets are deterministic.
 - A student may start from an earlier student of the same segment instead of from teacher copies

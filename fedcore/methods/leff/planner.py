@@ -10,15 +10,15 @@ global model changes every round, so a segment is reused across the clients of o
 Protected blocks (this project's choice, ``leff.keep-protected``): a student keeps every block of its
 segment that the model cannot do without (removal sensitivity above twice the median, the blocks the
 ``sensitivity`` drop shape never drops) and compresses only the others, kept + ceil((n - kept) * r)
-blocks. On the deep testbed the paper's ceil(n * r) students of short segments holding SmolLM2's blocks
-0-2 ended at normalised errors of 0.7-1.6, worse than predicting the mean.
+blocks. On a deep decoder the paper's ceil(n * r) students of short segments holding its first blocks
+end worse than predicting the mean (``docs/research/leff-students.md``).
 
 Warm start (this project's choice, ``leff.warm-students``): the students of the most recently used
 segments are kept across rounds, and a segment needed again is distilled from its previous student for
 ``leff.warm-distill-steps`` steps instead of from teacher copies for ``leff.distill-steps``. The global
-model moves little per round, so the student keeps what earlier rounds taught it; distilling SmolLM2's
-segments from teacher copies costs ~1 s per step and 20 steps leave most of the error (normalised error
-1.74 -> 0.81 for blocks 15-29, ``benchmarks/results/paper-testbed.md``).
+model moves little per round, so the student keeps what earlier rounds taught it; distilling a deep
+decoder's segments from teacher copies is the server's main cost and a few steps leave most of the error
+(``docs/research/leff-students.md``).
 
 bfloat16 stand-in (this project's option, ``leff.stand-in='bfloat16'``): no students at all; the client
 holds every block, those outside its window in bfloat16 (``fedcore.mechanisms.frozen_precision``; they
