@@ -83,7 +83,7 @@ class LeffPlanner:
         self.cfg = cfg
         self.model = model  # the server's global model: teacher and importance scorer
         self.layer_map = LayerMap(model)
-        texts = run_proxy_texts(cfg, cfg.leff.proxy_examples)
+        texts = run_proxy_texts(cfg, cfg.proxy.examples)
         self.proxy_batches = make_batches(
             Dataset.from_dict({"text": texts}), tokenizer, cfg.model.task, cfg.model.max_length, 32
         )
@@ -133,7 +133,6 @@ class LeffPlanner:
             lr=leff.distill_lr,
             alpha=leff.distill_alpha,
             seed=derive_seed(self.cfg.seed, round_number, segment.start, segment.stop),
-            loss=leff.distill_loss,
             initial=initial,
             sensitivity=[self.student_sensitivity[i] for i in segment] if self.student_sensitivity else None,
         )
