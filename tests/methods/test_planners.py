@@ -96,7 +96,8 @@ def test_sensitivity_shape_reads_the_starting_model(
 def test_droppeft_plans_bandit_arms_and_learns_only_from_the_round(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
-    planner, _, state = _planner_and_state(tiny_models["bert"], tmp_path, method="droppeft")
+    paper = {"droppeft.rates": "0.15,0.3"}
+    planner, _, state = _planner_and_state(tiny_models["bert"], tmp_path, method="droppeft", **paper)
     assert type(planner) is DropPeftPlanner and planner.bandit.prune
     planned = planner.plan(1, CLIENTS, state)
     for client_plan in planned.values():
@@ -108,7 +109,7 @@ def test_droppeft_plans_bandit_arms_and_learns_only_from_the_round(
 
     planner.plan(2, CLIENTS[2:], state)  # clients.per-round: only client 2 this round
     assert list(planner.state_dict()["choices"]) == ["client-2"]
-    restored, _, _ = _planner_and_state(tiny_models["bert"], tmp_path, method="droppeft")
+    restored, _, _ = _planner_and_state(tiny_models["bert"], tmp_path, method="droppeft", **paper)
     restored.load_state_dict(planner.state_dict())
     assert restored.state_dict() == planner.state_dict()
 
@@ -116,10 +117,8 @@ def test_droppeft_plans_bandit_arms_and_learns_only_from_the_round(
 def test_droppeft_with_one_arm_runs_it_without_the_probe(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
-    """A single arm leaves the bandit nothing to learn, so no client pays for the probe's passes."""
-    planner, _, state = _planner_and_state(
-        tiny_models["bert"], tmp_path, method="droppeft", **{"droppeft.rates": "0.15"}
-    )
+    """A single arm (the default) leaves the bandit nothing to learn, so no client pays for the probe."""
+    planner, _, state = _planner_and_state(tiny_models["bert"], tmp_path, method="droppeft")
     plan = planner.plan(1, CLIENTS[:1], state)[CLIENTS[0].node_id].plan
     assert plan.probe_examples == 0 and plan.label == "p0.15-incremental"
     assert sum(plan.drop_rates) / len(plan.drop_rates) == pytest.approx(0.15)
@@ -221,7 +220,12 @@ def test_droppeft_does_not_prune_arms_of_drifting_devices(
 
 def test_leff_plans_carry_their_payload_and_log_only_the_round(tmp_path: Path) -> None:
     model_dir = make_tiny_model_dir(tmp_path / "bert6", "bert", layers=6)
-    overrides = {"leff.window": "round-robin", "leff.distill-steps": 1, "proxy.examples": 16}
+    overrides = {
+        "leff.window": "round-robin",
+        "leff.stand-in": "students",
+        "leff.distill-steps": 1,
+        "proxy.examples": 16,
+    }
     planner, model, state = _planner_and_state(model_dir, tmp_path, method="leff", **overrides)
     assert type(planner) is LeffPlanner
     profile = DeviceProfile("edge", max_blocks=2).as_config()
@@ -298,6 +302,7 @@ def test_leff_least_trained_windows_cover_the_model_and_survive_a_resume(tmp_pat
 def test_leff_warm_starts_a_segment_sampled_again(tmp_path: Path, kept: int) -> None:
     model_dir = make_tiny_model_dir(tmp_path / "bert6", "bert", layers=6)
     overrides = {
+        "leff.stand-in": "students",
         "leff.window": "round-robin",
         "leff.distill-steps": 3,
         "leff.warm-distill-steps": 1,
@@ -329,6 +334,7 @@ def _leff_llama6_passing_through(tmp_path: Path, blocks: list[int], **overrides:
     ``blocks`` are made pass-through (zero output projections), and the model."""
     model_dir = make_tiny_model_dir(tmp_path / "llama6", "llama", layers=6)
     settings = {
+        "leff.stand-in": "students",
         "leff.window": "round-robin",
         "leff.distill-steps": 0,
         "proxy.examples": 16,
