@@ -1,11 +1,13 @@
-"""LEFF: each client trains one window of the blocks it can afford; the rest arrive as distilled students.
+"""LEFF: each client trains one window of the blocks it can afford; the rest arrive as stand-ins: the
+blocks themselves in bfloat16 (this project's default, ``leff.stand-in``) or the paper's distilled students.
 
 Per round the server (1) scores block importance I_l = sum (g * theta)^2 on proxy text with the current
 global model (every ``leff.importance-every`` rounds), (2) samples for each client one window of L_i
 consecutive blocks from a softmax over window scores (or random / round-robin windows, the paper's
-ablations), (3) distils the blocks before and after the window into students of ceil(n * r) blocks and
-(4) sends the window, the students and the head. Students are cached per (segment, global version): the
-global model changes every round, so a segment is reused across the clients of one round.
+ablations), (3) with students, distils the blocks before and after the window into students of
+ceil(n * r) blocks and (4) sends the window, the stand-ins and the head. Students are cached per (segment,
+global version): the global model changes every round, so a segment is reused across the clients of one
+round.
 
 Protected blocks (this project's choice, ``leff.keep-protected``): a student keeps every block of its
 segment that the model cannot do without (removal sensitivity above twice the median, the blocks the
