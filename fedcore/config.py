@@ -273,18 +273,17 @@ class OutputConfig(Section):
 class LimitsConfig(Section):
     """What one client may send, checked before the server works on it (this project's bounds)."""
 
-    reply_mb: float = Field(
+    reply_mb: float = project_option(
         4096.0,
+        "Largest train reply's tensors in MB (its tensor names and shapes are also bounded by its plan).",
         gt=0,
         le=1e6,
-        description="Largest train reply's tensors in MB (its tensor names and shapes are also bounded "
-        "by its plan).",
     )
-    text_chars: int = Field(
-        1000, ge=64, le=1_000_000, description="Longest client text kept in logs and reports (reasons)."
+    text_chars: int = project_option(
+        1000, "Longest client text kept in logs and reports (reasons).", ge=64, le=1_000_000
     )
-    list_items: int = Field(
-        10_000, ge=1, le=10_000_000, description="Most entries in any list or record a client sends."
+    list_items: int = project_option(
+        10_000, "Most entries in any list or record a client sends.", ge=1, le=10_000_000
     )
 
 
