@@ -370,10 +370,7 @@ class RunConfig(Section):
     def from_flat(cls, flat: dict[str, Any]) -> RunConfig:
         """Validate a flat dotted-key dict of explicit settings: the preset it names fills the keys it
         leaves out, the defaults the rest; raise ConfigError naming the bad key and what to type."""
-        try:
-            flat = {**preset_values(flat.get("preset", "")), **flat}
-        except PresetError as error:
-            raise ConfigError(f"preset: {error}") from None
+        flat = {**_preset(flat.get("preset", "")), **flat}
         tree: dict[str, Any] = {}
         for key, value in flat.items():
             node = tree
@@ -395,10 +392,7 @@ class RunConfig(Section):
         run's overrides, whose keys are ``overrides`` (the run's ``override_config``). The preset sets
         every key it lists except the overridden ones, so an override wins even when it repeats a
         default. The output directory is checked here, on the machine that writes to it."""
-        try:
-            preset = preset_values(run_config.get("preset", ""))
-        except PresetError as error:
-            raise ConfigError(f"preset: {error}") from None
+        preset = _preset(run_config.get("preset", ""))
         cfg = cls.from_flat({**run_config, **{k: v for k, v in preset.items() if k not in overrides}})
         check_output_dir(cfg.output.dir)
         return cfg
@@ -421,6 +415,13 @@ def check_output_dir(directory: str) -> None:
             f"output.dir: cannot create or write to '{directory}' ({reason}); set it to a writable "
             f"directory, e.g. output.dir='outputs'"
         ) from None
+
+
+def _preset(name: Any) -> dict[str, Any]:
+    try:
+        return preset_values(name)
+    except PresetError as error:
+        raise ConfigError(f"preset: {error}") from None
 
 
 def _explicit_or(value: Any, method_default: Any) -> Any:
