@@ -7,10 +7,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from flwr.common.config import flatten_dict
+from flwr.common.config import flatten_dict, parse_config_args
 
 from fedcore.config import ConfigError, RunConfig
-from fedcore.presets import preset_names, preset_values
+from fedcore.presets import PRESET_DIR, preset_names, preset_values
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -163,6 +163,15 @@ def test_flower_run_config_overrides_win_over_the_preset(tmp_path: Path) -> None
     assert RunConfig.from_flower({**merged, "preset": "llm-austen"}, {}).rounds == 3
     # the resolved config, as sent to clients, parses to itself (its preset re-applied changes nothing)
     assert RunConfig.from_flat(cfg.to_flat()) == cfg
+
+
+def test_a_preset_file_given_to_flower_runs_as_the_named_preset(tmp_path: Path) -> None:
+    """``flwr run . --run-config fedcore/presets/paper-cls.toml``: the file's keys are the overrides."""
+    merged = {**RunConfig().to_flat(), "output.dir": str(tmp_path)}
+    overrides = parse_config_args([str(PRESET_DIR / "paper-cls.toml")])
+    from_file = RunConfig.from_flower({**merged, **overrides}, overrides)
+    named = RunConfig.from_flower({**merged, "preset": "paper-cls"}, {"preset"})
+    assert from_file.model_dump(exclude={"preset"}) == named.model_dump(exclude={"preset"})
 
 
 MESSAGES = [
