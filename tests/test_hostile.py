@@ -219,7 +219,8 @@ def spoil_reply(p: int, content: RecordDict) -> None:
 def test_bad_replies_are_rejected_and_droppeft_goes_on(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     """Each reply that crashed the server (row building, DropPEFT's observe) is rejected with its reason;
     the rounds complete and the bandit learns from the sound clients only."""
-    cfg = tiny_run_config(tiny_models["bert"], tmp_path, method="droppeft", rounds=2)
+    two_arms = {"droppeft.rates": "0.15,0.3"}  # one arm (the default) leaves the bandit nothing to learn
+    cfg = tiny_run_config(tiny_models["bert"], tmp_path, method="droppeft", rounds=2, **two_arms)
     run_dir = simulate(cfg, supernodes=12, client_app=hostile_client(spoil_reply))
 
     client_rows = [r for r in rows(run_dir) if r["kind"] == "client"]
@@ -301,7 +302,7 @@ def test_bad_start_up_statements_refuse_the_node_and_leff_runs(
 ) -> None:
     """Nodes whose start-up reply breaks the schema (or whose node config no device has) are left out
     with the reason logged; LEFF, which reads every profile, runs with the others."""
-    overrides = {"leff.distill-steps": 1, "leff.proxy-examples": 16, "rounds": 1}
+    overrides = {"leff.distill-steps": 1, "proxy.examples": 16, "rounds": 1}
     cfg = tiny_run_config(tiny_models["bert"], tmp_path, method="leff", **overrides)
     run_dir = simulate(cfg, supernodes=8, client_app=hostile_info(careless_statement))
 

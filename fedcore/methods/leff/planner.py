@@ -1,11 +1,13 @@
-"""LEFF: each client trains one window of the blocks it can afford; the rest arrive as distilled students.
+"""LEFF: each client trains one window of the blocks it can afford; the rest arrive as stand-ins: the
+blocks themselves in bfloat16 (this project's default, ``leff.stand-in``) or the paper's distilled students.
 
 Per round the server (1) scores block importance I_l = sum (g * theta)^2 on proxy text with the current
 global model (every ``leff.importance-every`` rounds), (2) samples for each client one window of L_i
 consecutive blocks from a softmax over window scores (or random / round-robin windows, the paper's
-ablations), (3) distils the blocks before and after the window into students of ceil(n * r) blocks and
-(4) sends the window, the students and the head. Students are cached per (segment, global version): the
-global model changes every round, so a segment is reused across the clients of one round.
+ablations), (3) with students, distils the blocks before and after the window into students of
+ceil(n * r) blocks and (4) sends the window, the stand-ins and the head. Students are cached per (segment,
+global version): the global model changes every round, so a segment is reused across the clients of one
+round.
 
 Protected blocks (this project's choice, ``leff.keep-protected``): a student keeps every block of its
 segment that the model cannot do without (removal sensitivity above twice the median, the blocks the
@@ -83,7 +85,7 @@ class LeffPlanner:
         self.cfg = cfg
         self.model = model  # the server's global model: teacher and importance scorer
         self.layer_map = LayerMap(model)
-        texts = run_proxy_texts(cfg, cfg.leff.proxy_examples)
+        texts = run_proxy_texts(cfg, cfg.proxy.examples)
         self.proxy_batches = make_batches(
             Dataset.from_dict({"text": texts}), tokenizer, cfg.model.task, cfg.model.max_length, 32
         )
@@ -133,7 +135,6 @@ class LeffPlanner:
             lr=leff.distill_lr,
             alpha=leff.distill_alpha,
             seed=derive_seed(self.cfg.seed, round_number, segment.start, segment.stop),
-            loss=leff.distill_loss,
             initial=initial,
             sensitivity=[self.student_sensitivity[i] for i in segment] if self.student_sensitivity else None,
         )
