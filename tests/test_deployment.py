@@ -46,7 +46,13 @@ RUN_TIMEOUT_S = 240
 
 def tool(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*DEPLOY_TOOL, *map(str, args)], capture_output=True, text=True, env=env, timeout=60, check=False
+        [*DEPLOY_TOOL, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,  # `python -m` imports this checkout's fedcore
+        timeout=60,
+        check=False,
     )
 
 
@@ -128,7 +134,7 @@ def wait_nodes(daemons: Daemons, connection: str, count: int) -> None:
 def one_error_line(result: subprocess.CompletedProcess[str], expected: str) -> None:
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fedlayer_deploy: error:"), result.stderr
+    assert len(lines) == 1 and lines[0].startswith("fedlayer deploy: error:"), result.stderr
     assert expected in lines[0]
 
 

