@@ -22,14 +22,14 @@ commands:
 
 def version() -> str:
     """``fedlayer X (flwr Y, Python Z)``: what an operator compares across machines before a run."""
-    versions = []
-    for package in ("fedlayer", "flwr"):
-        try:
-            versions.append(metadata.version(package))
-        except metadata.PackageNotFoundError:
-            versions.append("not installed")
+    from fedcore import __version__
+
+    try:
+        flower = metadata.version("flwr")
+    except metadata.PackageNotFoundError:
+        flower = "not installed"
     python = ".".join(map(str, sys.version_info[:3]))
-    return f"fedlayer {versions[0]} (flwr {versions[1]}, Python {python})"
+    return f"fedlayer {__version__} (flwr {flower}, Python {python})"
 
 
 def main(argv: list[str] | None = None) -> int:

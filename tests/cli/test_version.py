@@ -1,17 +1,16 @@
-"""`fedlayer --version` names the installed fedlayer, Flower and Python: what to compare across machines."""
+"""The version `fedlayer --version` reports is the package's."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import tomllib
 from importlib import metadata
+from pathlib import Path
+
+import fedcore
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_version_names_fedlayer_flower_and_python() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "fedcore.cli.main", "--version"], capture_output=True, text=True, check=True
-    )
-    python = ".".join(map(str, sys.version_info[:3]))
-    expected = f"fedlayer {metadata.version('fedlayer')} (flwr {metadata.version('flwr')}, Python {python})"
-    assert result.stdout.strip() == expected
-    assert metadata.version("flwr") == "1.39.0"
+def test_source_version_matches_pyproject_and_the_installed_package() -> None:
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert fedcore.__version__ == declared == metadata.version("fedlayer")
