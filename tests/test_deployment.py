@@ -68,10 +68,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """CA + server certificate (SAN: superlink, 127.0.0.1) and two SuperNode key pairs, from our tool."""
+    """CA + server certificate (SAN: superlink, 127.0.0.1), two SuperNode key pairs and the SuperExec
+    secret, from our tool."""
     root = tmp_path_factory.mktemp("pki")
     ok(tool("certs", "--out", root / "certs", "--host", "superlink"))
     ok(tool("keys", "--out", root / "keys", "--count", "2"))
+    ok(tool("secret", "--out", root / "keys" / "superexec.secret"))
     return root
 
 
@@ -275,6 +277,9 @@ def test_compose_file_is_consistent_and_every_flag_exists_in_flower_1_39() -> No
         a.split("=")[1] for n in superexecs for a in services[n]["command"] if a.startswith("--runtime-api")
     )
     assert runtime_targets == sorted(["superlink:9093", *(f"{n}:9094" for n in supernodes)])
+    # every runtime API on the compose network authenticates its SuperExec
+    for name in ["superlink", *supernodes, *superexecs]:
+        assert "--superexec-auth-secret-file=/run/secrets/superexec.secret" in services[name]["command"], name
     configs = [a for n in supernodes for a in services[n]["command"] if a.startswith("--node-config=")]
     assert [re.search(r"partition-id=(\d+)", c)[1] for c in configs] == ["0", "1"]
     assert all("num-partitions=2" in c for c in configs)

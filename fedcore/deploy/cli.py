@@ -26,6 +26,7 @@ from fedcore.deploy.common import CONTROL_PORT, FLEET_PORT, NODE_RUNTIME_PORT, D
 from fedcore.deploy.daemons import daemon_environment, start, superlink_command, supernode_command
 from fedcore.deploy.flwr_cli import flwr_home, register_keys, write_connection
 from fedcore.deploy.health import check_health
+from fedcore.deploy.secret import make_secret
 from fedcore.deploy.systemd import render_unit, write_unit
 from fedcore.deploy.tls import make_certs, make_keys
 
@@ -51,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--prefix", default="supernode", help="files PREFIX-1, PREFIX-1.pub, ...")
     p.add_argument("--owner", type=int, help="chown the pairs to this uid (49999 for Docker)")
+
+    p = commands.add_parser("secret", help="a shared secret for a SuperExec and its SuperNode or SuperLink")
+    p.add_argument("--out", type=Path, required=True, help="the file both read (kept if it exists)")
+    p.add_argument("--owner", type=int, help="chown it to this uid (49999 for Docker)")
 
     p = commands.add_parser("connection", help="add a SuperLink connection to $FLWR_HOME/config.toml")
     p.add_argument("name")
@@ -153,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "keys":
             for path in make_keys(args.out, args.count, args.prefix, args.owner):
                 print(path)
+        elif args.command == "secret":
+            print(make_secret(args.out, args.owner))
         elif args.command == "connection":
             home = flwr_home(args.flwr_home)
             print(write_connection(home, args.name, args.address, args.root_certificates, args.default))

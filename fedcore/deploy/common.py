@@ -6,6 +6,7 @@ import ipaddress
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,3 +55,11 @@ def is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Create a 0600 file atomically, so a key is never readable by others, not even half-written."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(tmp, path)

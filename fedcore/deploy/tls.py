@@ -29,15 +29,8 @@ from fedcore.deploy.common import (
     chown,
     is_ip,
     read_file,
+    write_private,
 )
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Create a 0600 file atomically, so a key is never readable by others, not even half-written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.replace(tmp, path)
 
 
 def san_hosts(cert_path: Path) -> set[str]:
@@ -199,7 +192,7 @@ def make_keys(out: Path, count: int, prefix: str, owner: int | None) -> list[Pat
             pem = key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
             )
-            _write_private(private, pem)
+            write_private(private, pem)
             ssh = key.public_key().public_bytes(
                 serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
             )

@@ -57,6 +57,19 @@ def test_node_key_pair_is_private_and_readable_by_the_supernode(tmp_path: Path) 
     assert (tmp_path / "jetson-07-1.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
 
 
+def test_superexec_secret_is_private_random_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "secrets" / "superexec.secret"
+    assert fedlayer("deploy", "secret", "--out", str(path)).stdout.strip() == str(path)
+    first = path.read_text()
+    assert re.fullmatch(r"[0-9a-f]{64}", first)  # no newline: Flower reads the file as exact bytes
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    fedlayer("deploy", "secret", "--out", str(path))
+    assert path.read_text() == first  # the SuperNode and SuperExec already read it
+    other = tmp_path / "other.secret"
+    fedlayer("deploy", "secret", "--out", str(other))
+    assert other.read_text() != first
+
+
 def test_supernode_unit_or_a_clear_line_where_flower_is_not_installed(tmp_path: Path) -> None:
     node = ["deploy", "systemd", "supernode", "--superlink", "fl.example.org:9092", "--insecure"]
     node += ["--partition-id", "0", "--num-partitions", "2", "--out", str(tmp_path)]
