@@ -66,6 +66,33 @@ def test_saved_model_loads_elsewhere_and_predicts_label_names(
         torch.testing.assert_close(loaded(**batch).logits, expected_logits)
 
 
+def test_causal_lm_adapter_loads_elsewhere_with_the_cards_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server_base = make_tiny_model_dir(tmp_path / "server-cache" / "tiny-gpt2", "gpt2")
+    cfg = tiny_run_config(server_base, tmp_path / "outputs", **{"model.task": "causal-lm"})
+    model, tokenizer = build_model(cfg, num_labels=0)
+    with torch.no_grad():  # a trained adapter: LoRA B leaves zero
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.add_(torch.randn_like(param))
+    model.eval()
+    batch = tokenizer(["an example text"], return_tensors="pt")
+    with torch.no_grad():
+        expected = model(**batch).logits
+    make_portable(model, base_reference(cfg.model.name), [])
+    log = RunLog(new_run_dir(cfg.output.dir, cfg.method), cfg.to_flat())
+    saved = log.save_model(model, tokenizer, model_card(cfg, "tiny-gpt2", [], FINAL))
+    log.close()
+    shutil.copytree(server_base, tmp_path / "elsewhere" / "tiny-gpt2")
+    shutil.rmtree(tmp_path / "server-cache")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    namespace: dict[str, object] = {}
+    exec(_card_code((saved / "README.md").read_text(), saved), namespace)
+    with torch.no_grad():
+        torch.testing.assert_close(namespace["model"].eval()(**batch).logits, expected)
+
+
 def test_adapter_folder_carries_label_names_in_its_config(tmp_path: Path) -> None:
     base = make_tiny_model_dir(tmp_path / "tiny-bert", "bert")
     cfg = tiny_run_config(base, tmp_path / "outputs", method="fedlora")
