@@ -334,6 +334,24 @@ class OutputConfig(Section):
     )
 
 
+class LimitsConfig(Section):
+    """What one client may send, checked before the server works on it (this project's bounds)."""
+
+    reply_mb: float = Field(
+        4096.0,
+        gt=0,
+        le=1e6,
+        description="Largest train reply's tensors in MB (its tensor names and shapes are also bounded "
+        "by its plan).",
+    )
+    text_chars: int = Field(
+        1000, ge=64, le=1_000_000, description="Longest client text kept in logs and reports (reasons)."
+    )
+    list_items: int = Field(
+        10_000, ge=1, le=10_000_000, description="Most entries in any list or record a client sends."
+    )
+
+
 class RunConfig(Section):
     preset: str = Field(
         "", description="A named bundle of settings (fedcore/presets.py); values other than a default win."
@@ -354,6 +372,7 @@ class RunConfig(Section):
     leff: LeffConfig = LeffConfig()
     devices: DevicesConfig = DevicesConfig()
     output: OutputConfig = OutputConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     @field_validator("method")
     @classmethod
