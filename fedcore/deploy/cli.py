@@ -1,9 +1,10 @@
-"""Operator tooling for a fedlayer federation on Flower 1.39: certificates, node keys, daemons, CLI.
+"""``fedlayer deploy``: certificates, node keys, daemons, systemd units and health checks on Flower 1.39.
 
 Every subcommand validates its inputs before touching anything (a missing openssl, an unreadable key
 or a certificate that does not cover the host the nodes dial fails here with one line, not later with
 a gRPC handshake error on an edge device). The daemon subcommands ``exec`` the Flower binary, so the
-PID you start is the daemon's PID (systemd units, ``kill PID`` and the tests rely on that).
+PID you start is the daemon's PID (``kill PID`` and the tests rely on that); ``systemd`` writes a unit
+running the same command.
 
     fedlayer deploy certs --out deploy/certs --host superlink --host 203.0.113.7
     fedlayer deploy keys --out deploy/keys --count 2
@@ -13,6 +14,9 @@ PID you start is the daemon's PID (systemd units, ``kill PID`` and the tests rel
     fedlayer deploy register prod deploy/keys/supernode-1.pub deploy/keys/supernode-2.pub
     fedlayer deploy supernode --superlink 203.0.113.7:9092 \\
         --root-certificates ca.crt --key supernode-1 --partition-id 0 --num-partitions 2 --device jetson-orin
+    fedlayer deploy systemd supernode --superlink 203.0.113.7:9092 --root-certificates ca.crt \\
+        --key supernode-1 --partition-id 0 --num-partitions 2 --health-port 9095 --out /etc/systemd/system
+    fedlayer deploy health 127.0.0.1:9095
 """
 
 from __future__ import annotations
