@@ -33,12 +33,14 @@ from fedcore.core.seeding import derive_seed
 from fedcore.core.wire import dict_to_config, received_state, state_to_arrays
 from fedcore.data.batching import Batch, make_batches
 from fedcore.data.splits import server_splits
+from fedcore.data.tables import label_names
 from fedcore.methods.base import ClientInfo, ClientPlan, ClientResult, Planner
 from fedcore.methods.registry import make_planner
 from fedcore.model import build_model, load_tunable_state, tunable_state
 from fedcore.training.evaluate import evaluate
 from server_app import console
 from server_app.checkpoint import Checkpoint, check_compatible, load_checkpoint, save_checkpoint
+from server_app.model_export import base_reference, make_portable, model_card
 from server_app.nodes import query_clients, wait_for_nodes
 from server_app.progress import Progress
 from server_app.run_log import RunLog, new_run_dir
@@ -327,7 +329,10 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         )
 
     if cfg.output.save_model:
-        log.save_model(state.model, tokenizer)
+        reference = base_reference(cfg.model.name)
+        labels = label_names(state.test)
+        make_portable(state.model, reference, labels)
+        log.save_model(state.model, tokenizer, model_card(cfg, reference, labels, last))
     if task == "causal-lm":
         write_json_atomic(log.dir / "samples.json", generate_samples(state.model, tokenizer, state.test))
     log.summary(

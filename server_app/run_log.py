@@ -159,13 +159,24 @@ class RunLog:
     def summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.dir / SUMMARY, summary)
 
-    def save_model(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> Path:
-        """save_pretrained (an adapter for LoRA, the full model otherwise), swapped in atomically."""
+    def save_model(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, card: str) -> Path:
+        """save_pretrained (an adapter for LoRA, the full model otherwise) with ``card`` as README.md,
+        swapped in atomically.
+
+        An adapter folder also gets the model's config.json, so its label names travel with it.
+        """
         final = self.dir / "model"
         tmp, _ = swap_paths(final)
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
+        if type(model).__module__.startswith("peft"):
+            # no embedding layer is ever tuned here; peft would otherwise look the base up to check that
+            model.save_pretrained(tmp, save_embedding_layers=False)
+        else:
+            model.save_pretrained(tmp)
+        if not (tmp / "config.json").exists():
+            model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        write_atomic(tmp / "README.md", card)
         replace_dir(tmp, final)
         return final
 
