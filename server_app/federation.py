@@ -39,7 +39,14 @@ from fedcore.methods.registry import make_planner
 from fedcore.model import build_model, load_tunable_state, tunable_state
 from fedcore.training.evaluate import evaluate
 from server_app import console
-from server_app.checkpoint import Checkpoint, check_compatible, load_checkpoint, save_checkpoint
+from server_app.checkpoint import (
+    CHECKPOINT_DIR,
+    Checkpoint,
+    CheckpointError,
+    check_compatible,
+    load_checkpoint,
+    save_checkpoint,
+)
 from server_app.model_export import base_reference, make_portable, model_card
 from server_app.nodes import query_clients, wait_for_nodes
 from server_app.progress import Progress
@@ -190,7 +197,13 @@ def prepare(cfg: RunConfig) -> tuple[ServerState, RunLog, PreTrainedTokenizerBas
     check_compatible(checkpoint, cfg, global_state)
     state.global_state = {name: checkpoint.global_state[name] for name in global_state}
     load_tunable_state(model, state.global_state)
-    state.planner.load_state_dict(checkpoint.planner_state)
+    try:
+        state.planner.load_state_dict(checkpoint.planner_state)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise CheckpointError(
+            f"resume-from: the planner state in {run_dir / CHECKPOINT_DIR} does not fit method={cfg.method} "
+            f"({exc!r}); resume with the settings it was made with"
+        ) from None
     state.first_round = checkpoint.round + 1
     state.best_accuracy = checkpoint.best_accuracy
     state.elapsed_before_s = checkpoint.elapsed_s
