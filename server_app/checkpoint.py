@@ -34,7 +34,16 @@ META_FILE = "checkpoint.json"
 FORMAT_VERSION = 3
 #: config sections that must not change when a run is resumed (they define what is being trained)
 _FIXED_PREFIXES = ("method", "seed", "model.", "tuning.", "data.", "drop.", "ptls.", "devices.")
-_REQUIRED = ("round", "planner", "best_accuracy", "elapsed_s", "config", "fingerprint", "state_sha256")
+_REQUIRED = (
+    "round",
+    "planner",
+    "best_accuracy",
+    "elapsed_s",
+    "config",
+    "holders",
+    "fingerprint",
+    "state_sha256",
+)
 _META_HASH = "meta_sha256"
 
 
@@ -50,6 +59,8 @@ class Checkpoint:
     best_accuracy: float | None
     elapsed_s: float
     config: dict[str, Any]
+    #: partition -> the node id that holds it in this run (server_app/nodes.py assign_partitions)
+    holders: dict[int, int]
 
 
 def fingerprint(state: dict[str, torch.Tensor]) -> str:
@@ -71,6 +82,7 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
         "best_accuracy": checkpoint.best_accuracy,
         "elapsed_s": checkpoint.elapsed_s,
         "config": checkpoint.config,
+        "holders": {str(partition): node for partition, node in checkpoint.holders.items()},
         "fingerprint": fingerprint(checkpoint.global_state),
         "state_sha256": digest,
     }
@@ -126,6 +138,7 @@ def read_checkpoint(folder: Path) -> Checkpoint:
         best_accuracy=meta["best_accuracy"],
         elapsed_s=meta["elapsed_s"],
         config=meta["config"],
+        holders={int(partition): node for partition, node in meta["holders"].items()},
     )
 
 
@@ -147,6 +160,8 @@ def _check_meta_types(meta: dict[str, Any], meta_path: Path) -> None:
         "best_accuracy": meta["best_accuracy"] is None or number(meta["best_accuracy"]),
         "elapsed_s": number(meta["elapsed_s"]) and meta["elapsed_s"] >= 0,
         "config": isinstance(meta["config"], dict),
+        "holders": isinstance(meta["holders"], dict)
+        and all(key.isdigit() and isinstance(node, int) for key, node in meta["holders"].items()),
     }
     bad = [key for key, ok in valid.items() if not ok]
     if bad:

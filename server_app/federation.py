@@ -85,6 +85,8 @@ class ServerState:
     progress: Progress = field(default_factory=Progress)
     #: the run's identity, which a resume keeps: clients store their personal layers by it
     run_name: str = ""
+    #: partition -> node id holding it in this run, which a resume keeps (nodes.assign_partitions)
+    holders: dict[int, int] = field(default_factory=dict)
 
 
 def sample_clients(clients: list[ClientInfo], cfg: RunConfig, round_number: int) -> list[ClientInfo]:
@@ -207,6 +209,7 @@ def prepare(cfg: RunConfig) -> tuple[ServerState, RunLog, PreTrainedTokenizerBas
     state.first_round = checkpoint.round + 1
     state.best_accuracy = checkpoint.best_accuracy
     state.elapsed_before_s = checkpoint.elapsed_s
+    state.holders = checkpoint.holders
     log = RunLog(run_dir, cfg.to_flat())
     log.truncate_after(checkpoint.round)
     return state, log, tokenizer
@@ -304,7 +307,9 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     startup_began = time.perf_counter()
     node_ids = wait_for_nodes(grid, cfg.clients.min, cfg.round.timeout)
     # Start-up answers come from freshly started client processes: allow at least QUERY_TIMEOUT_S.
-    clients, left_out = query_clients(grid, node_ids, cfg, max(cfg.round.timeout, QUERY_TIMEOUT_S))
+    timeout = max(cfg.round.timeout, QUERY_TIMEOUT_S)
+    clients, left_out = query_clients(grid, node_ids, cfg, timeout, state.holders)
+    state.holders = {**state.holders, **{c.partition_id: c.node_id for c in clients}}
     for node_id, (status, reason) in left_out.items():
         log.row({"kind": "node", "node_id": node_id, "status": status, "reason": reason})
         print(f"fedlayer: node {node_id} {status}: {reason}", flush=True)
@@ -338,6 +343,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
                 best_accuracy=state.best_accuracy,
                 elapsed_s=last["elapsed_s"],
                 config=cfg.to_flat(),
+                holders=state.holders,
             ),
         )
 

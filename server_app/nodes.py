@@ -56,13 +56,13 @@ def client_info(node_id: int, info: dict[str, Any], num_partitions: int) -> Clie
 
 
 def query_clients(
-    grid: Grid, node_ids: list[int], cfg: RunConfig, timeout_s: float
+    grid: Grid, node_ids: list[int], cfg: RunConfig, timeout_s: float, bound: dict[int, int]
 ) -> tuple[list[ClientInfo], dict[int, tuple[str, str]]]:
-    """Ask every node for its partition and profile.
+    """Ask every node for its partition and profile (``bound``: partitions held earlier in this run).
 
-    Returns the sound answers and, for every other node, (status, reason): ``unreachable`` when it did
-    not answer or answered with an error, ``refused`` when its answer breaks the schema or names a
-    partition another node already holds.
+    Returns the sound answers by partition and, for every other node, (status, reason): ``unreachable``
+    when it did not answer or answered with an error, ``refused`` when its answer breaks the schema or
+    claims a partition it cannot have (assign_partitions).
     """
     messages = [
         Message(
@@ -77,7 +77,7 @@ def query_clients(
     collected = Progress(out=_silent).collect(grid, messages, timeout_s, "start-up", text_limit)
     for node_id, reason in collected.undecodable.items():
         failures[node_id] = ("refused", f"start-up reply: {reason}")
-    holders: dict[int, ClientInfo] = {}
+    claims: dict[int, ClientInfo] = {}
     for node_id, reply in sorted(collected.replies.items()):
         if reply.has_error():
             failures[node_id] = ("unreachable", clip_text(f"error: {reply.error.reason}", text_limit))
@@ -86,14 +86,46 @@ def query_clients(
             record = reply.content.config_records[wire.NODE_INFO]
             if len(record) > cfg.limits.list_items:
                 raise SchemaError(f"{len(record)} entries exceed limits.list-items={cfg.limits.list_items}")
-            client = client_info(node_id, config_to_dict(record), cfg.clients.num_partitions)
+            claims[node_id] = client_info(node_id, config_to_dict(record), cfg.clients.num_partitions)
         except (KeyError, SchemaError) as exc:
             failures[node_id] = ("refused", clip_text(f"start-up reply: {exc}", text_limit))
-            continue
-        if client.partition_id in holders:
-            holder = holders[client.partition_id].node_id
-            failures[node_id] = ("refused", f"partition-id {client.partition_id} is held by node {holder}")
-            continue
-        holders[client.partition_id] = client
-        failures.pop(node_id)
-    return sorted(holders.values(), key=lambda c: c.partition_id), failures
+    accepted, refused = assign_partitions(claims, bound)
+    for client in accepted:
+        failures.pop(client.node_id)
+    failures.update(refused)
+    return accepted, failures
+
+
+def assign_partitions(
+    claims: dict[int, ClientInfo], bound: dict[int, int]
+) -> tuple[list[ClientInfo], dict[int, tuple[str, str]]]:
+    """Each partition to one node: the node that held it earlier in this run (``bound``: partition ->
+    node id, kept by checkpoints) when it claims it again, else its only claimant. A partition two nodes
+    claim and neither held goes to neither: the server cannot tell which one states the truth, and
+    refusing both names the conflict instead of handing the data's weight to whichever answered first.
+
+    Returns the accepted clients by partition and, for every other claimant, ("refused", reason).
+    """
+    by_partition: dict[int, list[ClientInfo]] = {}
+    for client in claims.values():
+        by_partition.setdefault(client.partition_id, []).append(client)
+    accepted: list[ClientInfo] = []
+    refused: dict[int, tuple[str, str]] = {}
+    for partition, claimants in sorted(by_partition.items()):
+        holder = next((c for c in claimants if c.node_id == bound.get(partition)), None)
+        if holder is None and len(claimants) == 1:
+            holder = claimants[0]
+        if holder is not None:
+            accepted.append(holder)
+        ids = ", ".join(str(c.node_id) for c in claimants)
+        for client in claimants:
+            if client is holder:
+                continue
+            if holder is not None:
+                reason = f"partition-id {partition} is held by node {holder.node_id} in this run"
+            else:
+                reason = (
+                    f"partition-id {partition} is claimed by nodes {ids}; give each node its own partition-id"
+                )
+            refused[client.node_id] = ("refused", reason)
+    return accepted, refused

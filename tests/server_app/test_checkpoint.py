@@ -29,7 +29,7 @@ from tests.simulate import simulate
 
 def checkpoint(round_number: int, fill: float = 0.5) -> Checkpoint:
     state = {"a.weight": torch.full((4, 3), fill), "b.bias": torch.arange(5, dtype=torch.float32)}
-    return Checkpoint(round_number, state, {"bandit": {}}, 0.5, 12.0, RunConfig().to_flat())
+    return Checkpoint(round_number, state, {"bandit": {}}, 0.5, 12.0, RunConfig().to_flat(), {0: 11, 1: 12})
 
 
 def saved(run_dir: Path, round_number: int = 1, fill: float = 0.5) -> Path:
@@ -43,6 +43,7 @@ def test_a_saved_checkpoint_loads_bit_for_bit(tmp_path: Path) -> None:
     loaded = load_checkpoint(tmp_path)
     expected = checkpoint(1)
     assert loaded.round == 1 and loaded.planner_state == expected.planner_state
+    assert loaded.holders == {0: 11, 1: 12}
     assert all(torch.equal(loaded.global_state[k], v) for k, v in expected.global_state.items())
 
 
