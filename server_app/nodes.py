@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from flwr.app import Message, MessageType, RecordDict
@@ -13,6 +14,8 @@ from fedcore.core import wire
 from fedcore.core.limits import clip_text
 from fedcore.core.reply_schema import SchemaError, check_node_info
 from fedcore.core.wire import config_to_dict, dict_to_config
+from fedcore.data.splits import client_splits
+from fedcore.data.tables import DataError
 from fedcore.methods.base import ClientInfo
 from server_app.progress import Progress
 
@@ -35,10 +38,17 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout_s: float, poll_s: float = 1
         time.sleep(poll_s)
 
 
-def client_info(node_id: int, info: dict[str, Any], num_partitions: int) -> ClientInfo:
+def client_info(
+    node_id: int,
+    info: dict[str, Any],
+    num_partitions: int,
+    partition_size: Callable[[int, int], int] | None = None,
+) -> ClientInfo:
     """A node's start-up statement, checked against the declared schema before anything reads it.
 
     ``num_partitions``: the run's clients.num-partitions, 0 = the node's own num-partitions.
+    ``partition_size(partition_id, num_partitions)``: the server's own count of a partition's training
+    examples, when it partitions a shared dataset; a statement that contradicts it is refused.
     Raises SchemaError naming the key and the rule.
     """
     checked = check_node_info(info)
@@ -52,7 +62,15 @@ def client_info(node_id: int, info: dict[str, Any], num_partitions: int) -> Clie
             f"{wire.NODE_PARTITION_ID}={partition_id} is unknown: the data has {partitions} partitions"
         )
     num_examples = checked.pop(wire.NODE_NUM_EXAMPLES, 0)  # 0: not stated
-    return ClientInfo(node_id=node_id, partition_id=partition_id, profile=checked, num_examples=num_examples)
+    if partition_size is None:
+        return ClientInfo(node_id, partition_id, profile=checked, num_examples=num_examples)
+    size = partition_size(partition_id, partitions)
+    if num_examples and num_examples != size:
+        raise SchemaError(
+            f"{wire.NODE_NUM_EXAMPLES}={num_examples}, but partition-id {partition_id} of {partitions} "
+            f"has {size} training examples"
+        )
+    return ClientInfo(node_id, partition_id, profile=checked, num_examples=size, examples_checked=True)
 
 
 def query_clients(
@@ -73,6 +91,14 @@ def query_clients(
         for node_id in node_ids
     ]
     failures = {node_id: ("unreachable", "no reply") for node_id in node_ids}
+
+    def partition_size(partition_id: int, num_partitions: int) -> int:
+        try:
+            splits = client_splits(cfg.data, cfg.model.task, cfg.seed, partition_id, num_partitions)
+        except DataError as exc:
+            raise SchemaError(f"{wire.NODE_NUM_PARTITIONS}={num_partitions}: {exc}") from None
+        return len(splits.train)
+
     text_limit = cfg.limits.text_chars
     collected = Progress(out=_silent).collect(grid, messages, timeout_s, "start-up", text_limit)
     for node_id, reason in collected.undecodable.items():
@@ -86,7 +112,8 @@ def query_clients(
             record = reply.content.config_records[wire.NODE_INFO]
             if len(record) > cfg.limits.list_items:
                 raise SchemaError(f"{len(record)} entries exceed limits.list-items={cfg.limits.list_items}")
-            claims[node_id] = client_info(node_id, config_to_dict(record), cfg.clients.num_partitions)
+            stated = config_to_dict(record)
+            claims[node_id] = client_info(node_id, stated, cfg.clients.num_partitions, partition_size)
         except (KeyError, SchemaError) as exc:
             failures[node_id] = ("refused", clip_text(f"start-up reply: {exc}", text_limit))
     accepted, refused = assign_partitions(claims, bound)

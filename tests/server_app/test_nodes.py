@@ -1,9 +1,13 @@
-"""Which node trains which partition: a claim is bound to the node that held it in this run."""
+"""Which node trains which partition (a claim is bound to the node that held it in this run), and how
+much its weight can claim."""
 
 from __future__ import annotations
 
+import pytest
+
+from fedcore.core.reply_schema import SchemaError
 from fedcore.methods.base import ClientInfo
-from server_app.nodes import assign_partitions
+from server_app.nodes import assign_partitions, client_info
 
 
 def claims(*pairs: tuple[int, int]) -> dict[int, ClientInfo]:
@@ -27,3 +31,15 @@ def test_a_partition_contested_at_the_first_start_goes_to_neither_claimant() -> 
 def test_a_holder_that_is_gone_frees_its_partition_for_a_single_claimant() -> None:
     accepted, refused = assign_partitions(claims((5, 1)), bound={1: 9})
     assert [c.node_id for c in accepted] == [5] and refused == {}
+
+
+def test_the_server_counts_a_shared_partition_itself_and_refuses_a_contradicting_statement() -> None:
+    stated = {"partition-id": 1, "num-partitions": 4, "device-name": "cpu-box", "device-speed": 0.5}
+    stated |= {"device-memory-mb": 8000.0, "device-capacity": 0.5, "device-max-blocks": 0}
+    sizes = {(1, 4): 250}
+    client = client_info(7, stated, 0, lambda p, n: sizes[p, n])
+    assert (client.num_examples, client.examples_checked) == (250, True)
+    with pytest.raises(SchemaError, match="num-examples=9999999, but partition-id 1 of 4 has 250"):
+        client_info(7, {**stated, "num-examples": 9_999_999}, 0, lambda p, n: sizes[p, n])
+    unchecked = client_info(7, {**stated, "num-examples": 300}, 0)
+    assert (unchecked.num_examples, unchecked.examples_checked) == (300, False)
