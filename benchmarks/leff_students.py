@@ -10,15 +10,13 @@ outside the window replaced by students built by each rule:
 - ``middle, undistilled / mse 20 / mse 200``: the earlier rule (a one-block student copies the segment's
   middle block), plain MSE, 0 / 20 / 200 steps;
 - ``last, undistilled``: a one-block student copies the segment's last block (``leff.student-init=uniform``);
-- ``last, mse 20`` / ``last, normalised 20``: 20 steps (the default budget), paper's plain MSE vs the
-  variance-normalised loss;
-- ``last, normalised 200``: a ten times larger budget.
+- ``last, mse 20`` / ``last, mse 200``: 20 steps (the default budget) and ten times more.
 
 Columns ``err`` give the distilled students' normalised error (share of the teacher's output variance not
 reproduced), averaged over the window's segments.
 
 With ``--preset`` the model and task are that testbed's and the students are LEFF's as a run builds them
-(the run's compression, distillation loss, lr and alpha, sources picked by proxy block sensitivity) at
+(the run's compression, distillation lr and alpha, sources picked by proxy block sensitivity) at
 ``leff.distill-steps`` times each ``--budgets`` factor (0 = undistilled copies); ``s`` is the server's
 distillation time for the window's students on this machine.
 
@@ -51,15 +49,14 @@ from fedcore.model import build_model
 from fedcore.training.evaluate import evaluate
 
 WINDOWS = ((0, 1), (1, 3), (2, 2), (3, 1), (5, 1))
-#: (label, one-block rule, loss, steps); steps None = the undistilled copies
+#: (label, one-block rule, steps); steps None = the undistilled copies
 RULES = (
-    ("middle, undistilled", "middle", "mse", None),
-    ("middle, mse 20", "middle", "mse", 20),
-    ("middle, mse 200", "middle", "mse", 200),
-    ("last, undistilled", "last", "normalised", None),
-    ("last, mse 20", "last", "mse", 20),
-    ("last, normalised 20", "last", "normalised", 20),
-    ("last, normalised 200", "last", "normalised", 200),
+    ("middle, undistilled", "middle", None),
+    ("middle, mse 20", "middle", 20),
+    ("middle, mse 200", "middle", 200),
+    ("last, undistilled", "last", None),
+    ("last, mse 20", "last", 20),
+    ("last, mse 200", "last", 200),
 )
 
 
@@ -74,7 +71,6 @@ def students_for(
     model: nn.Module,
     window: range,
     rule: str,
-    loss: str,
     steps: int | None,
     proxy: Sequence,
     blocks: nn.ModuleList,
@@ -89,7 +85,7 @@ def students_for(
                 student, _ = distill.init_student([blocks[i] for i in segment], depth)
             else:
                 part = distill.distill_segment(
-                    model, segment, depth, proxy, steps=steps, lr=1e-4, alpha=0.0, seed=0, loss=loss
+                    model, segment, depth, proxy, steps=steps, lr=1e-4, alpha=0.0, seed=0
                 )
                 student = part.blocks
                 errors.append(part.error_after)
@@ -129,7 +125,6 @@ def run_students(
                 lr=leff.distill_lr,
                 alpha=leff.distill_alpha,
                 seed=cfg.seed,
-                loss=leff.distill_loss,
                 sensitivity=scores,
             )
             student = part.blocks
@@ -181,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_batches = make_batches(
         pool.select(range(args.examples)), tokenizer, "seq-cls", cfg.model.max_length, 64
     )
-    texts = load_proxy_texts(cfg.leff.proxy, cfg.leff.proxy_examples, cfg.seed)
+    texts = load_proxy_texts(cfg.proxy.name, cfg.proxy.examples, cfg.seed)
     proxy = make_batches(Dataset.from_dict({"text": texts}), tokenizer, "seq-cls", cfg.model.max_length, 32)
     blocks = find_blocks(model)[1]
     windows = (
@@ -207,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                 steps = budgets[index] * cfg.leff.distill_steps
                 layout, error, seconds = run_students(cfg, model, window, steps, proxy, blocks, sensitivity)
             else:
-                _, rule, loss, steps = RULES[index]
-                layout, error = students_for(model, window, rule, loss, steps, proxy, blocks)
+                _, rule, steps = RULES[index]
+                layout, error = students_for(model, window, rule, steps, proxy, blocks)
                 seconds = None
             with swap_blocks(model, layout):
                 accuracy = evaluate(model, eval_batches, "seq-cls")["accuracy"]
@@ -224,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     model_name = cfg.model.name.removeprefix("embedded:")
     students = (
-        f"LEFF's students as a run builds them (compression {cfg.leff.compression}, {cfg.leff.distill_loss} "
+        f"LEFF's students as a run builds them (compression {cfg.leff.compression}, MSE "
         f"loss, lr {cfg.leff.distill_lr}, alpha {cfg.leff.distill_alpha}, sources by proxy block "
-        f"sensitivity), distilled on {cfg.leff.proxy_examples} proxy headlines; the default budget is "
+        f"sensitivity), distilled on {cfg.proxy.examples} proxy headlines; the default budget is "
         f"{cfg.leff.distill_steps} steps. Cell: accuracy (normalised student error, server distillation "
         "seconds for the window's students)."
         if args.preset

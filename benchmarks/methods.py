@@ -40,12 +40,7 @@ def merge_overrides(*parts: str) -> str:
     for part in parts:
         if part.strip():
             merged.update(parse_config_args([part]))
-    return flat_overrides(merged)
-
-
-def flat_overrides(flat: dict[str, object]) -> str:
-    """A ``--run-config`` string setting each key of ``flat``."""
-    return " ".join(f"{key}={_toml_value(value)}" for key, value in flat.items())
+    return " ".join(f"{key}={_toml_value(value)}" for key, value in merged.items())
 
 
 def _toml_value(value: object) -> str:

@@ -19,10 +19,6 @@ other.
     python benchmarks/paper_testbed.py --seeds 0,1        # -> results/paper-testbed.{md,json} + PNGs
     python benchmarks/paper_testbed.py --from-runs benchmarks/runs/<time>   # report only
 
-The preset's keys are written out into every run's config rather than named (``preset=<name>``): a named
-preset fills every key left at its default, so an override equal to a default (``--run-config
-'train.local-steps=20'``) would lose to the preset; written out, every later override wins.
-
 The report is rewritten after every finished run, so a long batch can be committed as it lands.
 """
 
@@ -41,22 +37,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchlib import RESULTS, command_line, header, machine, table, variant_and_seed, write_results  # noqa: E402
-from methods import flat_overrides, merge_overrides, run_one  # noqa: E402
+from methods import merge_overrides, run_one  # noqa: E402
 
 from fedcore.cli.report import RunRecord, load_run, plot_runs  # noqa: E402
-from fedcore.presets import PRESETS  # noqa: E402
+from fedcore.presets import preset_names  # noqa: E402
 
 FULL_LR = "train.lr=2e-4"
 #: DropPEFT as the paper has it: the bandit over two arms and personal layers (the preset's DropPEFT before
 #: its settings were chosen on the validation split; results before batch I call this variant `droppeft`).
-#: A preset replaces every key left at its default, so values equal to a default are spelled differently
-#: ('0.30', 'incremental,'): they parse to the same arms.
-PAPER_DROPPEFT = "method='droppeft' drop.rates='0.15,0.30' ptls.fraction=0.25"
+PAPER_DROPPEFT = "method='droppeft' droppeft.rates='0.15,0.3' ptls.fraction=0.25"
 #: layer dropout only where a device would hold the round up (``drop.target-speed``)
-SPEED_MATCHED = "method='droppeft' drop.rates='0' drop.target-speed=0.5"
+SPEED_MATCHED = "method='droppeft' droppeft.rates='0' drop.target-speed=0.5"
 #: LEFF's importance windows at the temperature the importance variants below were measured at before
 #: the default became 0.1 (the ``leff-t0.1`` variants are today's default)
 T1 = "leff.temperature=1.0"
+#: the paper's distilled students (the stand-in of the variants named without ``bf16``)
+STUDENTS = "leff.stand-in='students'"
 #: variant -> overrides on top of the preset (the default of each method is its own name, LEFF's apart)
 VARIANTS = {
     "fedlora": "method='fedlora'",
@@ -70,8 +66,8 @@ VARIANTS = {
     # the preset's DropPEFT: one arm (0.15, sensitivity) without personal layers, chosen on validation
     "droppeft": "method='droppeft'",
     "droppeft-paper": PAPER_DROPPEFT,
-    "droppeft-incremental": f"{PAPER_DROPPEFT} drop.shapes='incremental,'",
-    "droppeft-sensitivity": f"{PAPER_DROPPEFT} drop.shapes='sensitivity'",
+    "droppeft-incremental": f"{PAPER_DROPPEFT} droppeft.shapes='incremental'",
+    "droppeft-sensitivity": f"{PAPER_DROPPEFT} droppeft.shapes='sensitivity'",
     "droppeft-fixed0.3": f"{PAPER_DROPPEFT} drop.mode='fixed' drop.mean-rate=0.3 drop.shape='sensitivity'",
     "droppeft-stld-only": "method='droppeft' drop.mode='fixed' drop.mean-rate=0.3 drop.shape='sensitivity' "
     "ptls.fraction=0",
@@ -80,35 +76,28 @@ VARIANTS = {
     "droppeft-fixed0.15-no-ptls": "method='droppeft' drop.mode='fixed' drop.mean-rate=0.15 "
     "drop.shape='sensitivity' ptls.fraction=0",
     # the paper's DropPEFT (personal layers included) with the bandit's better arm as its only arm
-    "droppeft-arm0.15": "method='droppeft' drop.rates='0.15' ptls.fraction=0.25",
-    # rate compensation: each block's learning rate divided by (1 - its drop rate)
-    "droppeft-stld-only-lrcomp": "method='droppeft' drop.mode='fixed' drop.mean-rate=0.3 "
-    "drop.shape='sensitivity' ptls.fraction=0 drop.lr-compensation=true",
+    "droppeft-arm0.15": "method='droppeft' droppeft.rates='0.15' ptls.fraction=0.25",
     # the paper's DropPEFT without personal layers: isolates what PTLS costs the global model
-    "droppeft-no-ptls": "method='droppeft' drop.rates='0.15,0.30' ptls.fraction=0",
+    "droppeft-no-ptls": "method='droppeft' droppeft.rates='0.15,0.3' ptls.fraction=0",
     "droppeft-warmup": f"{PAPER_DROPPEFT} drop.warmup=0.5",
     # the bandit's probe on one training batch (8 rows) instead of 32: the two full-model passes over 32
     # rows cost a testbed client about as much as 2-3 of its 5 training steps
-    "droppeft-probe8": f"{PAPER_DROPPEFT} drop.probe-examples=8",
+    "droppeft-probe8": f"{PAPER_DROPPEFT} droppeft.probe-examples=8",
     # layer dropout only where a device would hold the round up: the quarter-speed devices drop half their
     # blocks (a half-speed device's time at full depth), the others run at full depth
     "droppeft-speed-matched": SPEED_MATCHED,
-    # the speed-matched clients' updates made as large as at full depth (each block's step divided by 1 - its
-    # rate), a diagnosis of whether too small an update is what delays the global model (batch W; the same
-    # batch counted their block updates by the share of steps each block ran, an option since removed)
-    "droppeft-speed-matched-lrcomp": f"{SPEED_MATCHED} drop.lr-compensation=true",
     # the full-depth counterpart of speed-matched dropout: the quarter-speed devices run 2 of the 5 local
     # steps (floor of a half-speed device's time) at full depth, the others all 5 (train.target-speed);
     # separates the cost of skipping blocks from the cost of doing less work on the slow devices
     "fedlora-step-matched": "method='fedlora' train.target-speed=0.5",
-    "leff": f"method='leff' {FULL_LR} {T1}",
-    "leff-random": f"method='leff' {FULL_LR} leff.window='random'",
-    "leff-round-robin": f"method='leff' {FULL_LR} leff.window='round-robin'",
-    "leff-t0.1": f"method='leff' {FULL_LR} leff.temperature=0.1",
-    "leff-protected": f"method='leff' {FULL_LR} {T1} leff.keep-protected=true",
+    "leff": f"method='leff' {FULL_LR} {STUDENTS} {T1}",
+    "leff-random": f"method='leff' {FULL_LR} {STUDENTS} leff.window='random'",
+    "leff-round-robin": f"method='leff' {FULL_LR} {STUDENTS} leff.window='round-robin'",
+    "leff-t0.1": f"method='leff' {FULL_LR} {STUDENTS} leff.temperature=0.1",
+    "leff-protected": f"method='leff' {FULL_LR} {STUDENTS} {T1} leff.keep-protected=true",
     # better students at the same server cost (benchmarks/results/leff_distill_lr.md): distilled at lr 1e-3
     # on the server's validation texts instead of at 1e-4 on the generic proxy headlines
-    "leff-students-val-lr1e-3": f"method='leff' {FULL_LR} {T1} leff.proxy='server:validation' "
+    "leff-students-val-lr1e-3": f"method='leff' {FULL_LR} {STUDENTS} {T1} proxy.name='server:validation' "
     "leff.distill-lr=1e-3",
     # LEFF with the frozen blocks themselves in bfloat16 instead of distilled students (this project's
     # option, fedcore/mechanisms/frozen_precision.py), and its window ablations
@@ -125,7 +114,7 @@ VARIANTS = {
     # over scores normalised to [0, 1] draws windows almost uniformly (leff_window_spread.md): sharper
     "leff-bf16-t0.1": f"method='leff' {FULL_LR} leff.stand-in='bfloat16' leff.temperature=0.1",
     # a diagnosis, not a method: LEFF with its frozen blocks exact (no compression, no distillation)
-    "leff-exact": f"method='leff' {FULL_LR} {T1} leff.compression=1.0 leff.distill-steps=0",
+    "leff-exact": f"method='leff' {FULL_LR} {STUDENTS} {T1} leff.compression=1.0 leff.distill-steps=0",
 }
 
 
@@ -382,7 +371,7 @@ def finished_runs(root: Path) -> list[tuple[str, int | None, RunRecord]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--preset", default="paper-cls", choices=sorted(PRESETS))
+    parser.add_argument("--preset", default="paper-cls", choices=preset_names())
     parser.add_argument("--name", default="paper-testbed", help="results/<name>.{md,json} and its PNGs")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"from {', '.join(VARIANTS)}")
     parser.add_argument("--supernodes", type=int, default=8)
@@ -417,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in (int(s) for s in args.seeds.split(",")):
         for variant in variants:
             overrides = merge_overrides(
-                flat_overrides(PRESETS[args.preset]), args.run_config, VARIANTS[variant], f"seed={seed}"
+                f"preset='{args.preset}'", args.run_config, VARIANTS[variant], f"seed={seed}"
             )
             if run_one(runs_root, f"{variant}-s{seed}", overrides, args.supernodes, args.cpus) is not None:
                 report(args, info, runs_root, finished_runs(runs_root))

@@ -37,8 +37,10 @@ class ClientInfo:
     partition_id: int
     #: device profile from the SuperNode's node config or measured (memory budget, speed...)
     profile: dict[str, Any] = field(default_factory=dict)
-    #: training examples the client stated at start-up (0 = not stated: its weight is bounded otherwise)
+    #: the client's training examples: the server's own count of its partition when ``examples_checked``,
+    #: else what it stated at start-up (0 = not stated: its weight is bounded otherwise)
     num_examples: int = 0
+    examples_checked: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,11 +100,11 @@ def drop_sensitivity(
 ) -> list[float] | None:
     """Block removal sensitivity of the server's starting model, when the run's dropout needs it.
 
-    Measured once, on the proxy text (``leff.proxy``), from the model the federation starts from, so a
+    Measured once, on the proxy text (``proxy.name``), from the model the federation starts from, so a
     resumed run computes the same numbers again.
     """
     if cfg.drop_mode == "bandit":
-        shapes = set(cfg.drop.shape_grid())
+        shapes = set(cfg.droppeft.shape_grid())
     else:
         shapes = {cfg.drop.shape} if cfg.drop_mode == "fixed" else set()
     if "sensitivity" not in shapes:
@@ -111,13 +113,13 @@ def drop_sensitivity(
 
 
 def run_proxy_texts(cfg: RunConfig, count: int) -> list[str]:
-    """``count`` texts of the run's proxy source (``leff.proxy``), the server's validation texts included."""
+    """``count`` texts of the run's proxy source (``proxy.name``), the server's validation texts included."""
     validation = (
         server_splits(cfg.data, cfg.model.task, cfg.seed).validation["text"]
-        if cfg.leff.proxy == SERVER_VALIDATION
+        if cfg.proxy.name == SERVER_VALIDATION
         else ()
     )
-    return load_proxy_texts(cfg.leff.proxy, count, cfg.seed, validation)
+    return load_proxy_texts(cfg.proxy.name, count, cfg.seed, validation)
 
 
 def proxy_sensitivity(cfg: RunConfig, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[float]:
@@ -140,7 +142,6 @@ def base_plan(
     (``sensitivity``: per block, for the 'sensitivity' drop shape). Where the plan has layer dropout, a
     client slower than ``drop.target-speed`` runs at least its speed-matched rate (``speed_matched``); a
     client slower than ``train.target-speed`` runs its speed-matched number of steps."""
-    personal = cfg.personal_fraction
     steps = cfg.train.local_steps
     if client.profile:  # a client that stated no profile runs as planned
         speed = DeviceProfile.from_config(client.profile).speed
@@ -153,13 +154,12 @@ def base_plan(
         train_groups=tuple(train_groups),
         drop_rates=drop.rates(num_blocks, sensitivity=sensitivity) if drop and drop.mean_rate > 0 else (),
         drop_warmup=cfg.drop.warmup,
-        drop_lr_compensation=cfg.drop.lr_compensation,
-        personal_fraction=personal,
+        personal_fraction=cfg.ptls.fraction,
         steps=steps,
         epochs=cfg.train.local_epochs,
         lr=cfg.learning_rate,
         seed=derive_seed(cfg.seed, round_number, client.partition_id),
-        evaluate_local=personal > 0 or cfg.eval.local,
+        evaluate_local=cfg.ptls.fraction > 0 or cfg.eval.local,
         label=drop.label if drop else "",
     )
 
