@@ -40,7 +40,7 @@ from fedcore.core.aggregate import ClientUpdate, UpdateRejected, aggregate_delta
 from fedcore.core.aggregators import Aggregator
 from fedcore.core.limits import check_record, clip_text
 from fedcore.core.plan import LayerPlan
-from fedcore.core.reply_schema import SchemaError, check_train_metrics
+from fedcore.core.reply_schema import TRAIN_METRICS, SchemaError, check_train_metrics, check_values
 from fedcore.core.robust import cap_weights, clip_updates, stated_weight
 from fedcore.core.seeding import derive_seed
 from fedcore.core.server_optimizer import MeanDelta, ServerOptimizer
@@ -61,6 +61,15 @@ MetricsCheck = Callable[[Mapping[str, Any], LayerPlan], dict[str, Any]]
 def fedlayer_metrics(metrics: Mapping[str, Any], plan: LayerPlan) -> dict[str, Any]:
     """fedlayer's client schema (every key its client sends; probe losses when the plan asks for them)."""
     return check_train_metrics(metrics, probe=plan.probe_examples > 0)
+
+
+#: what any client must state: its training examples (the aggregation weight), optionally its loss
+MINIMAL_METRICS = {key: TRAIN_METRICS[key] for key in (wire.EXAMPLES, wire.TRAIN_LOSS)}
+
+
+def minimal_metrics(metrics: Mapping[str, Any], plan: LayerPlan) -> dict[str, Any]:
+    """The schema for clients other than fedlayer's: ``examples`` required, ``train_loss`` allowed."""
+    return check_values(metrics, MINIMAL_METRICS, {wire.EXAMPLES})
 
 
 @dataclass(frozen=True)
