@@ -2,7 +2,7 @@
 
 Every method is a planner that emits one LayerPlan per client per round; the client is one generic
 executor of plans, and the plan holds everything the client needs to know about its round (what to train,
-how, and how to reply); the run config beside it only names the run's model and data. A plan travels as a
+how, and how to reply); from the run config beside it the client reads only the run's model, data and device profiles. A plan travels as a
 flat dict of scalars and typed lists (fedcore.core.wire turns that into a Flower ConfigRecord).
 """
 
