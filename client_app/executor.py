@@ -2,9 +2,9 @@
 
 Every method (baselines, DropPEFT, LEFF) arrives here as a plan; nothing in this file knows which method
 is running. The plan says what to train and how (steps, learning rate, batch size...); the run config
-only which model, data and device profiles the run uses. ``execute_train`` reads top to bottom as the round's steps, one
-function each. Personal layers (PTLS) live on the node's disk between rounds, under global names
-(personal_store).
+only which model, data and device profiles the run uses. ``execute_train`` reads top to bottom as the
+round's steps, one function each. Personal layers (PTLS) live on the node's disk between rounds, under
+global names (personal_store).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Every method is a planner that emits one LayerPlan per client per round; the client is one generic
 executor of plans, and the plan holds everything the client needs to know about its round (what to train,
-how, and how to reply); from the run config beside it the client reads only the run's model, data and device profiles. A plan travels as a
-flat dict of scalars and typed lists (fedcore.core.wire turns that into a Flower ConfigRecord).
+how, and how to reply); from the run config beside it the client reads only the run's model, data and
+device profiles. A plan travels as a flat dict of scalars and typed lists (fedcore.core.wire turns that
+into a Flower ConfigRecord).
 """
 
 from __future__ import annotations
