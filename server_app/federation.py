@@ -74,11 +74,21 @@ class ServerState:
     arrays: ArrayRecord = field(init=False)
 
 
+#: the run-config keys a client reads: which model, tuning, data partitioning and device profiles the run
+#: uses (what to train and how travels in each client's plan)
+CLIENT_KEYS = ("preset", "method", "seed", "model.", "tuning.", "data.", "clients.", "devices.")
+
+
+def client_run_config(cfg: RunConfig) -> dict[str, Any]:
+    """The part of the run config a train message carries: the run's identity, not its training settings."""
+    return {key: value for key, value in cfg.to_flat().items() if key.startswith(CLIENT_KEYS)}
+
+
 def start_strategy(state: ServerState) -> None:
-    """The run's LayerwiseStrategy, from the current global state; its messages carry the run config and
-    the run's name besides the plan."""
+    """The run's LayerwiseStrategy, from the current global state; its messages carry the run's identity
+    (the client's part of the run config and the run's name) besides the plan and the tensors."""
     records = {
-        wire.RUN_CONFIG: dict_to_config(state.cfg.to_flat()),
+        wire.RUN_CONFIG: dict_to_config(client_run_config(state.cfg)),
         wire.RUN: dict_to_config({wire.RUN_NAME: state.run_name}),
     }
     settings = LayerwiseSettings.from_run_config(state.cfg)
