@@ -17,7 +17,6 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from client_app.info import node_partition
 from client_app.personal_store import PersonalStore
 from fedcore.config import RunConfig
 from fedcore.core import wire
@@ -26,7 +25,7 @@ from fedcore.core.layers import LayerMap, block_of_group
 from fedcore.core.plan import LayerPlan
 from fedcore.core.wire import config_to_dict, received_state, state_to_arrays
 from fedcore.data.batching import Batch, make_batches
-from fedcore.data.splits import ClientSplits, client_splits
+from fedcore.data.sources import data_source
 from fedcore.data.tables import probe_split
 from fedcore.mechanisms.frozen_precision import hold_frozen_blocks
 from fedcore.mechanisms.partial_model import Layout, build_layout_model
@@ -44,12 +43,6 @@ class ClientModel:
 
 
 _model_cache: dict[tuple, ClientModel] = {}
-
-
-def local_data(cfg: RunConfig, node_config: dict[str, Any]) -> tuple[int, ClientSplits]:
-    partition_id, num_partitions = node_partition(cfg, node_config)
-    splits = client_splits(cfg.data, cfg.model.task, cfg.seed, partition_id, num_partitions)
-    return partition_id, splits
 
 
 def cached_model(cfg: RunConfig, num_labels: int, depth: int, frozen_dtype: str = "") -> ClientModel:
@@ -79,9 +72,10 @@ def execute_train(content: RecordDict, node_config: dict[str, Any]) -> RecordDic
     """One round of one client, step by step."""
     began = time.perf_counter()
     cfg, plan, arrays, run_name = decode(content)
-    partition_id, splits = local_data(cfg, node_config)
-    store = PersonalStore.for_node(node_config, run_name, partition_id)
-    profile = profile_for(partition_id, cfg.devices.profiles, node_config)
+    source = data_source(cfg, node_config)
+    splits = source.splits(cfg)
+    store = PersonalStore.for_node(node_config, run_name, source.client_key)
+    profile = profile_for(source.partition_id, cfg.devices.profiles, node_config)
     client = cached_model(cfg, splits.num_labels, len(plan.block_sources), plan.frozen_dtype)
     # The client model's own (local) names differ from the global ones only for LEFF layouts; the layout
     # is the one place that switches between them.

@@ -69,13 +69,27 @@ class TuningConfig(Section):
     )
 
 
+#: ``data.name`` value for a federation in which every node trains on its own data (node config data-path)
+NODE_DATA = "node"
+
+
 class DataConfig(Section):
     name: str = Field(
         "embedded:rotten-tomatoes",
-        description="'embedded:<asset>', a local .csv/.jsonl/.parquet file, or a hub dataset id.",
+        description="'embedded:<asset>', a local .csv/.jsonl/.parquet file or saved dataset folder, a hub "
+        "dataset id, or 'node' (every node trains on its own file, named by its node config's data-path).",
     )
     text_column: str = "text"
     label_column: str = "label"
+    labels: str = Field(
+        "",
+        description="The task's class names in label-id order, comma-separated (e.g. 'rotten,fresh'); rows "
+        "with another label are refused. Empty = the shared dataset's own; required with data.name='node'.",
+    )
+    server_test: str = Field(
+        "",
+        description="With data.name='node': the server's own held-out file (empty = no server test metrics).",
+    )
     partition: Literal["iid", "dirichlet", "natural"] = "dirichlet"
     dirichlet_alpha: float = Field(1.0, gt=0)
     natural_column: str = Field("", description="Column whose values define natural partitions.")

@@ -225,9 +225,12 @@ def run_round(
 
 
 def evaluate_server(state: ServerState) -> dict[str, Any]:
-    """The global model on the test split, and on the validation split (keys prefixed ``val_``) if any."""
+    """The global model on the test split, and on the validation split (keys prefixed ``val_``) if any.
+
+    No test rows, no test metrics: the server of a node-data federation without data.server-test.
+    """
     task = state.cfg.model.task
-    metrics = evaluate(state.model, state.eval_batches, task)
+    metrics = evaluate(state.model, state.eval_batches, task) if state.eval_batches else {}
     if state.validation_batches:
         validation = evaluate(state.model, state.validation_batches, task)
         metrics.update({f"val_{key}": value for key, value in validation.items()})

@@ -9,7 +9,7 @@ from typing import Any
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedcore.config import RunConfig
+from fedcore.config import NODE_DATA, RunConfig
 from fedcore.core import wire
 from fedcore.core.reply_schema import SchemaError, check_node_info
 from fedcore.core.wire import config_to_dict, dict_to_config
@@ -37,23 +37,30 @@ def replies_by_node(replies: Iterable[Message], sent: list[Message]) -> dict[int
     return {node_of.get(r.metadata.reply_to_message_id, r.metadata.src_node_id): r for r in replies}
 
 
-def client_info(node_id: int, info: dict[str, Any], num_partitions: int) -> ClientInfo:
+def client_info(node_id: int, info: dict[str, Any], cfg: RunConfig) -> ClientInfo:
     """A node's start-up statement, checked against the declared schema before anything reads it.
 
-    ``num_partitions``: the run's clients.num-partitions, 0 = the node's own num-partitions.
-    Raises SchemaError naming the key and the rule.
+    With a shared dataset the node claims a partition (of the run's clients.num-partitions, or of its own
+    num-partitions when that is 0); with node data (data.name='node') it states its example count and its
+    node id is its identity. Raises SchemaError naming the key and the rule.
     """
     checked = check_node_info(info)
-    partition_id = checked.pop(wire.NODE_PARTITION_ID)
+    num_examples = checked.pop(wire.NODE_NUM_EXAMPLES, 0)  # 0: not stated
+    partition_id = checked.pop(wire.NODE_PARTITION_ID, None)
     stated_partitions = checked.pop(wire.NODE_NUM_PARTITIONS, 0)
-    partitions = num_partitions or stated_partitions
+    if cfg.data.name == NODE_DATA:
+        if not num_examples:
+            raise SchemaError(f"missing {wire.NODE_NUM_EXAMPLES} (a node with its own data states it)")
+        return ClientInfo(node_id=node_id, partition_id=node_id, profile=checked, num_examples=num_examples)
+    if partition_id is None:
+        raise SchemaError(f"missing {wire.NODE_PARTITION_ID} (the run partitions {cfg.data.name!r})")
+    partitions = cfg.clients.num_partitions or stated_partitions
     if not partitions:
         raise SchemaError(f"missing {wire.NODE_NUM_PARTITIONS} (and clients.num-partitions is 0)")
     if partition_id >= partitions:
         raise SchemaError(
             f"{wire.NODE_PARTITION_ID}={partition_id} is unknown: the data has {partitions} partitions"
         )
-    num_examples = checked.pop(wire.NODE_NUM_EXAMPLES, 0)  # 0: not stated
     return ClientInfo(node_id=node_id, partition_id=partition_id, profile=checked, num_examples=num_examples)
 
 
@@ -83,7 +90,7 @@ def query_clients(
             continue
         try:
             info = config_to_dict(reply.content.config_records[wire.NODE_INFO])
-            client = client_info(node_id, info, cfg.clients.num_partitions)
+            client = client_info(node_id, info, cfg)
         except (KeyError, SchemaError) as exc:
             failures[node_id] = ("refused", f"start-up reply: {exc}")
             continue

@@ -91,10 +91,14 @@ def profile_names(spec: str) -> list[str]:
     return names
 
 
-def profile_for(partition_id: int, spec: str, node_config: dict[str, Any]) -> DeviceProfile:
-    """A node's own config wins; otherwise the run config's profile list, cycled over partitions."""
+def profile_for(partition_id: int | None, spec: str, node_config: dict[str, Any]) -> DeviceProfile:
+    """A node's own config wins; otherwise the run config's profile list, cycled over partitions.
+
+    A node with its own data (``partition_id`` None) has no partition to cycle over: a workstation.
+    """
     names = profile_names(spec)
-    name = str(node_config.get("device", names[partition_id % len(names)] if names else "workstation"))
+    cycled = names[partition_id % len(names)] if names and partition_id is not None else "workstation"
+    name = str(node_config.get("device", cycled))
     if name not in PROFILES:
         raise ValueError(f"node config device={name!r} is unknown; known: {sorted(PROFILES)}")
     base = PROFILES[name]

@@ -110,8 +110,13 @@ NODE_INFO: dict[str, Spec] = {
     **{f"device-{key}": Number(low, high, above=True) for key, (low, high) in LIMITS.items()},
     "device-max-blocks": Number(0, _MAX_BLOCKS, integer=True),
 }
-#: a node may leave out its partition size: the fast info query answers without loading the data
-NODE_INFO_REQUIRED = frozenset(NODE_INFO) - {wire.NODE_NUM_PARTITIONS, wire.NODE_NUM_EXAMPLES}
+#: a node may leave out its partition size (the fast info query answers without loading the data); a node
+#: with its own data claims no partition (the server checks which of the two the run expects)
+NODE_INFO_REQUIRED = frozenset(NODE_INFO) - {
+    wire.NODE_PARTITION_ID,
+    wire.NODE_NUM_PARTITIONS,
+    wire.NODE_NUM_EXAMPLES,
+}
 
 
 def check_values(

@@ -34,6 +34,7 @@ class ClientInfo:
     """What the server knows about a connected client (reported by its info query)."""
 
     node_id: int
+    #: the partition it holds; with node data (data.name='node'), its node id: its identity across rounds
     partition_id: int
     #: device profile from the SuperNode's node config or measured (memory budget, speed...)
     profile: dict[str, Any] = field(default_factory=dict)
