@@ -16,7 +16,7 @@ from datasets import Dataset
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from fedcore.config import SERVER_VALIDATION, RunConfig
+from fedcore.config import NODE_DATA, SERVER_VALIDATION, RunConfig
 from fedcore.core.devices import DeviceProfile, speed_matched_steps
 from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
@@ -160,7 +160,8 @@ def base_plan(
         epochs=cfg.train.local_epochs,
         lr=cfg.learning_rate,
         seed=derive_seed(cfg.seed, round_number, client.partition_id),
-        evaluate_local=personal > 0 or cfg.eval.local,
+        # node data: the nodes' own held-out rows are the federation's test data
+        evaluate_local=personal > 0 or cfg.eval.local or cfg.data.name == NODE_DATA,
         label=drop.label if drop else "",
     )
 

@@ -47,13 +47,18 @@ def test_baselines_send_every_tunable_group_to_every_client(
     assert planner.state_dict() == {}
 
 
-@pytest.mark.parametrize(("local", "expected"), [(False, False), (True, True)])
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"eval.local": False}, False),
+        ({"eval.local": True}, True),
+        ({"data.name": "node", "data.labels": "no,yes"}, True),  # the nodes' own rows are the test data
+    ],
+)
 def test_local_evaluation_is_asked_of_every_method_when_configured(
-    tiny_models: dict[str, Path], tmp_path: Path, local: bool, expected: bool
+    tiny_models: dict[str, Path], tmp_path: Path, overrides: dict[str, object], expected: bool
 ) -> None:
-    planner, _, state = _planner_and_state(
-        tiny_models["bert"], tmp_path, method="fedlora", **{"eval.local": local}
-    )
+    planner, _, state = _planner_and_state(tiny_models["bert"], tmp_path, method="fedlora", **overrides)
     plan = planner.plan(1, CLIENTS[:1], state)[CLIENTS[0].node_id].plan
     assert plan.evaluate_local is expected and plan.personal_fraction == 0
 
