@@ -50,10 +50,10 @@ def client_info(node_id: int, info: dict[str, Any], cfg: RunConfig) -> ClientInf
     stated_partitions = checked.pop(wire.NODE_NUM_PARTITIONS, 0)
     if cfg.data.name == NODE_DATA:
         if not num_examples:
-            raise SchemaError(f"missing {wire.NODE_NUM_EXAMPLES} (a node with its own data states it)")
+            raise SchemaError(f"missing {[wire.NODE_NUM_EXAMPLES]} (a node with its own data states it)")
         return ClientInfo(node_id=node_id, partition_id=node_id, profile=checked, num_examples=num_examples)
     if partition_id is None:
-        raise SchemaError(f"missing {wire.NODE_PARTITION_ID} (the run partitions {cfg.data.name!r})")
+        raise SchemaError(f"missing {[wire.NODE_PARTITION_ID]} (the run partitions {cfg.data.name!r})")
     partitions = cfg.clients.num_partitions or stated_partitions
     if not partitions:
         raise SchemaError(f"missing {wire.NODE_NUM_PARTITIONS} (and clients.num-partitions is 0)")
@@ -65,9 +65,9 @@ def client_info(node_id: int, info: dict[str, Any], cfg: RunConfig) -> ClientInf
 
 
 def query_clients(
-    grid: Grid, node_ids: list[int], cfg: RunConfig, timeout_s: float
+    grid: Grid, node_ids: list[int], cfg: RunConfig, timeout_s: float, simulated: bool
 ) -> tuple[list[ClientInfo], dict[int, tuple[str, str]]]:
-    """Ask every node for its partition and profile.
+    """Ask every node for its data claim and profile (``simulated``: whether profiles are emulated).
 
     Returns the sound answers and, for every other node, (status, reason): ``unreachable`` when it did
     not answer or answered with an error, ``refused`` when its answer breaks the schema or names a
@@ -75,7 +75,12 @@ def query_clients(
     """
     messages = [
         Message(
-            RecordDict({wire.RUN_CONFIG: dict_to_config(cfg.to_flat())}),
+            RecordDict(
+                {
+                    wire.RUN_CONFIG: dict_to_config(cfg.to_flat()),
+                    wire.RUN: dict_to_config({wire.SIMULATED: simulated}),
+                }
+            ),
             dst_node_id=node_id,
             message_type=f"{MessageType.QUERY}.{wire.INFO_QUERY}",
         )

@@ -25,7 +25,7 @@ from fedcore.data.batching import make_batches
 from fedcore.data.proxy import load_proxy_texts
 from fedcore.data.splits import server_splits
 from fedcore.mechanisms.block_sensitivity import block_sensitivity
-from fedcore.mechanisms.layer_dropout import DropConfig, speed_matched
+from fedcore.mechanisms.layer_dropout import DropConfig, memory_matched, speed_matched
 from fedcore.model import tunable_names
 
 
@@ -139,15 +139,18 @@ def base_plan(
 ) -> LayerPlan:
     """The plan every method starts from: train these groups with the run's local-training settings
     (``sensitivity``: per block, for the 'sensitivity' drop shape). Where the plan has layer dropout, a
-    client slower than ``drop.target-speed`` runs at least its speed-matched rate (``speed_matched``); a
-    client slower than ``train.target-speed`` runs its speed-matched number of steps."""
+    client slower than ``drop.target-speed`` runs at least its speed-matched rate (``speed_matched``) and a
+    client whose memory holds fewer blocks than the model at least its memory-matched rate
+    (``memory_matched``); a client slower than ``train.target-speed`` runs its speed-matched number of
+    steps."""
     personal = cfg.personal_fraction
     steps = cfg.train.local_steps
     if client.profile:  # a client that stated no profile runs as planned
-        speed = DeviceProfile.from_config(client.profile).speed
-        steps = speed_matched_steps(steps, speed, cfg.train.target_speed)
+        profile = DeviceProfile.from_config(client.profile)
+        steps = speed_matched_steps(steps, profile.speed, cfg.train.target_speed)
         if drop is not None:
-            drop = speed_matched(drop, speed, cfg.drop.target_speed)
+            drop = speed_matched(drop, profile.speed, cfg.drop.target_speed)
+            drop = memory_matched(drop, profile.memory_blocks, num_blocks)
     return LayerPlan(
         round=round_number,
         rounds=cfg.rounds,

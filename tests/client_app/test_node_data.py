@@ -7,15 +7,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from flwr.app import Context, RecordDict
+from flwr.app import Context, Message, MessageType, RecordDict
 
+from client_app.app import app as client_app
 from client_app.info import node_info
 from client_app.personal_store import NODE_PERSONAL_DIR
 from fedcore.config import RunConfig
 from fedcore.core import wire
 from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
-from fedcore.core.wire import config_to_dict, received_state
+from fedcore.core.wire import config_to_dict, dict_to_config, received_state, state_to_arrays
 from fedcore.data.tables import DataError
 from fedcore.model import build_model, tunable_state
 from tests.client_app.test_executor import NODE_ID, RUN_NAME, call_client
@@ -88,3 +89,36 @@ def test_a_node_whose_rows_carry_another_label_fails_its_round_naming_the_label(
     context = Context(1, NODE_ID, {"data-path": str(own_file)}, RecordDict(), {})
     with pytest.raises(DataError, match=r"\['mixed'\] outside the run's label set \['rotten', 'fresh'\]"):
         call_client(cfg, plan, global_state, context)
+
+
+@pytest.mark.parametrize(
+    ("simulated", "device", "slowdown"), [(True, "jetson-orin", 4.0), (False, "measured", 1.0)]
+)
+def test_device_time_is_emulated_in_simulation_and_real_in_deployment(
+    tiny_models: dict[str, Path],
+    tmp_path: Path,
+    own_file: Path,
+    simulated: bool,
+    device: str,
+    slowdown: float,
+) -> None:
+    """A quarter-speed node: simulation scales its compute time by 4, a deployed node reports it as it is."""
+    cfg = node_data_run(tiny_models["bert"], tmp_path)
+    global_state = tunable_state(build_model(cfg, num_labels=2)[0])
+    plan = LayerPlan(round=1, rounds=1, train_groups=("head",), steps=1)
+    content = RecordDict(
+        {
+            wire.PLAN: dict_to_config(plan.to_dict()),
+            wire.RUN_CONFIG: dict_to_config(cfg.to_flat()),
+            wire.RUN: dict_to_config({wire.RUN_NAME: RUN_NAME, wire.SIMULATED: simulated}),
+            wire.GLOBAL: state_to_arrays(global_state),
+        }
+    )
+    node_config = {"data-path": str(own_file), "speed": 0.25, **({"device": device} if simulated else {})}
+    reply = client_app(
+        Message(content, dst_node_id=NODE_ID, message_type=MessageType.TRAIN),
+        Context(1, NODE_ID, node_config, RecordDict(), {}),
+    )
+    metrics = dict(reply.content.metric_records[wire.TRAIN_METRICS])
+    assert metrics[wire.DEVICE_TIME_S] == pytest.approx(metrics[wire.COMPUTE_TIME_S] * slowdown)
+    assert config_to_dict(reply.content.config_records[wire.TRAIN_REPORT])[wire.REPORT_DEVICE] == device

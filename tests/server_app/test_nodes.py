@@ -25,8 +25,8 @@ def test_a_node_with_its_own_data_is_known_by_its_node_id_and_weighted_by_its_ex
 @pytest.mark.parametrize(
     ("cfg", "info", "cause"),
     [
-        (NODE_RUN, PROFILE, "missing num-examples"),
-        (RunConfig(), {wire.NODE_NUM_EXAMPLES: 42, **PROFILE}, "missing partition-id"),
+        (NODE_RUN, PROFILE, r"missing \['num-examples'\]"),
+        (RunConfig(), {wire.NODE_NUM_EXAMPLES: 42, **PROFILE}, r"missing \['partition-id'\]"),
         (RunConfig(), {wire.NODE_PARTITION_ID: 0, **PROFILE}, "missing num-partitions"),
         (RunConfig(), {wire.NODE_PARTITION_ID: 3, wire.NODE_NUM_PARTITIONS: 3, **PROFILE}, "partition-id=3"),
     ],
