@@ -26,9 +26,10 @@ from fedcore.core import wire
 from fedcore.core.aggregate import ClientUpdate, UpdateRejected, aggregate_layerwise, validate_update
 from fedcore.core.files import write_json_atomic
 from fedcore.core.layers import LayerMap
+from fedcore.core.limits import check_record, clip_text
 from fedcore.core.plan import LayerPlan
 from fedcore.core.reply_schema import SchemaError, check_train_metrics
-from fedcore.core.robust import cap_weights, clip_to_median, stated_weight
+from fedcore.core.robust import cap_weights, clip_updates, stated_weight
 from fedcore.core.seeding import derive_seed
 from fedcore.core.wire import dict_to_config, received_state, state_to_arrays
 from fedcore.data.batching import Batch, make_batches
@@ -39,7 +40,7 @@ from fedcore.model import build_model, load_tunable_state, tunable_state
 from fedcore.training.evaluate import evaluate
 from server_app import console
 from server_app.checkpoint import Checkpoint, check_compatible, load_checkpoint, save_checkpoint
-from server_app.nodes import query_clients, replies_by_node, wait_for_nodes
+from server_app.nodes import query_clients, wait_for_nodes
 from server_app.progress import Progress
 from server_app.run_log import RunLog, new_run_dir
 from server_app.run_report import write_run_report
@@ -112,26 +113,34 @@ def collect_reply(
     """Turn one reply into a metrics row and, if it is sound, an update to aggregate.
 
     The reply's numbers enter the row only once they pass the schema, and never over the server's own
-    fields (who answered, the status, the bytes measured here); its tensors are checked as they
-    travelled, before anything converts them.
+    fields (who answered, the status, the bytes measured here); its tensors are checked by what they
+    declare (names, shapes, bytes) before any is decoded, and again as decoded before anything converts
+    them. Every text the client controls is cut to limits.text-chars.
     """
     row: dict[str, Any] = {"node_id": client.node_id, "partition_id": client.partition_id}
     row["plan"] = plan.as_log()
+    limits = cfg.limits
     if reply.has_error():
-        return ClientOutcome({**row, "status": "failed", "reason": reply.error.reason}, None)
+        reason = clip_text(str(reply.error.reason), limits.text_chars)
+        return ClientOutcome({**row, "status": "failed", "reason": reason}, None)
     try:
-        metrics = check_train_metrics(
-            dict(reply.content.metric_records[wire.TRAIN_METRICS]), probe=plan.probe_examples > 0
-        )
+        metric_record = reply.content.metric_records[wire.TRAIN_METRICS]
+        if len(metric_record) > limits.list_items:
+            raise SchemaError(f"{len(metric_record)} metrics exceed limits.list-items={limits.list_items}")
+        metrics = check_train_metrics(dict(metric_record), probe=plan.probe_examples > 0)
         record = reply.content.array_records[wire.UPDATE]
-        update = received_state(record)
         wanted = set(plan.train_groups)
         plan_expected = {n: s for n, s in expected.items() if layer_map.group_of(n) in wanted}
+        check_record(record, plan_expected, limits.reply_mb * 1e6, limits.list_items)
+        update = received_state(record)
         validate_update(update, plan_expected, layer_map.group_of, wire.wire_dtype_of(cfg.round.wire_dtype))
     except (SchemaError, UpdateRejected) as exc:
-        return ClientOutcome({**row, "status": "rejected", "reason": str(exc)}, None)
+        return ClientOutcome(
+            {**row, "status": "rejected", "reason": clip_text(str(exc), limits.text_chars)}, None
+        )
     except (KeyError, TypeError, ValueError) as exc:
-        return ClientOutcome({**row, "status": "rejected", "reason": f"malformed reply: {exc!r}"}, None)
+        reason = clip_text(f"malformed reply: {exc!r}", limits.text_chars)
+        return ClientOutcome({**row, "status": "rejected", "reason": reason}, None)
     row = {**metrics, **row, wire.BYTES_UP: record.count_bytes(), "status": "ok", "reason": None}
     weight = stated_weight(metrics[wire.EXAMPLES], client.num_examples)
     tensors = {name: tensor.float() for name, tensor in update.items()}
@@ -144,7 +153,7 @@ def bound_and_aggregate(state: ServerState, outcomes: list[ClientOutcome]) -> No
     cfg = state.cfg
     sound = [o for o in outcomes if o.update is not None]
     updates = cap_weights([o.update for o in sound], cfg.round.weight_cap)
-    updates, scales = clip_to_median(updates, state.layer_map.group_of, cfg.round.clip_factor)
+    updates, scales = clip_updates(updates, state.layer_map.group_of, cfg.round.clip_factor)
     for outcome, update, scale in zip(sound, updates, scales, strict=True):
         outcome.row.update(weight=update.weight, clip_scale=scale)
     if len(updates) >= cfg.clients.min:
@@ -207,13 +216,21 @@ def run_round(
         m.metadata.dst_node_id: m.content.array_records[wire.GLOBAL].count_bytes() for m in messages
     }
     label = f"round {round_number}/{cfg.rounds}"
-    replies = replies_by_node(state.progress.collect(grid, messages, cfg.round.timeout, label), messages)
+    collected = state.progress.collect(grid, messages, cfg.round.timeout, label, cfg.limits.text_chars)
     outcomes = []
     for client in chosen:
-        if client.node_id in replies:
+        if client.node_id in collected.replies:
             outcome = collect_reply(
-                replies[client.node_id], client, plans[client.node_id], state.shapes, state.layer_map, cfg
+                collected.replies[client.node_id],
+                client,
+                plans[client.node_id],
+                state.shapes,
+                state.layer_map,
+                cfg,
             )
+        elif client.node_id in collected.undecodable:
+            row = {"node_id": client.node_id, "partition_id": client.partition_id, "status": "rejected"}
+            outcome = ClientOutcome({**row, "reason": collected.undecodable[client.node_id]}, None)
         else:
             reason = f"no reply within round.timeout={cfg.round.timeout:g} s"
             row = {"node_id": client.node_id, "partition_id": client.partition_id, "status": "timeout"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from typing import Any
 
 from flwr.app import Message, MessageType, RecordDict
@@ -11,9 +10,15 @@ from flwr.serverapp import Grid
 
 from fedcore.config import NODE_DATA, RunConfig
 from fedcore.core import wire
+from fedcore.core.limits import clip_text
 from fedcore.core.reply_schema import SchemaError, check_node_info
 from fedcore.core.wire import config_to_dict, dict_to_config
 from fedcore.methods.base import ClientInfo
+from server_app.progress import Progress
+
+
+def _silent(_: str) -> None:
+    """The start-up query prints no progress lines."""
 
 
 def wait_for_nodes(grid: Grid, minimum: int, timeout_s: float, poll_s: float = 1.0) -> list[int]:
@@ -28,13 +33,6 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout_s: float, poll_s: float = 1
                 f"only {len(node_ids)} SuperNode(s) connected after {timeout_s:.0f} s; clients.min={minimum}"
             )
         time.sleep(poll_s)
-
-
-def replies_by_node(replies: Iterable[Message], sent: list[Message]) -> dict[int, Message]:
-    """Replies keyed by the node each answers for: the SuperLink itself answers for an unreachable node
-    (its error reply comes from the SuperLink's id), so match on the message replied to."""
-    node_of = {message.metadata.message_id: message.metadata.dst_node_id for message in sent}
-    return {node_of.get(r.metadata.reply_to_message_id, r.metadata.src_node_id): r for r in replies}
 
 
 def client_info(node_id: int, info: dict[str, Any], cfg: RunConfig) -> ClientInfo:
@@ -87,17 +85,22 @@ def query_clients(
         for node_id in node_ids
     ]
     failures = {node_id: ("unreachable", "no reply") for node_id in node_ids}
+    text_limit = cfg.limits.text_chars
+    collected = Progress(out=_silent).collect(grid, messages, timeout_s, "start-up", text_limit)
+    for node_id, reason in collected.undecodable.items():
+        failures[node_id] = ("refused", f"start-up reply: {reason}")
     holders: dict[int, ClientInfo] = {}
-    replies = replies_by_node(grid.send_and_receive(messages, timeout=timeout_s), messages)
-    for node_id, reply in sorted(replies.items()):
+    for node_id, reply in sorted(collected.replies.items()):
         if reply.has_error():
-            failures[node_id] = ("unreachable", f"error: {reply.error.reason}")
+            failures[node_id] = ("unreachable", clip_text(f"error: {reply.error.reason}", text_limit))
             continue
         try:
-            info = config_to_dict(reply.content.config_records[wire.NODE_INFO])
-            client = client_info(node_id, info, cfg)
+            record = reply.content.config_records[wire.NODE_INFO]
+            if len(record) > cfg.limits.list_items:
+                raise SchemaError(f"{len(record)} entries exceed limits.list-items={cfg.limits.list_items}")
+            client = client_info(node_id, config_to_dict(record), cfg)
         except (KeyError, SchemaError) as exc:
-            failures[node_id] = ("refused", f"start-up reply: {exc}")
+            failures[node_id] = ("refused", clip_text(f"start-up reply: {exc}", text_limit))
             continue
         if client.partition_id in holders:
             holder = holders[client.partition_id].node_id

@@ -104,9 +104,12 @@ def start_superlink(daemons: Daemons, *tls: str | Path) -> tuple[int, int]:
     return fleet, control
 
 
-def start_supernode(daemons: Daemons, name: str, fleet: int, partition: int, *tls: str | Path) -> None:
+def start_supernode(
+    daemons: Daemons, name: str, fleet: int, partition: int, *tls: str | Path, partitions: int = 2
+) -> None:
     argv = [*DEPLOY_TOOL, "supernode", "--superlink", f"127.0.0.1:{fleet}", *map(str, tls)]
-    argv += ["--partition-id", str(partition), "--num-partitions", "2", "--port", str(daemons.port())]
+    argv += ["--partition-id", str(partition), "--num-partitions", str(partitions)]
+    argv += ["--port", str(daemons.port())]
     daemons.start(name, argv)
 
 
@@ -453,3 +456,42 @@ def test_supernode_killed_mid_round_costs_one_reply_not_the_run(
     rounds = {r["round"]: r for r in rows if r["kind"] == "global"}
     assert rounds[1]["aggregated"] and rounds[1]["clients_ok"] == 1
     assert rounds[2]["aggregated"] and rounds[2]["clients_ok"] == 1
+
+
+# ------------------------------------------------------------------------- a node sends undecodable replies
+
+
+def hostile_app_dir(root: Path) -> Path:
+    """This app with tests/hostile_app.py as its ClientApp (a Flower app of its own, built into a FAB)."""
+    app = root / "hostile-app"
+    for package in ("fedcore", "server_app", "client_app"):
+        shutil.copytree(REPO_ROOT / package, app / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO_ROOT / "tests" / "hostile_app.py", app / "hostile_app.py")
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    (app / "pyproject.toml").write_text(pyproject.replace('"client_app.app:app"', '"hostile_app:app"'))
+    return app
+
+
+def test_undecodable_replies_cost_their_senders_not_the_run(
+    daemons: Daemons, tiny_model: Path, tmp_path: Path
+) -> None:
+    """A tensor name listed twice makes Flower's decoding raise: in a train reply (partition 1) and in a
+    start-up answer (partition 2). Each costs its sender; the run completes with the honest node."""
+    fleet, control = start_superlink(daemons, "--insecure")
+    for partition in (0, 1, 2):
+        start_supernode(daemons, f"node-{partition}", fleet, partition, "--insecure", partitions=3)
+    connect(daemons, "local-deploy", control, "--insecure")
+    wait_nodes(daemons, "local-deploy", 3)
+
+    out = tmp_path / "outputs"
+    config = tiny_run(tiny_model, out, rounds=2, **{"clients.min": 1})
+    app = hostile_app_dir(tmp_path)
+    _, status = run_app(daemons.env, "local-deploy", config, out, RUN_TIMEOUT_S, app_dir=app)
+    assert status == "finished:completed", daemons.logs_tail()
+    rows = metrics_rows(out)
+    assert client_rows(rows) == {(1, 0): "ok", (1, 1): "rejected", (2, 0): "ok", (2, 1): "rejected"}
+    reasons = [r["reason"] for r in rows if r["kind"] == "client" and r["status"] == "rejected"]
+    assert all(reason.startswith("undecodable reply (ValueError") for reason in reasons)
+    (refused,) = [r for r in rows if r["kind"] == "node"]
+    assert refused["status"] == "refused" and "undecodable reply" in refused["reason"]
+    assert [r["clients_ok"] for r in rows if r["kind"] == "global" and r["round"] > 0] == [1, 1]

@@ -71,7 +71,12 @@ def test_leff_with_heterogeneous_capacities(tmp_path: Path) -> None:
         model_dir,
         tmp_path / "out",
         method="leff",
-        **{"devices.profiles": "jetson-orin,workstation", "leff.distill-steps": 2, "rounds": 2},
+        **{
+            "devices.profiles": "jetson-orin,workstation",
+            "leff.stand-in": "students",
+            "leff.distill-steps": 2,
+            "rounds": 2,
+        },
     )
     run_dir = simulate(cfg, supernodes=2)
     log = rows(run_dir)

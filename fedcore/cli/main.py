@@ -1,4 +1,4 @@
-"""The ``fedlayer`` command: ``assets``, ``simulate``, ``report``."""
+"""The ``fedlayer`` command: ``assets``, ``simulate``, ``report``, ``config-reference``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ commands:
   assets fetch [NAME...]      download + verify the embedded default model and data (offline afterwards)
   simulate [--supernodes N]   run the app as a local Ray simulation via `flwr run`
   report RUN_DIR [RUN_DIR...] compare run directories: table + PNG plots
+  config-reference [--write]  print every run-config key (or rewrite docs/configuration.md)
 """
 
 
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         from fedcore.cli.launch import main as run
     elif command == "report":
         from fedcore.cli.report import main as run
+    elif command == "config-reference":
+        from fedcore.cli.config_reference import main as run
     else:
         print(f"fedlayer: unknown command '{command}'\n{_USAGE}", file=sys.stderr)
         return 2

@@ -33,6 +33,8 @@ _JSON_SUFFIXES = (".jsonl", ".json")
 TABLE_SUFFIXES = (*_CSV_SUFFIXES, *_JSON_SUFFIXES, ".parquet")
 #: Embedded unlabelled text for language modelling (each is also the name of its asset).
 _LM_EMBEDDED = ("austen", "chatterbot")
+#: Embedded labelled classification tables.
+_LABELLED_EMBEDDED = ("rotten-tomatoes", "bbc-news")
 
 
 class DataError(ValueError):
@@ -117,6 +119,11 @@ def _capped(table: datasets.Dataset, cfg: DataConfig, seed: int) -> datasets.Dat
 def _load_embedded(name: str, cfg: DataConfig, task: str) -> datasets.Dataset:
     if name in _LM_EMBEDDED:
         return _load_embedded_lm(name, cfg, task)
+    if task == "causal-lm" and name in _LABELLED_EMBEDDED:
+        raise DataError(
+            f"model.task='causal-lm' contradicts data.name='embedded:{name}', a labelled classification "
+            f"table: use model.task='seq-cls', or unlabelled text such as data.name='embedded:austen'"
+        )
     if name == "bbc-news":
         path = assets.asset_path("bbc-news")
         frame = pd.read_parquet(path).drop_duplicates(subset="text", keep="first")
@@ -291,6 +298,11 @@ def _frame_to_table(
     if natural_column:
         needed["data.natural-column"] = natural_column
     columns = [str(c) for c in frame.columns]
+    if task == "causal-lm" and label_column in columns:
+        raise DataError(
+            f"model.task='causal-lm' contradicts data.label-column='{label_column}', a label column of "
+            f"{source}: use model.task='seq-cls' to classify it, or data.label-column='' to model its texts"
+        )
     for key, column in needed.items():
         if column not in columns:
             raise DataError(f"{key}: column '{column}' not in {source}; columns: {', '.join(columns)}")

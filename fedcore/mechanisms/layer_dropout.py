@@ -13,15 +13,13 @@ import statistics
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 from torch import nn
 
+from fedcore.core.drop_shapes import DROP_SHAPES, DropShape
 from fedcore.core.layers import find_blocks, swap_blocks
 
-Shape = Literal["uniform", "incremental", "sensitivity"]
-SHAPES: tuple[str, ...] = get_args(Shape)
 #: the highest drop probability a plan gives any block
 MAX_PLAN_RATE = 0.95
 
@@ -34,13 +32,13 @@ class DropConfig:
     """
 
     mean_rate: float
-    shape: Shape
+    shape: DropShape
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.mean_rate) and 0.0 <= self.mean_rate < 1.0):
             raise ValueError(f"mean_rate must be in [0, 1), got {self.mean_rate!r}")
-        if self.shape not in SHAPES:
-            raise ValueError(f"shape must be one of {SHAPES}, got {self.shape!r}")
+        if self.shape not in DROP_SHAPES:
+            raise ValueError(f"shape must be one of {DROP_SHAPES}, got {self.shape!r}")
 
     def rates(
         self, num_blocks: int, max_rate: float = MAX_PLAN_RATE, sensitivity: Sequence[float] | None = None
@@ -127,10 +125,8 @@ def sensitivity_weights(scores: Sequence[float], protect_factor: float = PROTECT
 
     A typical block weighs 1 and one that matters k times more than the median weighs 1/k, so the drop
     rate it receives shrinks in proportion; the few blocks the pretrained model cannot do without are
-    never dropped. Measured on SmolLM2 (``benchmarks/results/stld_protect.md``): a step that drops one of
-    them trains the head and adapters on features the full model never produces, and protecting them
-    (rate 0, the same mean spread over the rest) lifted one client's accuracy after 40 steps from 0.67 to
-    0.79 (two seeds).
+    never dropped: a step that drops one of them trains the head and adapters on features the full model
+    never produces (``docs/research/layer-dropout-per-step-cost.md``).
     """
     median = statistics.median(scores)
     protected = set(protected_blocks(scores, protect_factor))

@@ -99,11 +99,11 @@ def drop_sensitivity(
 ) -> list[float] | None:
     """Block removal sensitivity of the server's starting model, when the run's dropout needs it.
 
-    Measured once, on the proxy text (``leff.proxy``), from the model the federation starts from, so a
+    Measured once, on the proxy text (``proxy.name``), from the model the federation starts from, so a
     resumed run computes the same numbers again.
     """
     if cfg.drop_mode == "bandit":
-        shapes = set(cfg.drop.shape_grid())
+        shapes = set(cfg.droppeft.shape_grid())
     else:
         shapes = {cfg.drop.shape} if cfg.drop_mode == "fixed" else set()
     if "sensitivity" not in shapes:
@@ -112,13 +112,13 @@ def drop_sensitivity(
 
 
 def run_proxy_texts(cfg: RunConfig, count: int) -> list[str]:
-    """``count`` texts of the run's proxy source (``leff.proxy``), the server's validation texts included."""
+    """``count`` texts of the run's proxy source (``proxy.name``), the server's validation texts included."""
     validation = (
         server_splits(cfg.data, cfg.model.task, cfg.seed).validation["text"]
-        if cfg.leff.proxy == SERVER_VALIDATION
+        if cfg.proxy.name == SERVER_VALIDATION
         else ()
     )
-    return load_proxy_texts(cfg.leff.proxy, count, cfg.seed, validation)
+    return load_proxy_texts(cfg.proxy.name, count, cfg.seed, validation)
 
 
 def proxy_sensitivity(cfg: RunConfig, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[float]:
@@ -143,7 +143,6 @@ def base_plan(
     client whose memory holds fewer blocks than the model at least its memory-matched rate
     (``memory_matched``); a client slower than ``train.target-speed`` runs its speed-matched number of
     steps."""
-    personal = cfg.personal_fraction
     steps = cfg.train.local_steps
     if client.profile:  # a client that stated no profile runs as planned
         profile = DeviceProfile.from_config(client.profile)
@@ -157,14 +156,13 @@ def base_plan(
         train_groups=tuple(train_groups),
         drop_rates=drop.rates(num_blocks, sensitivity=sensitivity) if drop and drop.mean_rate > 0 else (),
         drop_warmup=cfg.drop.warmup,
-        drop_lr_compensation=cfg.drop.lr_compensation,
-        personal_fraction=personal,
+        personal_fraction=cfg.ptls.fraction,
         steps=steps,
         epochs=cfg.train.local_epochs,
         lr=cfg.learning_rate,
         seed=derive_seed(cfg.seed, round_number, client.partition_id),
         # node data: the nodes' own held-out rows are the federation's test data
-        evaluate_local=personal > 0 or cfg.eval.local or cfg.data.name == NODE_DATA,
+        evaluate_local=cfg.ptls.fraction > 0 or cfg.eval.local or cfg.data.name == NODE_DATA,
         label=drop.label if drop else "",
     )
 

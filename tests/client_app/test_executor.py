@@ -151,7 +151,10 @@ def test_leff_client_holds_window_and_students_and_uploads_only_the_window(
     deep_bert: Path, tmp_path: Path
 ) -> None:
     cfg = tiny_run_config(
-        deep_bert, tmp_path, method="leff", **{"leff.window": "round-robin", "leff.distill-steps": 2}
+        deep_bert,
+        tmp_path,
+        method="leff",
+        **{"leff.window": "round-robin", "leff.stand-in": "students", "leff.distill-steps": 2},
     )
     server_model, global_state, planner, plan, payload = plan_window_2_3(cfg)
     layer_map = LayerMap(server_model)

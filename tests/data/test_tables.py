@@ -82,6 +82,18 @@ def test_causal_lm_table_has_text_only(tmp_path: Path) -> None:
         tables.partition(ds, cfg, 2, 0, seed=0)
 
 
+def test_causal_lm_on_a_labelled_table_is_refused_naming_both_keys(tmp_path: Path) -> None:
+    """The server loads its table before any round, so the contradiction stops the run there."""
+    cfg = DataConfig(name=str(_write(tmp_path / "reviews.csv", ROWS)), **CUSTOM)
+    contradiction = "model.task='causal-lm' contradicts data.label-column='stars'"
+    with pytest.raises(tables.DataError, match=contradiction):
+        tables.load_dataset_table(cfg, "causal-lm", seed=0)
+    texts_only = tables.load_dataset_table(cfg.model_copy(update={"label_column": ""}), "causal-lm", seed=0)
+    assert texts_only["text"] == [row["review"] for row in ROWS]
+    with pytest.raises(tables.DataError, match="model.task='causal-lm' contradicts data.name='embedded:"):
+        tables.load_dataset_table(DataConfig(), "causal-lm", seed=0)
+
+
 def test_missing_column_names_key_and_columns(tmp_path: Path) -> None:
     path = _write(tmp_path / "x.csv", ROWS)
     cfg = DataConfig(name=str(path), text_column="review", label_column="lbl")
