@@ -127,6 +127,16 @@ class DataConfig(Section):
             raise ValueError("data.partition=natural needs data.natural-column (e.g. movie_name)")
         return self
 
+    @model_validator(mode="after")
+    def _server_test_needs_node_data(self) -> DataConfig:
+        if self.server_test and self.name != NODE_DATA:
+            raise ValueError(
+                f"data.server-test is the server's file in a federation of node data, but data.name is "
+                f"{self.name!r}, whose own held-out split the server tests on; set data.name='{NODE_DATA}' "
+                "or leave data.server-test empty"
+            )
+        return self
+
 
 class ClientsConfig(Section):
     per_round: int = Field(0, ge=0, description="Clients sampled per round (0 = all connected).")
@@ -356,6 +366,15 @@ class RunConfig(Section):
             raise ValueError(
                 "proxy.name='server:validation' takes the server's validation texts, but "
                 "data.validation-fraction is 0 (no validation split; e.g. data.validation-fraction=0.05)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _node_data_names_its_labels(self) -> RunConfig:
+        if self.data.name == NODE_DATA and self.model.task == "seq-cls" and not self.data.labels.strip(","):
+            raise ValueError(
+                "data.name='node' trains every node on its own file, so the run must fix the label set they "
+                "share: set data.labels to the class names in label-id order, e.g. data.labels='rotten,fresh'"
             )
         return self
 

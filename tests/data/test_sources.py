@@ -10,7 +10,7 @@ import datasets
 import pandas as pd
 import pytest
 
-from fedcore.config import RunConfig
+from fedcore.config import ConfigError, RunConfig
 from fedcore.core import wire
 from fedcore.data import tables
 from fedcore.data.sources import NodeData, SharedPartition, data_source
@@ -85,7 +85,6 @@ def test_a_node_whose_data_has_another_label_is_refused_naming_it(tmp_path: Path
     [
         ({"data.text-column": "body"}, "data.text-column: column 'body'"),
         ({"data.label-column": "grade"}, "data.label-column: column 'grade'"),
-        ({"data.labels": ""}, "data.labels: node config data-path"),
     ],
 )
 def test_a_node_file_without_what_the_run_needs_is_refused_naming_the_key(
@@ -94,6 +93,14 @@ def test_a_node_file_without_what_the_run_needs_is_refused_naming_the_key(
     cfg = node_run(**overrides)
     with pytest.raises(tables.DataError, match=key):
         data_source(cfg, {"data-path": str(write_rows(tmp_path / "own.csv", ROWS))}).splits(cfg)
+
+
+def test_a_node_data_run_fixes_its_labels_and_only_it_names_a_server_test_file() -> None:
+    with pytest.raises(ConfigError, match="data.name='node' .* set data.labels to the class names"):
+        node_run(**{"data.labels": ""})
+    with pytest.raises(ConfigError, match="data.server-test is the server's file in a federation of node"):
+        RunConfig.from_flat({"data.server-test": "held-out.csv"})
+    assert node_run(**{"model.task": "causal-lm", "data.labels": ""}).data.labels == ""
 
 
 def test_a_node_chat_file_becomes_prompt_response_rows_for_causal_lm(tmp_path: Path) -> None:
