@@ -34,12 +34,21 @@ from fedcore.core.seeding import derive_seed
 from fedcore.core.wire import dict_to_config, received_state, state_to_arrays
 from fedcore.data.batching import Batch, make_batches
 from fedcore.data.splits import server_splits
+from fedcore.data.tables import label_names
 from fedcore.methods.base import ClientInfo, ClientPlan, ClientResult, Planner
 from fedcore.methods.registry import make_planner
 from fedcore.model import build_model, load_tunable_state, tunable_state
 from fedcore.training.evaluate import evaluate
 from server_app import console
-from server_app.checkpoint import Checkpoint, check_compatible, load_checkpoint, save_checkpoint
+from server_app.checkpoint import (
+    CHECKPOINT_DIR,
+    Checkpoint,
+    CheckpointError,
+    check_compatible,
+    load_checkpoint,
+    save_checkpoint,
+)
+from server_app.model_export import base_reference, make_portable, model_card
 from server_app.nodes import query_clients, wait_for_nodes
 from server_app.progress import Progress
 from server_app.run_log import RunLog, new_run_dir
@@ -79,6 +88,8 @@ class ServerState:
     run_name: str = ""
     #: a simulation (Flower's in-memory grid): clients emulate device profiles instead of measuring
     simulated: bool = True
+    #: partition -> node id holding it in this run, which a resume keeps (nodes.assign_partitions)
+    holders: dict[int, int] = field(default_factory=dict)
 
 
 def sample_clients(clients: list[ClientInfo], cfg: RunConfig, round_number: int) -> list[ClientInfo]:
@@ -144,7 +155,7 @@ def collect_reply(
     row = {**metrics, **row, wire.BYTES_UP: record.count_bytes(), "status": "ok", "reason": None}
     weight = stated_weight(metrics[wire.EXAMPLES], client.num_examples)
     tensors = {name: tensor.float() for name, tensor in update.items()}
-    return ClientOutcome(row, ClientUpdate(client.node_id, weight, tensors))
+    return ClientOutcome(row, ClientUpdate(client.node_id, weight, tensors, client.examples_checked))
 
 
 def bound_and_aggregate(state: ServerState, outcomes: list[ClientOutcome]) -> None:
@@ -193,10 +204,17 @@ def prepare(cfg: RunConfig) -> tuple[ServerState, RunLog, PreTrainedTokenizerBas
     check_compatible(checkpoint, cfg, global_state)
     state.global_state = {name: checkpoint.global_state[name] for name in global_state}
     load_tunable_state(model, state.global_state)
-    state.planner.load_state_dict(checkpoint.planner_state)
+    try:
+        state.planner.load_state_dict(checkpoint.planner_state)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise CheckpointError(
+            f"resume-from: the planner state in {run_dir / CHECKPOINT_DIR} does not fit method={cfg.method} "
+            f"({exc!r}); resume with the settings it was made with"
+        ) from None
     state.first_round = checkpoint.round + 1
     state.best_accuracy = checkpoint.best_accuracy
     state.elapsed_before_s = checkpoint.elapsed_s
+    state.holders = checkpoint.holders
     log = RunLog(run_dir, cfg.to_flat())
     log.truncate_after(checkpoint.round)
     return state, log, tokenizer
@@ -298,8 +316,9 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     startup_began = time.perf_counter()
     node_ids = wait_for_nodes(grid, cfg.clients.min, cfg.round.timeout)
     # Start-up answers come from freshly started client processes: allow at least QUERY_TIMEOUT_S.
-    query_timeout = max(cfg.round.timeout, QUERY_TIMEOUT_S)
-    clients, left_out = query_clients(grid, node_ids, cfg, query_timeout, state.simulated)
+    timeout = max(cfg.round.timeout, QUERY_TIMEOUT_S)
+    clients, left_out = query_clients(grid, node_ids, cfg, timeout, state.holders, state.simulated)
+    state.holders = {**state.holders, **{c.partition_id: c.node_id for c in clients}}
     for node_id, (status, reason) in left_out.items():
         log.row({"kind": "node", "node_id": node_id, "status": status, "reason": reason})
         print(f"fedlayer: node {node_id} {status}: {reason}", flush=True)
@@ -333,11 +352,15 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
                 best_accuracy=state.best_accuracy,
                 elapsed_s=last["elapsed_s"],
                 config=cfg.to_flat(),
+                holders=state.holders,
             ),
         )
 
     if cfg.output.save_model:
-        log.save_model(state.model, tokenizer)
+        reference = base_reference(cfg.model.name)
+        labels = label_names(state.test)
+        make_portable(state.model, reference, labels)
+        log.save_model(state.model, tokenizer, model_card(cfg, reference, labels, last))
     if task == "causal-lm":
         write_json_atomic(log.dir / "samples.json", generate_samples(state.model, tokenizer, state.test))
     log.summary(

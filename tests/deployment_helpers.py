@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEPLOY_TOOL = [sys.executable, str(REPO_ROOT / "deploy" / "fedlayer_deploy.py")]
+DEPLOY_TOOL = [sys.executable, "-m", "fedcore.cli.main", "deploy"]
 BIN = Path(sys.executable).parent
 
 

@@ -373,6 +373,12 @@ def num_labels(ds: datasets.Dataset) -> int:
     return feature.num_classes
 
 
+def label_names(ds: datasets.Dataset) -> list[str]:
+    """The class names of the table's ``label`` column, in id order; empty for unlabelled text."""
+    feature = ds.features.get("label")
+    return list(feature.names) if isinstance(feature, datasets.ClassLabel) else []
+
+
 def _take(ds: datasets.Dataset, rows: np.ndarray) -> datasets.Dataset:
     """Copy rows in the given order into a plain table: no indices mapping slowing later column reads."""
     return datasets.Dataset.from_dict(ds[rows.tolist()], features=ds.features)
