@@ -16,7 +16,7 @@ import pytest
 
 from fedcore.cli.launch import flower_env
 from tests.conftest import make_tiny_model_dir
-from tests.deployment_helpers import BIN, Daemons, metrics_rows, run_app
+from tests.deployment_helpers import DEPLOY_TOOL, Daemons, metrics_rows, run_app
 from tests.test_deployment import RUN_TIMEOUT_S, connect, start_superlink, tiny_run, wait_nodes
 
 #: node -> its verdicts, one row each; "odd" has a label the run does not know
@@ -51,9 +51,8 @@ def test_each_node_trains_on_its_own_file_and_the_server_never_reads_one(
     fleet, control = start_superlink(daemons, "--insecure")
     files = {name: write_node_file(tmp_path / name, labels) for name, labels in NODE_LABELS.items()}
     for name, path in files.items():
-        argv = [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{fleet}", "--insecure"]
-        argv += ["--isolation", "subprocess", "--host", "127.0.0.1", "--port", str(daemons.port())]
-        daemons.start(name, [*argv, "--node-config", f'data-path="{path}"'])
+        argv = [*DEPLOY_TOOL, "supernode", "--superlink", f"127.0.0.1:{fleet}", "--insecure"]
+        daemons.start(name, [*argv, "--data-path", str(path), "--port", str(daemons.port())])
     connect(daemons, "node-data", control, "--insecure")
     wait_nodes(daemons, "node-data", 3)
 
