@@ -18,6 +18,7 @@ import torch
 from datasets import Dataset
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message
 from flwr.serverapp import Grid
+from flwr.superlink.grid import InMemoryGrid
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -34,7 +35,14 @@ from fedcore.methods.registry import make_planner
 from fedcore.model import build_model, load_tunable_state, tunable_state
 from fedcore.training.evaluate import evaluate
 from server_app import console
-from server_app.checkpoint import Checkpoint, check_compatible, load_checkpoint, save_checkpoint
+from server_app.checkpoint import (
+    CHECKPOINT_DIR,
+    Checkpoint,
+    CheckpointError,
+    check_compatible,
+    load_checkpoint,
+    save_checkpoint,
+)
 from server_app.model_export import base_reference, make_portable, model_card
 from server_app.nodes import query_clients, wait_for_nodes
 from server_app.progress import Progress
@@ -68,6 +76,10 @@ class ServerState:
     progress: Progress = field(default_factory=Progress)
     #: the run's identity, which a resume keeps: clients store their personal layers by it
     run_name: str = ""
+    #: a simulation (Flower's in-memory grid): clients emulate device profiles instead of measuring
+    simulated: bool = True
+    #: partition -> node id holding it in this run, which a resume keeps (nodes.assign_partitions)
+    holders: dict[int, int] = field(default_factory=dict)
     #: plans and aggregates the rounds (set once the run has its name: every message carries it)
     strategy: LayerwiseStrategy = field(init=False)
     #: the global state as the strategy passes it between rounds
@@ -89,7 +101,7 @@ def start_strategy(state: ServerState) -> None:
     (the client's part of the run config and the run's name) besides the plan and the tensors."""
     records = {
         wire.RUN_CONFIG: dict_to_config(client_run_config(state.cfg)),
-        wire.RUN: dict_to_config({wire.RUN_NAME: state.run_name}),
+        wire.RUN: dict_to_config({wire.RUN_NAME: state.run_name, wire.SIMULATED: state.simulated}),
     }
     settings = LayerwiseSettings.from_run_config(state.cfg)
     state.strategy = LayerwiseStrategy(state.planner, state.layer_map.group_of, settings, records=records)
@@ -128,10 +140,17 @@ def prepare(cfg: RunConfig) -> tuple[ServerState, RunLog, PreTrainedTokenizerBas
     check_compatible(checkpoint, cfg, global_state)
     state.global_state = {name: checkpoint.global_state[name] for name in global_state}
     load_tunable_state(model, state.global_state)
-    state.planner.load_state_dict(checkpoint.planner_state)
+    try:
+        state.planner.load_state_dict(checkpoint.planner_state)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise CheckpointError(
+            f"resume-from: the planner state in {run_dir / CHECKPOINT_DIR} does not fit method={cfg.method} "
+            f"({exc!r}); resume with the settings it was made with"
+        ) from None
     state.first_round = checkpoint.round + 1
     state.best_accuracy = checkpoint.best_accuracy
     state.elapsed_before_s = checkpoint.elapsed_s
+    state.holders = checkpoint.holders
     log = RunLog(run_dir, cfg.to_flat())
     log.truncate_after(checkpoint.round)
     return state, log, tokenizer
@@ -162,9 +181,12 @@ def run_round(grid: Grid, state: ServerState, round_number: int) -> list[ClientO
 
 
 def evaluate_server(state: ServerState) -> dict[str, Any]:
-    """The global model on the test split, and on the validation split (keys prefixed ``val_``) if any."""
+    """The global model on the test split, and on the validation split (keys prefixed ``val_``) if any.
+
+    No test rows, no test metrics: the server of a node-data federation without data.server-test.
+    """
     task = state.cfg.model.task
-    metrics = evaluate(state.model, state.eval_batches, task)
+    metrics = evaluate(state.model, state.eval_batches, task) if state.eval_batches else {}
     if state.validation_batches:
         validation = evaluate(state.model, state.validation_batches, task)
         metrics.update({f"val_{key}": value for key, value in validation.items()})
@@ -191,6 +213,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     """Run (or continue) one federation; returns the run directory."""
     state, log, tokenizer = prepare(cfg)
     state.run_name = log.run_id
+    state.simulated = isinstance(grid, InMemoryGrid)
     start_strategy(state)
     board = open_tensorboard(cfg.output.tensorboard, log.dir)
     task = cfg.model.task
@@ -210,7 +233,9 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     startup_began = time.perf_counter()
     node_ids = wait_for_nodes(grid, cfg.clients.min, cfg.round.timeout)
     # Start-up answers come from freshly started client processes: allow at least QUERY_TIMEOUT_S.
-    clients, left_out = query_clients(grid, node_ids, cfg, max(cfg.round.timeout, QUERY_TIMEOUT_S))
+    timeout = max(cfg.round.timeout, QUERY_TIMEOUT_S)
+    clients, left_out = query_clients(grid, node_ids, cfg, timeout, state.holders, state.simulated)
+    state.holders = {**state.holders, **{c.partition_id: c.node_id for c in clients}}
     for node_id, (status, reason) in left_out.items():
         log.row({"kind": "node", "node_id": node_id, "status": status, "reason": reason})
         print(f"fedlayer: node {node_id} {status}: {reason}", flush=True)
@@ -245,6 +270,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
                 best_accuracy=state.best_accuracy,
                 elapsed_s=last["elapsed_s"],
                 config=cfg.to_flat(),
+                holders=state.holders,
             ),
         )
 

@@ -166,7 +166,7 @@ def collect_reply(
     row = {**metrics, **row, wire.BYTES_UP: record.count_bytes(), "status": "ok", "reason": None}
     weight = stated_weight(metrics[wire.EXAMPLES], client.num_examples)
     tensors = {name: tensor.float() for name, tensor in update.items()}
-    return ClientOutcome(row, ClientUpdate(client.node_id, weight, tensors))
+    return ClientOutcome(row, ClientUpdate(client.node_id, weight, tensors, client.examples_checked))
 
 
 @dataclass
