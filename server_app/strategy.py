@@ -29,7 +29,7 @@ from logging import INFO
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
@@ -177,7 +177,7 @@ class _Sent:
     plan: LayerPlan
     bytes_down: int
     #: the message's metadata, which the grid completes with the message id when it pushes the message
-    metadata: Any = field(repr=False, default=None)
+    metadata: Metadata = field(repr=False)
 
 
 class LayerwiseStrategy(Strategy):

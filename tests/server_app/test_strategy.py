@@ -174,3 +174,17 @@ def test_flowers_client_side_dp_wrapper_wraps_it(noise: float) -> None:
     state = result.arrays.to_torch_state_dict()
     exact = torch.full((3,), 1.0)
     assert torch.equal(state["block.0/w"], exact) == (noise == 0.0), "noise is added to the aggregate"
+
+
+def test_updates_are_clipped_per_group_including_a_blocks_sole_contributor() -> None:
+    """Head: 1, 2, 3 from three clients, median 2; block.p: client p alone, bounded by the others' RMS."""
+    strategy = make_strategy(clip_factor=1.0)
+    new = one_round(strategy, grid_of(0, 1, 2))
+    scales = {o.row["partition_id"]: o.row["clip_scale"] for o in strategy.outcomes}
+    assert scales == {0: 1.0, 1: pytest.approx(1 / 2), 2: pytest.approx(1 / 3)}
+    state = new.to_torch_state_dict()
+    assert torch.allclose(state["block.2/w"], 1 + torch.full((3,), 1.0)), (
+        "3 clipped to the others' median RMS"
+    )
+    head = (10 * 1 + 20 * 2 + 30 * 2) / 60  # client 2's head update clipped from 3 to the median 2
+    assert torch.allclose(state["head/w"], torch.full((2,), head))
