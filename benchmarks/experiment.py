@@ -231,7 +231,8 @@ def _section(name: str, key: str, raw: dict[str, Any], defaults: dict[str, Any])
             merged[item] = float(value)
         elif type(merged[item]) is not type(default):
             raise ExperimentError(
-                f"{name}: {key}.{item}: {value!r} is not a {type(default).__name__}; e.g. {item} = {_toml_value(default)}"
+                f"{name}: {key}.{item}: {value!r} is not a {type(default).__name__}; "
+                f"e.g. {item} = {_toml_value(default)}"
             )
     return {item.replace("-", "_"): value for item, value in merged.items()}
 
