@@ -39,7 +39,14 @@ from fedcore.methods.registry import make_planner
 from fedcore.model import build_model, load_tunable_state, tunable_state
 from fedcore.training.evaluate import evaluate
 from server_app import console
-from server_app.checkpoint import Checkpoint, check_compatible, load_checkpoint, save_checkpoint
+from server_app.checkpoint import (
+    CHECKPOINT_DIR,
+    Checkpoint,
+    CheckpointError,
+    check_compatible,
+    load_checkpoint,
+    save_checkpoint,
+)
 from server_app.model_export import base_reference, make_portable, model_card
 from server_app.nodes import query_clients, wait_for_nodes
 from server_app.progress import Progress
@@ -78,6 +85,8 @@ class ServerState:
     progress: Progress = field(default_factory=Progress)
     #: the run's identity, which a resume keeps: clients store their personal layers by it
     run_name: str = ""
+    #: partition -> node id holding it in this run, which a resume keeps (nodes.assign_partitions)
+    holders: dict[int, int] = field(default_factory=dict)
 
 
 def sample_clients(clients: list[ClientInfo], cfg: RunConfig, round_number: int) -> list[ClientInfo]:
@@ -141,7 +150,7 @@ def collect_reply(
     row = {**metrics, **row, wire.BYTES_UP: record.count_bytes(), "status": "ok", "reason": None}
     weight = stated_weight(metrics[wire.EXAMPLES], client.num_examples)
     tensors = {name: tensor.float() for name, tensor in update.items()}
-    return ClientOutcome(row, ClientUpdate(client.node_id, weight, tensors))
+    return ClientOutcome(row, ClientUpdate(client.node_id, weight, tensors, client.examples_checked))
 
 
 def bound_and_aggregate(state: ServerState, outcomes: list[ClientOutcome]) -> None:
@@ -190,10 +199,17 @@ def prepare(cfg: RunConfig) -> tuple[ServerState, RunLog, PreTrainedTokenizerBas
     check_compatible(checkpoint, cfg, global_state)
     state.global_state = {name: checkpoint.global_state[name] for name in global_state}
     load_tunable_state(model, state.global_state)
-    state.planner.load_state_dict(checkpoint.planner_state)
+    try:
+        state.planner.load_state_dict(checkpoint.planner_state)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise CheckpointError(
+            f"resume-from: the planner state in {run_dir / CHECKPOINT_DIR} does not fit method={cfg.method} "
+            f"({exc!r}); resume with the settings it was made with"
+        ) from None
     state.first_round = checkpoint.round + 1
     state.best_accuracy = checkpoint.best_accuracy
     state.elapsed_before_s = checkpoint.elapsed_s
+    state.holders = checkpoint.holders
     log = RunLog(run_dir, cfg.to_flat())
     log.truncate_after(checkpoint.round)
     return state, log, tokenizer
@@ -291,7 +307,9 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     startup_began = time.perf_counter()
     node_ids = wait_for_nodes(grid, cfg.clients.min, cfg.round.timeout)
     # Start-up answers come from freshly started client processes: allow at least QUERY_TIMEOUT_S.
-    clients, left_out = query_clients(grid, node_ids, cfg, max(cfg.round.timeout, QUERY_TIMEOUT_S))
+    timeout = max(cfg.round.timeout, QUERY_TIMEOUT_S)
+    clients, left_out = query_clients(grid, node_ids, cfg, timeout, state.holders)
+    state.holders = {**state.holders, **{c.partition_id: c.node_id for c in clients}}
     for node_id, (status, reason) in left_out.items():
         log.row({"kind": "node", "node_id": node_id, "status": status, "reason": reason})
         print(f"fedlayer: node {node_id} {status}: {reason}", flush=True)
@@ -325,6 +343,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
                 best_accuracy=state.best_accuracy,
                 elapsed_s=last["elapsed_s"],
                 config=cfg.to_flat(),
+                holders=state.holders,
             ),
         )
 

@@ -25,6 +25,7 @@ from fedcore.config import ConfigError
 from fedcore.core.files import write_atomic, write_json_atomic
 
 SUMMARY = "summary.json"
+REPORT = "report.md"
 METRICS = "metrics.jsonl"
 #: the run's identity: its directory's name and a random suffix, written once, kept by every resume
 RUN_ID = "run-id"
@@ -73,8 +74,9 @@ def recover_dir(final: Path, verify: Callable[[Path], object]) -> bool:
 
 
 def is_finished(run_dir: Path) -> bool:
-    """Whether the run wrote its summary, the last thing a completed run does."""
-    return (run_dir / SUMMARY).is_file()
+    """Whether the run wrote its summary and then its report, the last things a completed run does (a run
+    killed between the two is not finished: a resume completes it)."""
+    return (run_dir / SUMMARY).is_file() and (run_dir / REPORT).is_file()
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

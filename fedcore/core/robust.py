@@ -3,8 +3,10 @@
 A client's statements cannot be verified, so the server bounds what they can buy (this project's
 defences, after the norm bounding and median-relative clipping of the robust-FL literature, e.g. FLAME):
 
-- weight: FedAvg's, the client's number of training examples, at most its partition size stated at
-  start-up, then at most ``cap`` x the round's median weight (``round.weight-cap``). A step-counted
+- weight: FedAvg's, the client's number of training examples, at most its partition's size. Where the
+  server partitions a shared dataset it counts that size itself, and an honest federation keeps exactly
+  FedAvg's weights; where it cannot (a node's own data) the size is the node's start-up statement, and
+  such a weight is also at most ``cap`` x the round's median weight (``round.weight-cap``). A step-counted
   round touches only steps x batch size examples, but the weight stays the dataset size, as in FedAvg:
   bounding it by the examples touched gives every client of a step-counted plan the same weight, and
   under label skew the small one-class clients then outvote the rest (``docs/research/client-weights.md``);
@@ -40,11 +42,11 @@ def stated_weight(stated: int, partition_size: int) -> int:
 
 
 def cap_weights(updates: list[ClientUpdate], cap: float) -> list[ClientUpdate]:
-    """No weight above ``cap`` x the round's (lower) median weight (0 = off)."""
+    """No weight the server could not check above ``cap`` x the round's (lower) median weight (0 = off)."""
     if not updates or not cap:
         return updates
     limit = cap * statistics.median_low(u.weight for u in updates)
-    return [replace(u, weight=min(u.weight, limit)) for u in updates]
+    return [u if u.weight_checked else replace(u, weight=min(u.weight, limit)) for u in updates]
 
 
 def group_norms(update: dict[str, torch.Tensor], group_of: Callable[[str], str]) -> dict[str, float]:

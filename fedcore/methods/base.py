@@ -37,8 +37,10 @@ class ClientInfo:
     partition_id: int
     #: device profile from the SuperNode's node config or measured (memory budget, speed...)
     profile: dict[str, Any] = field(default_factory=dict)
-    #: training examples the client stated at start-up (0 = not stated: its weight is bounded otherwise)
+    #: the client's training examples: the server's own count of its partition when ``examples_checked``,
+    #: else what it stated at start-up (0 = not stated: its weight is bounded otherwise)
     num_examples: int = 0
+    examples_checked: bool = False
 
 
 @dataclass(frozen=True)

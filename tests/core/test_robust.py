@@ -144,3 +144,15 @@ def test_a_sole_contributor_is_bounded_by_the_others_rms_of_its_kind() -> None:
     assert scales[0] == 1.0 and scales[1] == pytest.approx(4.0 / 6.0)
     alone = clip_updates([ClientUpdate(0, 1, {"block.0.w": torch.full((4,), 1e6)})], blocks, factor=2.0)
     assert alone[1] == [1.0]  # nothing to compare with: a federation of one is not bounded
+
+
+def test_a_weight_the_server_counted_itself_is_not_capped() -> None:
+    """A shared dataset's partition sizes are the server's own count: an honest federation keeps exactly
+    FedAvg's weights, however uneven; only weights resting on a client's statement are capped."""
+    updates = [
+        ClientUpdate(0, 100, {}, weight_checked=True),
+        ClientUpdate(1, 120, {}, weight_checked=True),
+        ClientUpdate(2, 2000, {}, weight_checked=True),
+        ClientUpdate(3, 9_999_999, {}),
+    ]
+    assert [u.weight for u in cap_weights(updates, WEIGHT_CAP)] == [100, 120, 2000, WEIGHT_CAP * 120]
