@@ -55,6 +55,7 @@ _FEDERATION_DEFAULTS: dict[str, Any] = {
     "niceness": 10,
     "timeout-minutes": 120.0,
 }
+_KINDS = {int: "a whole number", float: "a number", str: "text"}
 _REPORT_DEFAULTS: dict[str, Any] = {"kind": "comparison", "target": 0.75, "memory": ""}
 
 
@@ -231,7 +232,7 @@ def _section(name: str, key: str, raw: dict[str, Any], defaults: dict[str, Any])
             merged[item] = float(value)
         elif type(merged[item]) is not type(default):
             raise ExperimentError(
-                f"{name}: {key}.{item}: {value!r} is not a {type(default).__name__}; "
+                f"{name}: {key}.{item}: {value!r} is not {_KINDS[type(default)]}; "
                 f"e.g. {item} = {_toml_value(default)}"
             )
     return {item.replace("-", "_"): value for item, value in merged.items()}
