@@ -192,6 +192,7 @@ def report(experiment: Experiment, runs_root: Path) -> Path | None:
     else:
         body = comparison_report([run for *_, run in runs], experiment.report.target)
         data["runs"] = [str(run.path) for *_, run in runs]
+    RESULTS.mkdir(parents=True, exist_ok=True)
     for plot in plot_runs([run for *_, run in runs], runs_root):
         shutil.copy(plot, RESULTS / f"{experiment.name}-{plot.name}")
     md, _ = write_results(experiment.name, RESULTS, markdown + body, data)

@@ -3,6 +3,8 @@ that their directory names parse back, and the dry run prints each run's resolve
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -141,3 +143,54 @@ def test_the_runner_refuses_an_unknown_variant_and_bad_seeds(
     with pytest.raises(SystemExit):
         run.main([str(path), "--seeds", "0,one", "--dry-run"])
     assert "--seeds: '0,one'" in capsys.readouterr().err
+
+
+def _fake_run(root: Path, name: str, method: str, accuracies: list[float], commit: str) -> None:
+    """A finished run directory as the server writes it: global rows per round, one client row a round."""
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"method": method}))
+    rows = []
+    for r, accuracy in enumerate(accuracies):
+        rows.append({"kind": "global", "round": r, "accuracy": accuracy, "elapsed_s": 10.0 * r})
+        rows[-1]["round_wall_time_s"] = 10.0 if r else 0.0
+        if r:
+            client = {"kind": "client", "round": r, "status": "ok", "wall_time_s": 4.0, "compute_time_s": 2.0}
+            rows.append(
+                {**client, "device_time_s": 8.0, "activation_mb": 100.0, "personal_accuracy": accuracy}
+            )
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (run_dir / "run.json").write_text(json.dumps({"commit": commit}))
+
+
+def test_the_report_reads_the_experiments_named_runs_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(run, "RESULTS", tmp_path / "results")
+    experiment = load_experiment(_write(tmp_path, _BASE))
+    runs = tmp_path / "runs"
+    _fake_run(runs, run_name("demo", "fedlora", 0), "fedlora", [0.3, 0.5, 0.7], "c0ffee")
+    _fake_run(runs, run_name("demo", "leff-t1", 0), "leff", [0.3, 0.69, 0.8], "c0ffee")
+    _fake_run(runs, run_name("other", "fedlora", 0), "fedlora", [0.1, 0.1, 0.1], "c0ffee")
+    _fake_run(runs, "20261201-120000-fedlora-s0", "fedlora", [0.1, 0.1, 0.1], "c0ffee")
+    markdown = run.report(experiment, runs).read_text()
+    assert "- commit: c0ffee" in markdown
+    assert "0.300 0.500 0.700" in markdown and "0.300 0.690 0.800" in markdown and "0.100" not in markdown
+    rows = json.loads((tmp_path / "results" / "demo.json").read_text())["runs"]
+    leff = next(r for r in rows if r["variant"] == "leff-t1")
+    # FedLoRA's final 0.7 - 0.01 is reached in round 1 (10 s); on the federation clock a round is the
+    # server's own 6 s plus the client's 4 s wall at its device's slowdown of 4
+    assert leff["target_accuracy"] == 0.69 and leff["time_to_target_s"] == 10.0
+    assert leff["time_to_target_federation_s"] == 6.0 + 16.0
+    assert sorted((tmp_path / "results").glob("demo-*.png"))
+
+
+def test_a_comparison_report_tables_the_runs_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run, "RESULTS", tmp_path / "results")
+    text = _BASE.replace('kind = "testbed"', 'kind = "comparison"\ntarget = 0.6')
+    experiment = load_experiment(_write(tmp_path, text))
+    runs = tmp_path / "runs"
+    _fake_run(runs, run_name("demo", "leff-t1", 1), "leff", [0.3, 0.69, 0.8], "c0ffee")
+    markdown = run.report(experiment, runs).read_text()
+    assert "time to accuracy 0.6 (s)" in markdown and "demo--leff-t1--seed1" in markdown
+    assert re.search(r"\|\s+2 \|\s+0\.800 \|", markdown)  # accuracy per round, one column per run
