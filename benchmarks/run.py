@@ -16,8 +16,10 @@ the experiment: ``benchmarks/results/<experiment>.{md,json}`` and its plots.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -25,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.benchlib import RESULTS, command_line, header, machine, write_results
+from benchmarks.benchlib import RESULTS, header, machine, write_results
 from benchmarks.comparison_report import comparison_report
 from benchmarks.experiment import (
     Experiment,
@@ -143,6 +145,7 @@ def run_one(
         "commit": commit,
         "machine": machine(),
         "command": command_line(),
+        "federation": dataclasses.asdict(experiment.federation),
         "run_config": settings,
     }
     (final / "run.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -214,6 +217,11 @@ def dry_run(experiment: Experiment, pairs: list[tuple[str, int]], commit: str, r
         print("resolved (keys not at their default):")
         for key, value in resolved_settings(settings).items():
             print(f"  {key} = {value!r}")
+
+
+def command_line() -> str:
+    """The runner's command as typed (``-m`` leaves only the module's path in ``sys.argv``)."""
+    return shlex.join(["python", "-m", "benchmarks.run", *sys.argv[1:]])
 
 
 def _display(path: Path) -> str:

@@ -4,7 +4,9 @@ that their directory names parse back, and the dry run prints each run's resolve
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -194,3 +196,49 @@ def test_a_comparison_report_tables_the_runs_by_name(tmp_path: Path, monkeypatch
     markdown = run.report(experiment, runs).read_text()
     assert "time to accuracy 0.6 (s)" in markdown and "demo--leff-t1--seed1" in markdown
     assert re.search(r"\|\s+2 \|\s+0\.800 \|", markdown)  # accuracy per round, one column per run
+
+
+def test_a_run_lands_under_its_name_with_its_commit_and_is_not_run_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[dict[str, object]] = []
+
+    def fake_simulate(experiment: object, source: Path, out: Path, settings: dict[str, object]) -> bool:
+        calls.append(settings)
+        _fake_run(out, "20261207-050000-leff", "leff", [0.3, 0.5], "ignored")
+        return True
+
+    monkeypatch.setattr(run, "simulate_run", fake_simulate)
+    experiment = load_experiment(_write(tmp_path, _BASE))
+    runs = tmp_path / "runs"
+    assert run.run_one(experiment, tmp_path, "c0ffee" * 6, runs, "leff-t1", 2)
+    final = runs / "demo--leff-t1--seed2"
+    record = json.loads((final / "run.json").read_text())
+    assert (final / "metrics.jsonl").is_file() and record["commit"] == "c0ffee" * 6
+    assert record["run_config"] == calls[0] == experiment.run_config("leff-t1", 2)
+    assert not run.run_one(experiment, tmp_path, "c0ffee" * 6, runs, "leff-t1", 2) and len(calls) == 1
+
+
+def test_a_run_gets_its_threads_and_niceness_and_is_stopped_at_its_time_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = tmp_path / "seen"
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f'#!/bin/sh\necho "$OMP_NUM_THREADS $(nice)" > {seen}\nexec sleep 60\n')
+    fake_python.chmod(0o755)
+    monkeypatch.setattr(run.sys, "executable", str(fake_python))
+    text = _BASE.replace(
+        "supernodes = 8", "supernodes = 8\nthreads = 3\nniceness = 5\ntimeout-minutes = 0.05"
+    )
+    experiment = load_experiment(_write(tmp_path, text))
+    began = time.monotonic()
+    assert not run.simulate_run(experiment, tmp_path, tmp_path / "out", experiment.run_config("fedlora", 0))
+    assert time.monotonic() - began < 30
+    threads, niceness = seen.read_text().split()
+    assert threads == "3" and int(niceness) == min(os.nice(0) + 5, 19)
+
+
+def test_a_commit_that_does_not_exist_is_refused_naming_it() -> None:
+    assert run.resolve_commit("HEAD") == run.resolve_commit(run.resolve_commit("HEAD"))
+    with pytest.raises(ExperimentError, match="--commit: 'no-such-ref' is not a commit"):
+        run.resolve_commit("no-such-ref")
