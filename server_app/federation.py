@@ -17,6 +17,7 @@ import torch
 from datasets import Dataset
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
+from flwr.superlink.grid import InMemoryGrid
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -85,6 +86,8 @@ class ServerState:
     progress: Progress = field(default_factory=Progress)
     #: the run's identity, which a resume keeps: clients store their personal layers by it
     run_name: str = ""
+    #: a simulation (Flower's in-memory grid): clients emulate device profiles instead of measuring
+    simulated: bool = True
     #: partition -> node id holding it in this run, which a resume keeps (nodes.assign_partitions)
     holders: dict[int, int] = field(default_factory=dict)
 
@@ -96,12 +99,14 @@ def sample_clients(clients: list[ClientInfo], cfg: RunConfig, round_number: int)
     return sorted(rng.sample(clients, cfg.clients.per_round), key=lambda c: c.partition_id)
 
 
-def train_message(client: ClientInfo, planned: ClientPlan, cfg: RunConfig, run_name: str) -> Message:
+def train_message(
+    client: ClientInfo, planned: ClientPlan, cfg: RunConfig, run_name: str, simulated: bool
+) -> Message:
     content = RecordDict(
         {
             wire.PLAN: dict_to_config(planned.plan.to_dict()),
             wire.RUN_CONFIG: dict_to_config(cfg.to_flat()),
-            wire.RUN: dict_to_config({wire.RUN_NAME: run_name}),
+            wire.RUN: dict_to_config({wire.RUN_NAME: run_name, wire.SIMULATED: simulated}),
             wire.GLOBAL: state_to_arrays(planned.payload, cfg.round.wire_dtype),
         }
     )
@@ -222,7 +227,7 @@ def run_round(
     cfg = state.cfg
     chosen = sample_clients(clients, cfg, round_number)
     planned = state.planner.plan(round_number, chosen, state.global_state)
-    messages = [train_message(c, planned[c.node_id], cfg, state.run_name) for c in chosen]
+    messages = [train_message(c, planned[c.node_id], cfg, state.run_name, state.simulated) for c in chosen]
     plans = {node_id: p.plan for node_id, p in planned.items()}
     del planned  # each payload now lives in its message only
     bytes_down = {
@@ -260,9 +265,12 @@ def run_round(
 
 
 def evaluate_server(state: ServerState) -> dict[str, Any]:
-    """The global model on the test split, and on the validation split (keys prefixed ``val_``) if any."""
+    """The global model on the test split, and on the validation split (keys prefixed ``val_``) if any.
+
+    No test rows, no test metrics: the server of a node-data federation without data.server-test.
+    """
     task = state.cfg.model.task
-    metrics = evaluate(state.model, state.eval_batches, task)
+    metrics = evaluate(state.model, state.eval_batches, task) if state.eval_batches else {}
     if state.validation_batches:
         validation = evaluate(state.model, state.validation_batches, task)
         metrics.update({f"val_{key}": value for key, value in validation.items()})
@@ -289,6 +297,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     """Run (or continue) one federation; returns the run directory."""
     state, log, tokenizer = prepare(cfg)
     state.run_name = log.run_id
+    state.simulated = isinstance(grid, InMemoryGrid)
     board = open_tensorboard(cfg.output.tensorboard, log.dir)
     task = cfg.model.task
     print(f"fedlayer: method={cfg.method} model={cfg.model.name} run dir {log.dir}", flush=True)
@@ -308,7 +317,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     node_ids = wait_for_nodes(grid, cfg.clients.min, cfg.round.timeout)
     # Start-up answers come from freshly started client processes: allow at least QUERY_TIMEOUT_S.
     timeout = max(cfg.round.timeout, QUERY_TIMEOUT_S)
-    clients, left_out = query_clients(grid, node_ids, cfg, timeout, state.holders)
+    clients, left_out = query_clients(grid, node_ids, cfg, timeout, state.holders, state.simulated)
     state.holders = {**state.holders, **{c.partition_id: c.node_id for c in clients}}
     for node_id, (status, reason) in left_out.items():
         log.row({"kind": "node", "node_id": node_id, "status": status, "reason": reason})
