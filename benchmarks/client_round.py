@@ -155,7 +155,7 @@ def child(directory: Path, threads: int) -> None:
     plan = LayerPlan.from_dict(plan_dict)
     planned = ClientPlan(plan, load_file(directory / "payload.safetensors"))
     capacity = json.loads((directory / "client.json").read_text())["capacity"]
-    message = train_message(client_info(capacity), planned, cfg, "client-round")
+    message = train_message(client_info(capacity), planned, cfg, "client-round", simulated=True)
     rss_before = rss_mb()
     began = time.perf_counter()
     reply = client_app(message, Context(1, NODE_ID, node_config, RecordDict(), {}))
