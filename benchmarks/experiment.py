@@ -5,7 +5,8 @@ one (variant, seed) pair, named ``<experiment>--<variant>--seed<N>``, and its ru
 ``[overrides]`` (preset included) with the variant's overrides on top and the seed last. A preset sets
 every key it lists and any key the experiment sets wins over it, so a variant states plain values::
 
-    description = "What the experiment answers"
+    title = "LEFF's windows against FedLoRA"
+    description = "What the experiment answers, for the report"
     seeds = [0, 1]
 
     [federation]            # how every run is simulated
@@ -47,7 +48,7 @@ EXPERIMENTS = Path(__file__).resolve().parent / "experiments"
 SEPARATOR = "--"
 REPORT_KINDS = ("testbed", "comparison")
 
-_TOP_KEYS = {"description", "seeds", "federation", "overrides", "report", "variants"}
+_TOP_KEYS = {"title", "description", "seeds", "federation", "overrides", "report", "variants"}
 _FEDERATION_DEFAULTS: dict[str, Any] = {
     "supernodes": 4,
     "cpus": 2.0,
@@ -90,6 +91,7 @@ class Report:
 class Experiment:
     name: str
     path: Path
+    title: str
     description: str
     seeds: tuple[int, ...]
     federation: Federation
@@ -173,6 +175,7 @@ def load_experiment(path: Path) -> Experiment:
     experiment = Experiment(
         name=name,
         path=path,
+        title=str(raw.get("title", name)),
         description=str(raw.get("description", "")),
         seeds=_seeds(name, raw.get("seeds", [0])),
         federation=Federation(**_section(name, "federation", raw, _FEDERATION_DEFAULTS)),

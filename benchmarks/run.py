@@ -30,6 +30,7 @@ from typing import Any
 from benchmarks.benchlib import RESULTS, header, machine, write_results
 from benchmarks.comparison_report import comparison_report
 from benchmarks.experiment import (
+    EXPERIMENTS,
     Experiment,
     ExperimentError,
     experiment_names,
@@ -175,7 +176,7 @@ def report(experiment: Experiment, runs_root: Path) -> Path | None:
     info = machine()
     commits = sorted({commit for *_, commit in found})
     runs = [(variant, seed, run) for variant, seed, run, _ in found]
-    markdown = header(experiment.name, info, command_line(), quick=False)
+    markdown = header(experiment.title, info, command_line(), quick=False)
     markdown += f"- commit: {', '.join(commits)}\n- experiment: `{_display(experiment.path)}`\n\n"
     markdown += f"{experiment.description}\n\n" if experiment.description else ""
     fed = experiment.federation
@@ -253,7 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from finished runs")
     args = parser.parse_args(argv)
     if args.experiment is None:
-        print("experiments (benchmarks/experiments/):\n" + "".join(f"  {n}\n" for n in experiment_names()))
+        print("experiments (benchmarks/experiments/):")
+        for name in experiment_names():
+            try:
+                print(f"  {name}: {load_experiment(EXPERIMENTS / f'{name}.toml').title}")
+            except ExperimentError as error:
+                print(f"  {name}: cannot be run as written: {error}")
         return 0
     try:
         experiment = load_experiment(find_experiment(args.experiment))
