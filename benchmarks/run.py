@@ -64,6 +64,16 @@ def resolve_commit(commit: str) -> str:
     return out.stdout.strip()
 
 
+def _uncommitted() -> bool:
+    out = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return bool(out.stdout.strip())
+
+
 def worktree(commit: str) -> Path:
     """A checkout of ``commit`` to run from, created once and reused."""
     path = WORKTREES / commit[:12]
@@ -275,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         dry_run(experiment, pairs, commit, runs_root)
         return 0
     source = worktree(commit)
+    print(f"benchmarks: running {len(pairs)} runs of {experiment.name} from {source} ({commit[:12]})")
+    if _uncommitted():
+        print("benchmarks: this checkout has uncommitted changes; the runs do not include them", flush=True)
     runs_root.mkdir(parents=True, exist_ok=True)
     failed, reported = 0, False
     for variant, seed in pairs:
