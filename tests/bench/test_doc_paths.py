@@ -16,7 +16,15 @@ _PATH = re.compile(r"(?<![\w/.-])((?:benchmarks|docs)/[\w./*-]*[\w*])")
 _LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 _RESULT_NAME = re.compile(r"`([\w.-]+\.(?:md|json|jsonl))`")
 #: the files of a run directory, which the docs name without a path
-_RUN_FILES = {"config.json", "metrics.jsonl", "summary.json", "report.md", "samples.json", "run.json"}
+_RUN_FILES = {
+    "config.json",
+    "metrics.jsonl",
+    "summary.json",
+    "report.md",
+    "samples.json",
+    "run.json",
+    "checkpoint.json",
+}
 
 
 def _documents() -> list[Path]:
