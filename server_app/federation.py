@@ -30,7 +30,7 @@ from fedcore.core.wire import dict_to_config
 from fedcore.data.batching import Batch, make_batches
 from fedcore.data.splits import server_splits
 from fedcore.data.tables import label_names
-from fedcore.methods.base import Planner
+from fedcore.methods.base import ClientInfo, ClientPlan, Planner
 from fedcore.methods.registry import make_planner
 from fedcore.model import build_model, load_tunable_state, tunable_state
 from fedcore.training.evaluate import evaluate
@@ -50,6 +50,7 @@ from server_app.run_log import RunLog, new_run_dir
 from server_app.run_report import write_run_report
 from server_app.samples import generate_samples
 from server_app.strategy import UNDECODABLE, ClientOutcome, LayerwiseSettings, LayerwiseStrategy
+from server_app.strategy import train_message as strategy_train_message
 from server_app.tensorboard import open_tensorboard
 
 #: the shortest wait for the clients' info replies at start-up, whatever round.timeout says
@@ -96,13 +97,26 @@ def client_run_config(cfg: RunConfig) -> dict[str, Any]:
     return {key: value for key, value in cfg.to_flat().items() if key.startswith(CLIENT_KEYS)}
 
 
-def start_strategy(state: ServerState) -> None:
-    """The run's LayerwiseStrategy, from the current global state; its messages carry the run's identity
-    (the client's part of the run config and the run's name) besides the plan and the tensors."""
-    records = {
-        wire.RUN_CONFIG: dict_to_config(client_run_config(state.cfg)),
-        wire.RUN: dict_to_config({wire.RUN_NAME: state.run_name, wire.SIMULATED: state.simulated}),
+def run_records(cfg: RunConfig, run_name: str, simulated: bool) -> dict[str, ConfigRecord]:
+    """The run's identity, which every train message carries besides the plan and the tensors: the
+    client's part of the run config, the run's name, and whether it is a simulation."""
+    return {
+        wire.RUN_CONFIG: dict_to_config(client_run_config(cfg)),
+        wire.RUN: dict_to_config({wire.RUN_NAME: run_name, wire.SIMULATED: simulated}),
     }
+
+
+def train_message(
+    client: ClientInfo, planned: ClientPlan, cfg: RunConfig, run_name: str, simulated: bool
+) -> Message:
+    """One client's train message exactly as the run's strategy sends it (for replaying a client round)."""
+    records = run_records(cfg, run_name, simulated)
+    return strategy_train_message(client.node_id, planned, records, cfg.round.wire_dtype)
+
+
+def start_strategy(state: ServerState) -> None:
+    """The run's LayerwiseStrategy, from the current global state."""
+    records = run_records(state.cfg, state.run_name, state.simulated)
     settings = LayerwiseSettings.from_run_config(state.cfg)
     state.strategy = LayerwiseStrategy(state.planner, state.layer_map.group_of, settings, records=records)
     state.arrays = state.strategy.arrays_of(state.global_state)

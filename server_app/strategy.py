@@ -45,7 +45,7 @@ from fedcore.core.robust import cap_weights, clip_updates, stated_weight
 from fedcore.core.seeding import derive_seed
 from fedcore.core.server_optimizer import MeanDelta, ServerOptimizer
 from fedcore.core.wire import dict_to_config, received_state, state_to_arrays
-from fedcore.methods.base import ClientInfo, ClientResult, Planner
+from fedcore.methods.base import ClientInfo, ClientPlan, ClientResult, Planner
 from server_app.nodes import wait_for_nodes
 from server_app.progress import by_node
 
@@ -107,6 +107,26 @@ class LayerwiseSettings:
             text_chars=cfg.limits.text_chars,
             list_items=cfg.limits.list_items,
         )
+
+
+def train_message(
+    node_id: int,
+    planned: ClientPlan,
+    records: Mapping[str, ConfigRecord],
+    wire_dtype: str,
+    config: ConfigRecord | None = None,
+) -> Message:
+    """One client's train message: its plan, the ``records`` every message carries, Flower's train
+    ``config`` when not empty, and its payload in the wire precision."""
+    content = RecordDict(
+        {
+            wire.PLAN: dict_to_config(planned.plan.to_dict()),
+            **records,
+            **({CONFIG: config} if config is not None and len(config) else {}),
+            wire.GLOBAL: state_to_arrays(planned.payload, wire_dtype),
+        }
+    )
+    return Message(content, dst_node_id=node_id, message_type=MessageType.TRAIN)
 
 
 @dataclass
@@ -233,21 +253,12 @@ class LayerwiseStrategy(Strategy):
         planned = self.planner.plan(server_round, chosen, self.global_state)
         self._sent = {}
         messages = []
+        wire_dtype = self.settings.wire_dtype
         for client in chosen:
             client_plan = planned.pop(client.node_id)  # each payload then lives in its message only
-            payload = state_to_arrays(client_plan.payload, self.settings.wire_dtype)
-            content = RecordDict(
-                {
-                    wire.PLAN: dict_to_config(client_plan.plan.to_dict()),
-                    **self.records,
-                    **({CONFIG: config} if len(config) else {}),
-                    wire.GLOBAL: payload,
-                }
-            )
-            message = Message(content, dst_node_id=client.node_id, message_type=MessageType.TRAIN)
-            self._sent[client.node_id] = _Sent(
-                client, client_plan.plan, payload.count_bytes(), message.metadata
-            )
+            message = train_message(client.node_id, client_plan, self.records, wire_dtype, config)
+            bytes_down = message.content.array_records[wire.GLOBAL].count_bytes()
+            self._sent[client.node_id] = _Sent(client, client_plan.plan, bytes_down, message.metadata)
             messages.append(message)
         return messages
 
