@@ -541,7 +541,7 @@ def hostile_app_dir(root: Path) -> Path:
     shutil.copy(REPO_ROOT / "tests" / "hostile_app.py", app / "hostile_app.py")
     pyproject = (REPO_ROOT / "pyproject.toml").read_text()
     pyproject = pyproject.replace('"client_app.app:app"', '"hostile_app:app"')
-    pyproject = pyproject.replace('fab-include = [', 'fab-include = ["hostile_app.py", ')
+    pyproject = pyproject.replace("fab-include = [", 'fab-include = ["hostile_app.py", ')
     (app / "pyproject.toml").write_text(pyproject)
     return app
 
