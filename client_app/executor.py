@@ -111,7 +111,7 @@ def execute_train(content: RecordDict, node_config: dict[str, Any]) -> RecordDic
             wire.WALL_TIME_S: time.perf_counter() - began,
         }
     )
-    return reply(update, metrics, device_name, held)
+    return reply(update, metrics, device_name, held, source.partition_id)
 
 
 def emulated_device(
@@ -246,10 +246,20 @@ def build_upload(
 
 
 def reply(
-    update: ArrayRecord, metrics: dict[str, float], device_name: str, personal_groups: list[str]
+    update: ArrayRecord,
+    metrics: dict[str, float],
+    device_name: str,
+    personal_groups: list[str],
+    partition_id: int | None,
 ) -> RecordDict:
-    """The reply content: the update, the numbers, and the facts that are not numbers."""
-    report = {wire.REPORT_DEVICE: device_name, wire.REPORT_PERSONAL_GROUPS: personal_groups or [""]}
+    """The reply content: the update, the numbers, and the facts that are not numbers (among them the
+    partition the node trained on, which the server holds it to from round to round)."""
+    report: dict[str, Any] = {
+        wire.REPORT_DEVICE: device_name,
+        wire.REPORT_PERSONAL_GROUPS: personal_groups or [""],
+    }
+    if partition_id is not None:
+        report[wire.NODE_PARTITION_ID] = partition_id
     return RecordDict(
         {
             wire.UPDATE: update,

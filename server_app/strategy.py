@@ -171,6 +171,13 @@ def collect_reply(
         if len(metric_record) > settings.list_items:
             raise SchemaError(f"{len(metric_record)} metrics exceed limits.list-items={settings.list_items}")
         metrics = settings.check_metrics(dict(metric_record), plan)
+        if client.examples_checked:  # a shared dataset's partition: the node keeps the one it stated
+            stated = reply.content.config_records[wire.TRAIN_REPORT].get(wire.NODE_PARTITION_ID)
+            if stated != client.partition_id:
+                raise SchemaError(
+                    f"{wire.NODE_PARTITION_ID}={clip_text(repr(stated), 40)} in this reply, but the node "
+                    f"stated {client.partition_id} at start-up"
+                )
         record = reply.content.array_records[wire.UPDATE]
         wanted = set(plan.train_groups)
         plan_expected = {n: s for n, s in expected.items() if group_of(n) in wanted}

@@ -188,3 +188,22 @@ def test_updates_are_clipped_per_group_including_a_blocks_sole_contributor() -> 
     )
     head = (10 * 1 + 20 * 2 + 30 * 2) / 60  # client 2's head update clipped from 3 to the median 2
     assert torch.allclose(state["head/w"], torch.full((2,), head))
+
+
+def test_a_node_that_switches_partitions_mid_run_is_rejected() -> None:
+    """A shared dataset's partition is counted by the server at start-up: each reply must name it again."""
+    strategy = make_strategy(min_clients=1)
+    grid = grid_of(0, 1)
+    strategy.clients = [
+        ClientInfo(n, int(c.node_config["partition-id"]), examples_checked=True)
+        for n, c in grid.contexts.items()
+    ]
+    messages = list(strategy.configure_train(1, strategy.arrays_of(initial_state()), ConfigRecord(), grid))
+    replies = list(grid.send_and_receive(messages))
+    for reply in replies:  # both nodes now say partition 0: partition 1's node has switched
+        reply.content[wire.TRAIN_REPORT] = ConfigRecord({wire.NODE_PARTITION_ID: 0})
+    strategy.aggregate_train(1, replies)
+    rows = {o.row["partition_id"]: o.row for o in strategy.outcomes}
+    assert rows[0]["status"] == "ok"
+    assert rows[1]["status"] == "rejected"
+    assert rows[1]["reason"] == "partition-id=0 in this reply, but the node stated 1 at start-up"
