@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    virtualenv + install + embedded assets, then the default federation as a Ray simulation
 #   make test   virtualenv + install + embedded assets, then the test suite
+#   make bench EXPERIMENT=benchmarks/experiments/<name>.toml   one experiment, every variant and seed
+#                                                            (no EXPERIMENT: the list of experiments)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,6 +10,8 @@ INSTALLED := $(VENV)/.installed
 SUPERNODES ?= 4
 CPUS ?= 2
 RUN_CONFIG ?=
+EXPERIMENT ?=
+BENCH_ARGS ?=
 
 .PHONY: setup run test lint bench clean
 
@@ -26,6 +30,9 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python -m benchmarks.run $(EXPERIMENT) $(BENCH_ARGS)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

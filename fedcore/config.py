@@ -80,13 +80,33 @@ class TuningConfig(Section):
     )
 
 
+#: ``data.name`` value for a federation in which every node trains on its own data (node config data-path)
+NODE_DATA = "node"
+
+
 class DataConfig(Section):
     name: str = Field(
         "embedded:rotten-tomatoes",
-        description="'embedded:<asset>', a local .csv/.jsonl/.parquet file, or a hub dataset id.",
+        description="'embedded:<asset>', a local .csv/.jsonl/.parquet file or saved dataset folder, a hub "
+        "dataset id, or 'node' (every node trains on its own file, named by its node config's data-path).",
     )
-    text_column: str = Field("text", description="Text column of a local or hub dataset.")
-    label_column: str = Field("label", description="Label column (any values; numbered in sorted order).")
+    text_column: str = Field(
+        "text",
+        description="Text column of a local, hub or node dataset (causal-lm: a table without it but with "
+        "prompt and response columns is chat data).",
+    )
+    label_column: str = Field(
+        "label", description="Label column (any values; numbered in sorted order, or in data.labels order)."
+    )
+    labels: str = Field(
+        "",
+        description="The task's class names in label-id order, comma-separated (e.g. 'rotten,fresh'); rows "
+        "with another label are refused. Empty = the shared dataset's own; required with data.name='node'.",
+    )
+    server_test: str = Field(
+        "",
+        description="With data.name='node': the server's own held-out file (empty = no server test metrics).",
+    )
     partition: Literal["iid", "dirichlet", "natural"] = Field(
         "dirichlet", description="How rows are split over clients: iid, label skew, or by a column."
     )
@@ -105,6 +125,16 @@ class DataConfig(Section):
     def _natural_needs_column(self) -> DataConfig:
         if self.partition == "natural" and not self.natural_column:
             raise ValueError("data.partition=natural needs data.natural-column (e.g. movie_name)")
+        return self
+
+    @model_validator(mode="after")
+    def _server_test_needs_node_data(self) -> DataConfig:
+        if self.server_test and self.name != NODE_DATA:
+            raise ValueError(
+                f"data.server-test is the server's file in a federation of node data, but data.name is "
+                f"{self.name!r}, whose own held-out split the server tests on; set data.name='{NODE_DATA}' "
+                "or leave data.server-test empty"
+            )
         return self
 
 
@@ -336,6 +366,15 @@ class RunConfig(Section):
             raise ValueError(
                 "proxy.name='server:validation' takes the server's validation texts, but "
                 "data.validation-fraction is 0 (no validation split; e.g. data.validation-fraction=0.05)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _node_data_names_its_labels(self) -> RunConfig:
+        if self.data.name == NODE_DATA and self.model.task == "seq-cls" and not self.data.labels.strip(","):
+            raise ValueError(
+                "data.name='node' trains every node on its own file, so the run must fix the label set they "
+                "share: set data.labels to the class names in label-id order, e.g. data.labels='rotten,fresh'"
             )
         return self
 

@@ -9,7 +9,7 @@ from typing import Any
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedcore.config import RunConfig
+from fedcore.config import NODE_DATA, RunConfig
 from fedcore.core import wire
 from fedcore.core.limits import clip_text
 from fedcore.core.reply_schema import SchemaError, check_node_info
@@ -43,17 +43,28 @@ def client_info(
     info: dict[str, Any],
     num_partitions: int,
     partition_size: Callable[[int, int], int] | None = None,
+    *,
+    node_data: bool = False,
 ) -> ClientInfo:
     """A node's start-up statement, checked against the declared schema before anything reads it.
 
     ``num_partitions``: the run's clients.num-partitions, 0 = the node's own num-partitions.
     ``partition_size(partition_id, num_partitions)``: the server's own count of a partition's training
     examples, when it partitions a shared dataset; a statement that contradicts it is refused.
+    ``node_data``: the run trains every node on its own data (data.name='node'); the node claims no
+    partition, states its example count, and its node id is its identity.
     Raises SchemaError naming the key and the rule.
     """
     checked = check_node_info(info)
-    partition_id = checked.pop(wire.NODE_PARTITION_ID)
+    num_examples = checked.pop(wire.NODE_NUM_EXAMPLES, 0)  # 0: not stated
+    partition_id = checked.pop(wire.NODE_PARTITION_ID, None)
     stated_partitions = checked.pop(wire.NODE_NUM_PARTITIONS, 0)
+    if node_data:
+        if not num_examples:
+            raise SchemaError(f"missing {[wire.NODE_NUM_EXAMPLES]} (a node with its own data states it)")
+        return ClientInfo(node_id, node_id, profile=checked, num_examples=num_examples)
+    if partition_id is None:
+        raise SchemaError(f"missing {[wire.NODE_PARTITION_ID]} (the run partitions a shared dataset)")
     partitions = num_partitions or stated_partitions
     if not partitions:
         raise SchemaError(f"missing {wire.NODE_NUM_PARTITIONS} (and clients.num-partitions is 0)")
@@ -61,7 +72,6 @@ def client_info(
         raise SchemaError(
             f"{wire.NODE_PARTITION_ID}={partition_id} is unknown: the data has {partitions} partitions"
         )
-    num_examples = checked.pop(wire.NODE_NUM_EXAMPLES, 0)  # 0: not stated
     if partition_size is None:
         return ClientInfo(node_id, partition_id, profile=checked, num_examples=num_examples)
     size = partition_size(partition_id, partitions)
@@ -74,9 +84,10 @@ def client_info(
 
 
 def query_clients(
-    grid: Grid, node_ids: list[int], cfg: RunConfig, timeout_s: float, bound: dict[int, int]
+    grid: Grid, node_ids: list[int], cfg: RunConfig, timeout_s: float, bound: dict[int, int], simulated: bool
 ) -> tuple[list[ClientInfo], dict[int, tuple[str, str]]]:
-    """Ask every node for its partition and profile (``bound``: partitions held earlier in this run).
+    """Ask every node for its data claim and profile (``bound``: partitions held earlier in this run;
+    ``simulated``: whether clients emulate their device profiles).
 
     Returns the sound answers by partition and, for every other node, (status, reason): ``unreachable``
     when it did not answer or answered with an error, ``refused`` when its answer breaks the schema or
@@ -84,7 +95,12 @@ def query_clients(
     """
     messages = [
         Message(
-            RecordDict({wire.RUN_CONFIG: dict_to_config(cfg.to_flat())}),
+            RecordDict(
+                {
+                    wire.RUN_CONFIG: dict_to_config(cfg.to_flat()),
+                    wire.RUN: dict_to_config({wire.SIMULATED: simulated}),
+                }
+            ),
             dst_node_id=node_id,
             message_type=f"{MessageType.QUERY}.{wire.INFO_QUERY}",
         )
@@ -113,7 +129,10 @@ def query_clients(
             if len(record) > cfg.limits.list_items:
                 raise SchemaError(f"{len(record)} entries exceed limits.list-items={cfg.limits.list_items}")
             stated = config_to_dict(record)
-            claims[node_id] = client_info(node_id, stated, cfg.clients.num_partitions, partition_size)
+            if cfg.data.name == NODE_DATA:  # the server holds no partition to count
+                claims[node_id] = client_info(node_id, stated, 0, node_data=True)
+            else:
+                claims[node_id] = client_info(node_id, stated, cfg.clients.num_partitions, partition_size)
         except (KeyError, SchemaError) as exc:
             failures[node_id] = ("refused", clip_text(f"start-up reply: {exc}", text_limit))
     accepted, refused = assign_partitions(claims, bound)

@@ -304,7 +304,7 @@ def test_bad_start_up_statements_refuse_the_node_and_leff_runs(
 ) -> None:
     """Nodes whose start-up reply breaks the schema (or whose node config no device has) are left out
     with the reason logged; LEFF, which reads every profile, runs with the others."""
-    overrides = {"leff.distill-steps": 1, "proxy.examples": 16, "rounds": 1}
+    overrides = {"leff.distill-steps": 1, "proxy.examples": 16, "rounds": 1, "clients.min": 1}
     cfg = tiny_run_config(tiny_models["bert"], tmp_path, method="leff", **overrides)
     run_dir = simulate(cfg, supernodes=8, client_app=hostile_info(careless_statement))
 

@@ -14,10 +14,12 @@ class Travelled(Protocol):
 
 
 def clip_text(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, saying so and how long it was (0 = no limit)."""
+    """``text`` cut to about ``limit`` characters, saying so (0 = no limit). Its start and its end are
+    kept: an error's traceback ends with the line that says what went wrong."""
     if not limit or len(text) <= limit:
         return text
-    return f"{text[:limit]}... [truncated: {len(text)} characters]"
+    head, tail = text[: limit // 2], text[len(text) - limit // 2 :]
+    return f"{head} [... {len(text) - len(head) - len(tail)} of {len(text)} characters cut ...] {tail}"
 
 
 def check_record(
@@ -28,7 +30,9 @@ def check_record(
 
     Raises ValueError with a short reason (names cut to 80 characters).
     """
-    if len(arrays) > min(len(expected), max_items):
+    if len(arrays) > max_items:
+        raise ValueError(f"{len(arrays)} tensors exceed limits.list-items={max_items}")
+    if len(arrays) > len(expected):
         raise ValueError(f"{len(arrays)} tensors, but the plan expects at most {len(expected)}")
     total = 0
     for name, array in arrays.items():

@@ -120,9 +120,16 @@ NODE_INFO: dict[str, Spec] = {
     "device-name": Text(),
     **{f"device-{key}": Number(low, high, above=True) for key, (low, high) in LIMITS.items()},
     "device-max-blocks": Number(0, _MAX_BLOCKS, integer=True),
+    "device-memory-blocks": Number(0, _MAX_BLOCKS, integer=True),
 }
-#: a node may leave out its partition size: the fast info query answers without loading the data
-NODE_INFO_REQUIRED = frozenset(NODE_INFO) - {wire.NODE_NUM_PARTITIONS, wire.NODE_NUM_EXAMPLES}
+#: a node may leave out its partition size (the fast info query answers without loading the data); a node
+#: with its own data claims no partition (the server checks which of the two the run expects)
+NODE_INFO_REQUIRED = frozenset(NODE_INFO) - {
+    wire.NODE_PARTITION_ID,
+    wire.NODE_NUM_PARTITIONS,
+    wire.NODE_NUM_EXAMPLES,
+    "device-memory-blocks",  # 0 = not known; a node of an older release does not state it
+}
 
 
 def check_values(

@@ -14,6 +14,8 @@ running the same command.
     fedlayer deploy register prod deploy/keys/supernode-1.pub deploy/keys/supernode-2.pub
     fedlayer deploy supernode --superlink 203.0.113.7:9092 \\
         --root-certificates ca.crt --key supernode-1 --partition-id 0 --num-partitions 2 --device jetson-orin
+    fedlayer deploy supernode --superlink 203.0.113.7:9092 \\
+        --root-certificates ca.crt --key supernode-2 --data-path /srv/clinic/reviews.csv
     fedlayer deploy systemd supernode --superlink 203.0.113.7:9092 --root-certificates ca.crt \\
         --key supernode-1 --partition-id 0 --num-partitions 2 --health-port 9095 --out /etc/systemd/system
     fedlayer deploy health 127.0.0.1:9095
@@ -135,8 +137,13 @@ def _supernode_options(p: argparse.ArgumentParser, daemon: bool = True) -> None:
     tls.add_argument("--insecure", action="store_true")
     tls.add_argument("--root-certificates", type=Path, help="the CA certificate (ca.crt)")
     p.add_argument("--key", type=Path, help="this node's private key (from `keys`, registered; TLS needs it)")
-    p.add_argument("--partition-id", type=int, required=True)
-    p.add_argument("--num-partitions", type=int, required=True)
+    p.add_argument("--partition-id", type=int, help="this node's partition of the run's shared dataset")
+    p.add_argument("--num-partitions", type=int)
+    p.add_argument(
+        "--data-path",
+        type=Path,
+        help="this node's own data file or dataset folder (runs with data.name='node')",
+    )
     p.add_argument("--device", help="device profile: workstation, cpu-box, jetson-orin")
     p.add_argument("--speed", type=float)
     p.add_argument("--memory-mb", type=float)

@@ -62,11 +62,9 @@ def superlink_command(args: argparse.Namespace) -> list[str]:
 
 def node_config(args: argparse.Namespace) -> str:
     """The --node-config string the ClientApp reads (fedcore.core.devices profile keys included)."""
-    if not 0 <= args.partition_id < args.num_partitions:
-        raise DeployError(f"--partition-id {args.partition_id} is not in [0, {args.num_partitions})")
     if args.device is not None and args.device not in PROFILES:
         raise DeployError(f"--device {args.device!r} is unknown; known: {', '.join(sorted(PROFILES))}")
-    pairs = [f"partition-id={args.partition_id}", f"num-partitions={args.num_partitions}"]
+    pairs = _data_pairs(args)
     if args.device is not None:
         pairs.append(f'device="{args.device}"')
     for key in ("speed", "memory_mb", "capacity", "max_blocks"):
@@ -74,6 +72,27 @@ def node_config(args: argparse.Namespace) -> str:
         if value is not None:
             pairs.append(f"{key.replace('_', '-')}={value}")
     return " ".join(pairs)
+
+
+def _data_pairs(args: argparse.Namespace) -> list[str]:
+    """The node's own file (runs with data.name='node'), or its partition of a shared dataset."""
+    partition = (args.partition_id, args.num_partitions)
+    if args.data_path is not None:
+        if partition != (None, None):
+            raise DeployError(
+                "--data-path names this node's own data: give no --partition-id/--num-partitions"
+            )
+        path = args.data_path.expanduser().resolve()
+        if not path.exists():
+            raise DeployError(
+                f"--data-path {path} does not exist: name this node's data file or dataset folder"
+            )
+        return [f'data-path="{path}"']
+    if None in partition:
+        raise DeployError("give --partition-id and --num-partitions, or --data-path for this node's own data")
+    if not 0 <= args.partition_id < args.num_partitions:
+        raise DeployError(f"--partition-id {args.partition_id} is not in [0, {args.num_partitions})")
+    return [f"partition-id={args.partition_id}", f"num-partitions={args.num_partitions}"]
 
 
 def supernode_command(args: argparse.Namespace) -> list[str]:

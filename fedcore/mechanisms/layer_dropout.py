@@ -20,6 +20,9 @@ from torch import nn
 from fedcore.core.drop_shapes import DROP_SHAPES, DropShape
 from fedcore.core.layers import find_blocks, swap_blocks
 
+#: the highest drop probability a plan gives any block
+MAX_PLAN_RATE = 0.95
+
 
 @dataclass(frozen=True)
 class DropConfig:
@@ -38,7 +41,7 @@ class DropConfig:
             raise ValueError(f"shape must be one of {DROP_SHAPES}, got {self.shape!r}")
 
     def rates(
-        self, num_blocks: int, max_rate: float = 0.95, sensitivity: Sequence[float] | None = None
+        self, num_blocks: int, max_rate: float = MAX_PLAN_RATE, sensitivity: Sequence[float] | None = None
     ) -> tuple[float, ...]:
         """Per-block drop probabilities whose mean is exactly `mean_rate`.
 
@@ -98,6 +101,18 @@ def speed_matched(drop: DropConfig, speed: float, target_speed: float) -> DropCo
     if target_speed <= 0 or speed >= target_speed:
         return drop
     rate = min(MAX_MATCHED_RATE, 1.0 - speed / target_speed)
+    return drop if drop.mean_rate >= rate else DropConfig(rate, drop.shape)
+
+
+def memory_matched(drop: DropConfig, memory_blocks: int, num_blocks: int) -> DropConfig:
+    """The configuration a device whose memory trains ``memory_blocks`` of ``num_blocks`` blocks at once
+    runs: a mean rate of at least 1 - memory_blocks / num_blocks, so that the blocks a step runs fit its
+    memory on average (this project's rule; unlike ``speed_matched`` not capped at ``MAX_MATCHED_RATE``,
+    since a step that does not fit fails, only at the highest rate a plan holds, ``MAX_PLAN_RATE``).
+    ``memory_blocks`` 0 = memory not known: ``drop`` unchanged."""
+    if memory_blocks <= 0 or memory_blocks >= num_blocks:
+        return drop
+    rate = min(MAX_PLAN_RATE, 1.0 - memory_blocks / num_blocks)
     return drop if drop.mean_rate >= rate else DropConfig(rate, drop.shape)
 
 

@@ -16,7 +16,7 @@ from datasets import Dataset
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from fedcore.config import SERVER_VALIDATION, RunConfig
+from fedcore.config import NODE_DATA, SERVER_VALIDATION, RunConfig
 from fedcore.core.devices import DeviceProfile, speed_matched_steps
 from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
@@ -25,7 +25,7 @@ from fedcore.data.batching import make_batches
 from fedcore.data.proxy import load_proxy_texts
 from fedcore.data.splits import server_splits
 from fedcore.mechanisms.block_sensitivity import block_sensitivity
-from fedcore.mechanisms.layer_dropout import DropConfig, speed_matched
+from fedcore.mechanisms.layer_dropout import DropConfig, memory_matched, speed_matched
 from fedcore.model import tunable_names
 
 
@@ -34,6 +34,7 @@ class ClientInfo:
     """What the server knows about a connected client (reported by its info query)."""
 
     node_id: int
+    #: the partition it holds; with node data (data.name='node'), its node id: its identity across rounds
     partition_id: int
     #: device profile from the SuperNode's node config or measured (memory budget, speed...)
     profile: dict[str, Any] = field(default_factory=dict)
@@ -129,6 +130,20 @@ def proxy_sensitivity(cfg: RunConfig, model: nn.Module, tokenizer: PreTrainedTok
     return block_sensitivity(model, make_batches(table, tokenizer, cfg.model.task, cfg.model.max_length, 32))
 
 
+def client_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The run's local-training settings as LayerPlan fields (every plan carries them to its client)."""
+    return {
+        "batch_size": cfg.train.batch_size,
+        "weight_decay": cfg.train.weight_decay,
+        "warmup_fraction": cfg.train.warmup_fraction,
+        "clip_norm": cfg.train.clip_norm,
+        "precision": cfg.train.precision,
+        "eval_batch_size": cfg.eval.batch_size,
+        "eval_examples": cfg.eval.client_examples,
+        "wire_dtype": cfg.round.wire_dtype,
+    }
+
+
 def base_plan(
     cfg: RunConfig,
     round_number: int,
@@ -140,14 +155,17 @@ def base_plan(
 ) -> LayerPlan:
     """The plan every method starts from: train these groups with the run's local-training settings
     (``sensitivity``: per block, for the 'sensitivity' drop shape). Where the plan has layer dropout, a
-    client slower than ``drop.target-speed`` runs at least its speed-matched rate (``speed_matched``); a
-    client slower than ``train.target-speed`` runs its speed-matched number of steps."""
+    client slower than ``drop.target-speed`` runs at least its speed-matched rate (``speed_matched``) and a
+    client whose memory holds fewer blocks than the model at least its memory-matched rate
+    (``memory_matched``); a client slower than ``train.target-speed`` runs its speed-matched number of
+    steps."""
     steps = cfg.train.local_steps
     if client.profile:  # a client that stated no profile runs as planned
-        speed = DeviceProfile.from_config(client.profile).speed
-        steps = speed_matched_steps(steps, speed, cfg.train.target_speed)
+        profile = DeviceProfile.from_config(client.profile)
+        steps = speed_matched_steps(steps, profile.speed, cfg.train.target_speed)
         if drop is not None:
-            drop = speed_matched(drop, speed, cfg.drop.target_speed)
+            drop = speed_matched(drop, profile.speed, cfg.drop.target_speed)
+            drop = memory_matched(drop, profile.memory_blocks, num_blocks)
     return LayerPlan(
         round=round_number,
         rounds=cfg.rounds,
@@ -159,8 +177,10 @@ def base_plan(
         epochs=cfg.train.local_epochs,
         lr=cfg.learning_rate,
         seed=derive_seed(cfg.seed, round_number, client.partition_id),
-        evaluate_local=cfg.ptls.fraction > 0 or cfg.eval.local,
+        # node data: the nodes' own held-out rows are the federation's test data
+        evaluate_local=cfg.ptls.fraction > 0 or cfg.eval.local or cfg.data.name == NODE_DATA,
         label=drop.label if drop else "",
+        **client_settings(cfg),
     )
 
 

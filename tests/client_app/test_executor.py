@@ -24,7 +24,7 @@ from fedcore.core.tensor_files import CorruptTensorFile
 from fedcore.core.wire import config_to_dict, dict_to_config, received_state, state_to_arrays
 from fedcore.data import tables
 from fedcore.data.splits import client_splits
-from fedcore.methods.base import ClientInfo
+from fedcore.methods.base import ClientInfo, client_settings
 from fedcore.methods.leff.planner import LeffPlanner
 from fedcore.model import build_model, tunable_state
 from tests.conftest import make_tiny_model_dir, tiny_run_config
@@ -33,8 +33,14 @@ NODE_ID = 7
 RUN_NAME = "20250101-000000-droppeft"
 
 
-def call_client(cfg: RunConfig, plan: LayerPlan, payload: dict, context: Context) -> RecordDict:
+def call_client(
+    cfg: RunConfig, plan: LayerPlan, payload: dict, context: Context, *, settings_of_run: bool = True
+) -> RecordDict:
+    """The client's reply to ``plan``; with ``settings_of_run`` the plan carries the run's training
+    settings, as the server's planners send it."""
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, NODE_ID, 1
+    if settings_of_run:
+        plan = dataclasses.replace(plan, **client_settings(cfg))
     content = RecordDict(
         {
             wire.PLAN: dict_to_config(plan.to_dict()),
@@ -55,7 +61,7 @@ def node_context(personal_dir: Path) -> Context:
 
 
 def stored_personal(context: Context, round_number: int) -> dict[str, torch.Tensor]:
-    store = PersonalStore.for_node(dict(context.node_config), RUN_NAME, 0)
+    store = PersonalStore.for_node(dict(context.node_config), RUN_NAME, "partition-0")
     return store.before(round_number + 1)
 
 
@@ -121,14 +127,14 @@ def test_a_corrupt_personal_layer_file_fails_the_round_naming_the_file(
 
 def test_a_repeated_round_starts_from_the_layers_before_it(tmp_path: Path) -> None:
     """A server resumed from an older checkpoint repeats rounds: their newer files must not be used."""
-    store = PersonalStore.for_node({NODE_PERSONAL_DIR: str(tmp_path)}, RUN_NAME, 3)
+    store = PersonalStore.for_node({NODE_PERSONAL_DIR: str(tmp_path)}, RUN_NAME, "partition-3")
     for round_number in (1, 2, 3):
         store.save(round_number, {"w": torch.full((2,), float(round_number))})
     assert torch.equal(store.before(3)["w"], torch.full((2,), 2.0))
     assert sorted(p.name for p in store.folder.iterdir()) == ["round-2.safetensors"]
     assert store.before(1) == {}
     with pytest.raises(ValueError, match="not a plain directory name"):
-        PersonalStore.for_node({NODE_PERSONAL_DIR: str(tmp_path)}, "../elsewhere", 3)
+        PersonalStore.for_node({NODE_PERSONAL_DIR: str(tmp_path)}, "../elsewhere", "partition-3")
 
 
 @pytest.fixture(scope="module")
@@ -279,3 +285,23 @@ def test_the_probe_is_held_out_of_training_and_of_the_local_test_rows(
     )
     probe = tables.probe_split(splits.train, 8)[1]
     assert len(splits.test) and not set(probe["text"]) & set(splits.test["text"])
+
+
+def test_the_client_trains_and_replies_as_its_plan_says_not_as_the_run_config_does(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = tiny_run_config(tiny_models["bert"], tmp_path, method="fedlora")  # batch size 8, float32 replies
+    global_state = tunable_state(build_model(cfg, num_labels=2)[0])
+    plan = LayerPlan(
+        round=1,
+        rounds=1,
+        train_groups=("head",),
+        steps=3,
+        batch_size=5,
+        wire_dtype="float16",
+        precision="fp32",
+    )
+    reply = call_client(cfg, plan, global_state, node_context(tmp_path / "personal"), settings_of_run=False)
+    assert reply.metric_records[wire.TRAIN_METRICS][wire.SAMPLES_PROCESSED] == 3 * 5
+    update = received_state(reply.array_records[wire.UPDATE])
+    assert update and all(t.dtype == torch.float16 for t in update.values())

@@ -13,7 +13,7 @@ from fedcore.core.devices import PROFILES, DeviceProfile, speed_matched_steps
 from fedcore.core.layers import HEAD, LayerMap
 from fedcore.methods.base import ClientInfo, ClientResult, tunable_groups
 from fedcore.methods.baselines import AllLayersPlanner
-from fedcore.methods.droppeft.planner import DropPeftPlanner
+from fedcore.methods.droppeft.planner import BanditDrop, DropPeftPlanner
 from fedcore.methods.leff import planner as leff_planner
 from fedcore.methods.leff.planner import LeffPlanner
 from fedcore.methods.registry import make_planner
@@ -47,13 +47,18 @@ def test_baselines_send_every_tunable_group_to_every_client(
     assert planner.state_dict() == {}
 
 
-@pytest.mark.parametrize(("local", "expected"), [(False, False), (True, True)])
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"eval.local": False}, False),
+        ({"eval.local": True}, True),
+        ({"data.name": "node", "data.labels": "no,yes"}, True),  # the nodes' own rows are the test data
+    ],
+)
 def test_local_evaluation_is_asked_of_every_method_when_configured(
-    tiny_models: dict[str, Path], tmp_path: Path, local: bool, expected: bool
+    tiny_models: dict[str, Path], tmp_path: Path, overrides: dict[str, object], expected: bool
 ) -> None:
-    planner, _, state = _planner_and_state(
-        tiny_models["bert"], tmp_path, method="fedlora", **{"eval.local": local}
-    )
+    planner, _, state = _planner_and_state(tiny_models["bert"], tmp_path, method="fedlora", **overrides)
     plan = planner.plan(1, CLIENTS[:1], state)[CLIENTS[0].node_id].plan
     assert plan.evaluate_local is expected and plan.personal_fraction == 0
 
@@ -98,14 +103,15 @@ def test_droppeft_plans_bandit_arms_and_learns_only_from_the_round(
 ) -> None:
     paper = {"droppeft.rates": "0.15,0.3"}
     planner, _, state = _planner_and_state(tiny_models["bert"], tmp_path, method="droppeft", **paper)
-    assert type(planner) is DropPeftPlanner and planner.bandit.prune
+    assert type(planner) is DropPeftPlanner and isinstance(planner.drop_policy, BanditDrop)
+    assert planner.drop_policy.bandit.prune
     planned = planner.plan(1, CLIENTS, state)
     for client_plan in planned.values():
         assert client_plan.plan.drop_rates and client_plan.plan.probe_examples > 0
         assert client_plan.payload is state
     metrics = {wire.PROBE_LOSS_BEFORE: 0.7, wire.PROBE_LOSS_AFTER: 0.5, wire.DEVICE_TIME_S: 2.0}
     planner.observe(1, [ClientResult(0, True, metrics), ClientResult(1, False, {})])
-    assert planner.rewards == {"client-0": pytest.approx(math.log(0.7 / 0.5) / 2.0)}
+    assert planner.drop_policy.rewards == {"client-0": pytest.approx(math.log(0.7 / 0.5) / 2.0)}
 
     planner.plan(2, CLIENTS[2:], state)  # clients.per-round: only client 2 this round
     assert list(planner.state_dict()["choices"]) == ["client-2"]
@@ -124,7 +130,7 @@ def test_droppeft_with_one_arm_runs_it_without_the_probe(
     assert sum(plan.drop_rates) / len(plan.drop_rates) == pytest.approx(0.15)
     metrics = {wire.PROBE_LOSS_BEFORE: 0.7, wire.PROBE_LOSS_AFTER: 0.5, wire.DEVICE_TIME_S: 2.0}
     planner.observe(1, [ClientResult(0, True, metrics)])
-    assert planner.rewards == {}
+    assert planner.drop_policy.rewards == {}
 
 
 @pytest.mark.parametrize("method", ["droppeft", "fedlora"])
@@ -215,7 +221,7 @@ def test_droppeft_does_not_prune_arms_of_drifting_devices(
     planner, _, _ = _planner_and_state(
         tiny_models["bert"], tmp_path, method="droppeft", **{"droppeft.discount": 0.9}
     )
-    assert not planner.bandit.prune
+    assert not planner.drop_policy.bandit.prune
 
 
 def test_leff_plans_carry_their_payload_and_log_only_the_round(tmp_path: Path) -> None:
@@ -381,3 +387,27 @@ def test_leff_students_keep_protected_blocks_whole_when_asked(tmp_path: Path, ke
         assert sources == [0, 1, 2], "2 protected + ceil(1 x 0.5): the segment stays exact"
     else:
         assert len(sources) == 2 and sources[-1] == 2, "the paper's ceil(3 x 0.5) drops one of 0 and 1"
+
+
+def test_no_plan_exceeds_a_small_memory_budget(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """A device whose memory trains 1 of the 4 blocks: LEFF's window is one block wide, and every one of
+    DropPEFT's arms runs at a mean rate that leaves one block per step on average."""
+    small = DeviceProfile("measured", memory_mb=300.0, memory_blocks=1).as_config()
+    ample = DeviceProfile("measured", memory_mb=300.0, memory_blocks=9).as_config()
+    clients = [ClientInfo(10, 0, profile=small), ClientInfo(11, 1, profile=ample)]
+    overrides = {"leff.window": "round-robin", "proxy.examples": 16}
+    leff, _, state = _planner_and_state(tiny_models["bert"], tmp_path, method="leff", **overrides)
+    planned = leff.plan(1, clients, state)
+    widths = {n: sum(g.startswith("block.") for g in p.plan.train_groups) for n, p in planned.items()}
+    assert widths == {10: 1, 11: 2}, "the ample device keeps its capacity-sized window (0.5 x 4)"
+
+    droppeft, _, state = _planner_and_state(
+        tiny_models["bert"], tmp_path, method="droppeft", **{"droppeft.rates": "0,0.15,0.3", "rounds": 3}
+    )
+    for round_number in (1, 2, 3):  # the bandit tries each arm once
+        planned = droppeft.plan(round_number, clients, state)
+        small_rates, ample_rates = planned[10].plan.drop_rates, planned[11].plan.drop_rates
+        assert sum(1 - r for r in small_rates) == pytest.approx(1.0)
+        assert sum(ample_rates) / 4 == pytest.approx([0, 0.15, 0.3][round_number - 1])
+        metrics = {wire.PROBE_LOSS_BEFORE: 0.7, wire.PROBE_LOSS_AFTER: 0.5, wire.DEVICE_TIME_S: 2.0}
+        droppeft.observe(round_number, [ClientResult(0, True, metrics), ClientResult(1, True, metrics)])

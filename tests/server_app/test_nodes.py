@@ -3,8 +3,12 @@ much its weight can claim."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from fedcore.core import wire
+from fedcore.core.devices import DeviceProfile
 from fedcore.core.reply_schema import SchemaError
 from fedcore.methods.base import ClientInfo
 from server_app.nodes import assign_partitions, client_info
@@ -43,3 +47,27 @@ def test_the_server_counts_a_shared_partition_itself_and_refuses_a_contradicting
         client_info(7, {**stated, "num-examples": 9_999_999}, 0, lambda p, n: sizes[p, n])
     unchecked = client_info(7, {**stated, "num-examples": 300}, 0)
     assert (unchecked.num_examples, unchecked.examples_checked) == (300, False)
+
+
+PROFILE = DeviceProfile("workstation").as_config()
+
+
+def test_a_node_with_its_own_data_is_known_by_its_node_id_and_weighted_by_its_statement() -> None:
+    client = client_info(9_876_543_210, {wire.NODE_NUM_EXAMPLES: 42, **PROFILE}, 0, node_data=True)
+    assert (client.partition_id, client.num_examples, client.examples_checked) == (9_876_543_210, 42, False)
+    assert client.profile == PROFILE
+
+
+@pytest.mark.parametrize(
+    ("info", "node_data", "cause"),
+    [
+        (PROFILE, True, r"missing \['num-examples'\]"),
+        ({wire.NODE_NUM_EXAMPLES: 42, **PROFILE}, False, r"missing \['partition-id'\]"),
+        ({wire.NODE_PARTITION_ID: 0, **PROFILE}, False, "missing num-partitions"),
+    ],
+)
+def test_a_statement_that_does_not_fit_the_runs_data_is_refused(
+    info: dict[str, Any], node_data: bool, cause: str
+) -> None:
+    with pytest.raises(SchemaError, match=cause):
+        client_info(1, info, 0, node_data=node_data)
