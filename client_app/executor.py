@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from client_app.cpu_share import use_cpu_share
 from client_app.info import node_partition
 from client_app.personal_store import PersonalStore
 from fedcore.config import RunConfig
@@ -78,6 +79,7 @@ def device() -> torch.device:
 def execute_train(content: RecordDict, node_config: dict[str, Any]) -> RecordDict:
     """One round of one client, step by step."""
     began = time.perf_counter()
+    use_cpu_share()
     cfg, plan, arrays, run_name = decode(content)
     partition_id, splits = local_data(cfg, node_config)
     store = PersonalStore.for_node(node_config, run_name, partition_id)
