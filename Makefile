@@ -8,6 +8,8 @@ INSTALLED := $(VENV)/.installed
 SUPERNODES ?= 4
 CPUS ?= 2
 RUN_CONFIG ?=
+# flwr 1.39 otherwise installs the app's dependencies into a fresh environment on every run
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
 .PHONY: setup run test lint bench clean
 
