@@ -60,7 +60,7 @@ from fedcore.data.splits import client_splits, server_splits
 from fedcore.methods.base import ClientInfo
 from fedcore.methods.registry import make_planner
 from fedcore.model import build_model, tunable_state
-from fedcore.presets import PRESETS
+from fedcore.presets import preset_values
 
 METHODS = ("fedavg", "fedlora", "fedbitfit", "droppeft", "leff")
 NODE_ID = 1
@@ -98,7 +98,7 @@ def run_config(method: str, model_name: str, args: argparse.Namespace) -> RunCon
         **METHOD_OVERRIDES.get(method, {}),
     }
     if model_name == SMOLLM2:
-        flat["tuning.lora-targets"] = PRESETS["llm-classifier"]["tuning.lora-targets"]
+        flat["tuning.lora-targets"] = preset_values("smollm2")["tuning.lora-targets"]
     if args.quick:
         flat["eval.max-examples"] = 64
     return RunConfig.from_flat(flat)

@@ -121,7 +121,7 @@ def curve(
     train = splits.pool.shuffle(seed=seed).select(range(min(len(splits.pool), 8 * steps)))
     batches = make_batches(train, tokenizer, "seq-cls", 32, 8)
     val = make_batches(splits.validation, tokenizer, "seq-cls", 32, 64)
-    texts = load_proxy_texts(cfg.leff.proxy, cfg.leff.proxy_examples, cfg.seed)
+    texts = load_proxy_texts(cfg.proxy.name, cfg.proxy.examples, cfg.seed)
     proxy = make_batches(Dataset.from_dict({"text": texts}), tokenizer, "seq-cls", 32, 32)
     layout, errors, window = find_blocks(model)[1], [], None
     if trained == "full":

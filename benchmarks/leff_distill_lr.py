@@ -7,7 +7,7 @@ students' error. This measures that error directly, on the pretrained SmolLM2-13
 testbed federation starts from), for the students of a middle window (blocks 10-14: students for 0-9 and
 15-29), at compression 0.5 with the sensitive initialisation (``leff.student-init``, the default):
 
-distilled either on the 128 proxy headlines the planner uses (``leff.proxy``, the default) or on the
+distilled either on the 128 proxy headlines the planner uses (``proxy.name``, the default) or on the
 texts of the server's validation split (held by the server, unlabelled use only; never the test split).
 Each student's error is measured
 
@@ -75,10 +75,10 @@ def measure(seed: int) -> list[dict]:
     def batches(texts: list[str]) -> list[Batch]:
         return make_batches(Dataset.from_dict({"text": texts}), tokenizer, "seq-cls", 32, 32)
 
-    drawn = load_proxy_texts(cfg.leff.proxy, 2 * cfg.leff.proxy_examples, seed)
-    proxy, held_out = batches(drawn[: cfg.leff.proxy_examples]), batches(drawn[cfg.leff.proxy_examples :])
+    drawn = load_proxy_texts(cfg.proxy.name, 2 * cfg.proxy.examples, seed)
+    proxy, held_out = batches(drawn[: cfg.proxy.examples]), batches(drawn[cfg.proxy.examples :])
     sources = {"proxy": proxy, "validation": batches(list(splits.validation["text"]))}
-    client_texts = splits.pool.shuffle(seed=seed)["text"][: cfg.leff.proxy_examples]
+    client_texts = splits.pool.shuffle(seed=seed)["text"][: cfg.proxy.examples]
     client = batches(list(client_texts))
     sensitivity = proxy_sensitivity(cfg, model, tokenizer)
     num_blocks = len(find_blocks(model)[1])

@@ -10,9 +10,7 @@ outside the window replaced by students built by each rule:
 - ``middle, undistilled / mse 20 / mse 200``: the earlier rule (a one-block student copies the segment's
   middle block), plain MSE, 0 / 20 / 200 steps;
 - ``last, undistilled``: a one-block student copies the segment's last block (``leff.student-init=uniform``);
-- ``last, mse 20`` / ``last, normalised 20``: 20 steps (the default budget), paper's plain MSE vs the
-  variance-normalised loss;
-- ``last, normalised 200``: a ten times larger budget.
+- ``last, mse 20`` / ``last, mse 200``: 20 steps (the default budget) and ten times more.
 
 Columns ``err`` give the distilled students' normalised error (share of the teacher's output variance not
 reproduced), averaged over the window's segments.
@@ -42,15 +40,14 @@ from fedcore.model import build_model
 from fedcore.training.evaluate import evaluate
 
 WINDOWS = ((0, 1), (1, 3), (2, 2), (3, 1), (5, 1))
-#: (label, one-block rule, loss, steps); steps None = the undistilled copies
+#: (label, one-block rule, steps); steps None = the undistilled copies
 RULES = (
-    ("middle, undistilled", "middle", "mse", None),
-    ("middle, mse 20", "middle", "mse", 20),
-    ("middle, mse 200", "middle", "mse", 200),
-    ("last, undistilled", "last", "normalised", None),
-    ("last, mse 20", "last", "mse", 20),
-    ("last, normalised 20", "last", "normalised", 20),
-    ("last, normalised 200", "last", "normalised", 200),
+    ("middle, undistilled", "middle", None),
+    ("middle, mse 20", "middle", 20),
+    ("middle, mse 200", "middle", 200),
+    ("last, undistilled", "last", None),
+    ("last, mse 20", "last", 20),
+    ("last, mse 200", "last", 200),
 )
 
 
@@ -65,7 +62,6 @@ def students_for(
     model: nn.Module,
     window: range,
     rule: str,
-    loss: str,
     steps: int | None,
     proxy: Sequence,
     blocks: nn.ModuleList,
@@ -80,7 +76,7 @@ def students_for(
                 student, _ = distill.init_student([blocks[i] for i in segment], depth)
             else:
                 part = distill.distill_segment(
-                    model, segment, depth, proxy, steps=steps, lr=1e-4, alpha=0.0, seed=0, loss=loss
+                    model, segment, depth, proxy, steps=steps, lr=1e-4, alpha=0.0, seed=0
                 )
                 student = part.blocks
                 errors.append(part.error_after)
@@ -121,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_batches = make_batches(
         pool.select(range(args.examples)), tokenizer, "seq-cls", cfg.model.max_length, 64
     )
-    texts = load_proxy_texts(cfg.leff.proxy, cfg.leff.proxy_examples, cfg.seed)
+    texts = load_proxy_texts(cfg.proxy.name, cfg.proxy.examples, cfg.seed)
     proxy = make_batches(Dataset.from_dict({"text": texts}), tokenizer, "seq-cls", cfg.model.max_length, 32)
     blocks = find_blocks(model)[1]
     info = machine()
@@ -132,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         window = range(start, start + width)
         row: list = [f"{start}-{start + width - 1}"]
         data["windows"][row[0]] = {}
-        for label, rule, loss, steps in RULES:
-            layout, error = students_for(model, window, rule, loss, steps, proxy, blocks)
+        for label, rule, steps in RULES:
+            layout, error = students_for(model, window, rule, steps, proxy, blocks)
             with swap_blocks(model, layout):
                 accuracy = evaluate(model, eval_batches, "seq-cls")["accuracy"]
             data["windows"][row[0]][label] = {"accuracy": accuracy, "error": error}

@@ -43,14 +43,14 @@ from fedcore.cli.report import RunRecord, load_run, plot_runs  # noqa: E402
 FULL_LR = "train.lr=2e-4"
 #: DropPEFT as the paper has it: the bandit over two arms and personal layers (the preset's DropPEFT before
 #: its settings were chosen on the validation split; results before batch I call this variant `droppeft`).
-#: A preset replaces every key left at its default, so values equal to a default are spelled differently
-#: ('0.30', 'incremental,'): they parse to the same arms.
-PAPER_DROPPEFT = "method='droppeft' drop.rates='0.15,0.30' ptls.fraction=0.25"
+PAPER_DROPPEFT = "method='droppeft' droppeft.rates='0.15,0.3' ptls.fraction=0.25"
 #: layer dropout only where a device would hold the round up (``drop.target-speed``)
-SPEED_MATCHED = "method='droppeft' drop.rates='0' drop.target-speed=0.5"
+SPEED_MATCHED = "method='droppeft' droppeft.rates='0' drop.target-speed=0.5"
 #: LEFF's importance windows at the temperature the importance variants below were measured at before
 #: the default became 0.1 (the ``leff-t0.1`` variants are today's default)
 T1 = "leff.temperature=1.0"
+#: the paper's distilled students (the stand-in of the variants named without ``bf16``)
+STUDENTS = "leff.stand-in='students'"
 #: variant -> overrides on top of the preset (the default of each method is its own name, LEFF's apart)
 VARIANTS = {
     "fedlora": "method='fedlora'",
@@ -62,8 +62,8 @@ VARIANTS = {
     # the preset's DropPEFT: one arm (0.15, sensitivity) without personal layers, chosen on validation
     "droppeft": "method='droppeft'",
     "droppeft-paper": PAPER_DROPPEFT,
-    "droppeft-incremental": f"{PAPER_DROPPEFT} drop.shapes='incremental,'",
-    "droppeft-sensitivity": f"{PAPER_DROPPEFT} drop.shapes='sensitivity'",
+    "droppeft-incremental": f"{PAPER_DROPPEFT} droppeft.shapes='incremental'",
+    "droppeft-sensitivity": f"{PAPER_DROPPEFT} droppeft.shapes='sensitivity'",
     "droppeft-fixed0.3": f"{PAPER_DROPPEFT} drop.mode='fixed' drop.mean-rate=0.3 drop.shape='sensitivity'",
     "droppeft-stld-only": "method='droppeft' drop.mode='fixed' drop.mean-rate=0.3 drop.shape='sensitivity' "
     "ptls.fraction=0",
@@ -72,35 +72,28 @@ VARIANTS = {
     "droppeft-fixed0.15-no-ptls": "method='droppeft' drop.mode='fixed' drop.mean-rate=0.15 "
     "drop.shape='sensitivity' ptls.fraction=0",
     # the paper's DropPEFT (personal layers included) with the bandit's better arm as its only arm
-    "droppeft-arm0.15": "method='droppeft' drop.rates='0.15' ptls.fraction=0.25",
-    # rate compensation: each block's learning rate divided by (1 - its drop rate)
-    "droppeft-stld-only-lrcomp": "method='droppeft' drop.mode='fixed' drop.mean-rate=0.3 "
-    "drop.shape='sensitivity' ptls.fraction=0 drop.lr-compensation=true",
+    "droppeft-arm0.15": "method='droppeft' droppeft.rates='0.15' ptls.fraction=0.25",
     # the paper's DropPEFT without personal layers: isolates what PTLS costs the global model
-    "droppeft-no-ptls": "method='droppeft' drop.rates='0.15,0.30' ptls.fraction=0",
+    "droppeft-no-ptls": "method='droppeft' droppeft.rates='0.15,0.3' ptls.fraction=0",
     "droppeft-warmup": f"{PAPER_DROPPEFT} drop.warmup=0.5",
     # the bandit's probe on one training batch (8 rows) instead of 32: the two full-model passes over 32
     # rows cost a testbed client about as much as 2-3 of its 5 training steps
-    "droppeft-probe8": f"{PAPER_DROPPEFT} drop.probe-examples=8",
+    "droppeft-probe8": f"{PAPER_DROPPEFT} droppeft.probe-examples=8",
     # layer dropout only where a device would hold the round up: the quarter-speed devices drop half their
     # blocks (a half-speed device's time at full depth), the others run at full depth
     "droppeft-speed-matched": SPEED_MATCHED,
-    # the speed-matched clients' updates made as large as at full depth (each block's step divided by 1 - its
-    # rate), a diagnosis of whether too small an update is what delays the global model (batch W; the same
-    # batch counted their block updates by the share of steps each block ran, an option since removed)
-    "droppeft-speed-matched-lrcomp": f"{SPEED_MATCHED} drop.lr-compensation=true",
     # the full-depth counterpart of speed-matched dropout: the quarter-speed devices run 2 of the 5 local
     # steps (floor of a half-speed device's time) at full depth, the others all 5 (train.target-speed);
     # separates the cost of skipping blocks from the cost of doing less work on the slow devices
     "fedlora-step-matched": "method='fedlora' train.target-speed=0.5",
-    "leff": f"method='leff' {FULL_LR} {T1}",
-    "leff-random": f"method='leff' {FULL_LR} leff.window='random'",
-    "leff-round-robin": f"method='leff' {FULL_LR} leff.window='round-robin'",
-    "leff-t0.1": f"method='leff' {FULL_LR} leff.temperature=0.1",
-    "leff-protected": f"method='leff' {FULL_LR} {T1} leff.keep-protected=true",
+    "leff": f"method='leff' {FULL_LR} {STUDENTS} {T1}",
+    "leff-random": f"method='leff' {FULL_LR} {STUDENTS} leff.window='random'",
+    "leff-round-robin": f"method='leff' {FULL_LR} {STUDENTS} leff.window='round-robin'",
+    "leff-t0.1": f"method='leff' {FULL_LR} {STUDENTS} leff.temperature=0.1",
+    "leff-protected": f"method='leff' {FULL_LR} {STUDENTS} {T1} leff.keep-protected=true",
     # better students at the same server cost (benchmarks/results/leff_distill_lr.md): distilled at lr 1e-3
     # on the server's validation texts instead of at 1e-4 on the generic proxy headlines
-    "leff-students-val-lr1e-3": f"method='leff' {FULL_LR} {T1} leff.proxy='server:validation' "
+    "leff-students-val-lr1e-3": f"method='leff' {FULL_LR} {STUDENTS} {T1} proxy.name='server:validation' "
     "leff.distill-lr=1e-3",
     # LEFF with the frozen blocks themselves in bfloat16 instead of distilled students (this project's
     # option, fedcore/mechanisms/frozen_precision.py), and its window ablations
@@ -117,7 +110,7 @@ VARIANTS = {
     # over scores normalised to [0, 1] draws windows almost uniformly (leff_window_spread.md): sharper
     "leff-bf16-t0.1": f"method='leff' {FULL_LR} leff.stand-in='bfloat16' leff.temperature=0.1",
     # a diagnosis, not a method: LEFF with its frozen blocks exact (no compression, no distillation)
-    "leff-exact": f"method='leff' {FULL_LR} {T1} leff.compression=1.0 leff.distill-steps=0",
+    "leff-exact": f"method='leff' {FULL_LR} {STUDENTS} {T1} leff.compression=1.0 leff.distill-steps=0",
 }
 
 

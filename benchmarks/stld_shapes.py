@@ -46,7 +46,7 @@ def sensitivity_rates(mean: float) -> tuple[tuple[float, ...], list[float]]:
     cfg = RunConfig.from_flat({"preset": "paper-cls", "method": "fedlora", "model.max-length": 32})
     torch.manual_seed(0)
     model, tokenizer = build_model(cfg, num_labels=5)
-    texts = load_proxy_texts(cfg.leff.proxy, 64, 0)
+    texts = load_proxy_texts(cfg.proxy.name, 64, 0)
     scores = block_sensitivity(
         model, make_batches(Dataset.from_dict({"text": texts}), tokenizer, "seq-cls", 32, 32)
     )
@@ -59,7 +59,7 @@ def sensitivity(seed: int) -> dict:
     torch.manual_seed(seed)
     model, tokenizer = build_model(cfg, num_labels=0)
     model.eval()
-    texts = load_proxy_texts(cfg.leff.proxy, 64, seed)
+    texts = load_proxy_texts(cfg.proxy.name, 64, seed)
     batches = make_batches(Dataset.from_dict({"text": texts}), tokenizer, "causal-lm", 32, 32)
     num_blocks = LayerMap(model).num_blocks
 

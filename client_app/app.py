@@ -10,7 +10,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from client_app.cpu_share import wait_passively
-from client_app.info import node_info
+from client_app.info import node_info, simulated
 from fedcore.config import RunConfig
 from fedcore.core import wire
 from fedcore.core.wire import config_to_dict
@@ -29,4 +29,4 @@ def train(msg: Message, context: Context) -> Message:
 @app.query(wire.INFO_QUERY)
 def info(msg: Message, context: Context) -> Message:
     cfg = RunConfig.from_flat(config_to_dict(msg.content.config_records[wire.RUN_CONFIG]))
-    return Message(node_info(dict(context.node_config), cfg), reply_to=msg)
+    return Message(node_info(dict(context.node_config), cfg, simulated(msg.content)), reply_to=msg)

@@ -18,16 +18,16 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from client_app.cpu_share import use_cpu_share
-from client_app.info import node_partition
+from client_app.info import simulated
 from client_app.personal_store import PersonalStore
 from fedcore.config import RunConfig
 from fedcore.core import wire
-from fedcore.core.devices import DeviceProfile, profile_for
+from fedcore.core.devices import profile_for
 from fedcore.core.layers import LayerMap, block_of_group
 from fedcore.core.plan import LayerPlan
 from fedcore.core.wire import config_to_dict, received_state, state_to_arrays
 from fedcore.data.batching import Batch, make_batches
-from fedcore.data.splits import ClientSplits, client_splits
+from fedcore.data.sources import data_source
 from fedcore.data.tables import probe_split
 from fedcore.mechanisms.frozen_precision import hold_frozen_blocks
 from fedcore.mechanisms.partial_model import Layout, build_layout_model
@@ -45,12 +45,6 @@ class ClientModel:
 
 
 _model_cache: dict[tuple, ClientModel] = {}
-
-
-def local_data(cfg: RunConfig, node_config: dict[str, Any]) -> tuple[int, ClientSplits]:
-    partition_id, num_partitions = node_partition(cfg, node_config)
-    splits = client_splits(cfg.data, cfg.model.task, cfg.seed, partition_id, num_partitions)
-    return partition_id, splits
 
 
 def cached_model(cfg: RunConfig, num_labels: int, depth: int, frozen_dtype: str = "") -> ClientModel:
@@ -81,9 +75,10 @@ def execute_train(content: RecordDict, node_config: dict[str, Any]) -> RecordDic
     began = time.perf_counter()
     use_cpu_share()
     cfg, plan, arrays, run_name = decode(content)
-    partition_id, splits = local_data(cfg, node_config)
-    store = PersonalStore.for_node(node_config, run_name, partition_id)
-    profile = profile_for(partition_id, cfg.devices.profiles, node_config)
+    source = data_source(cfg, node_config)
+    splits = source.splits(cfg)
+    store = PersonalStore.for_node(node_config, run_name, source.client_key)
+    device_name, slowdown = emulated_device(content, source.partition_id, cfg, node_config)
     client = cached_model(cfg, splits.num_labels, len(plan.block_sources), plan.frozen_dtype)
     # The client model's own (local) names differ from the global ones only for LEFF layouts; the layout
     # is the one place that switches between them.
@@ -110,13 +105,24 @@ def execute_train(content: RecordDict, node_config: dict[str, Any]) -> RecordDic
             wire.EXAMPLES: len(train_rows),
             wire.PERSONAL_BLOCKS: len(keep),
             wire.MODEL_BLOCKS: client.layer_map.num_blocks,
-            wire.DEVICE_TIME_S: outcome.metrics[wire.COMPUTE_TIME_S] / profile.speed,
+            wire.DEVICE_TIME_S: outcome.metrics[wire.COMPUTE_TIME_S] * slowdown,
             wire.BYTES_DOWN: bytes_down,
             wire.BYTES_UP: update.count_bytes(),
             wire.WALL_TIME_S: time.perf_counter() - began,
         }
     )
-    return reply(update, metrics, profile, held)
+    return reply(update, metrics, device_name, held)
+
+
+def emulated_device(
+    content: RecordDict, partition_id: int | None, cfg: RunConfig, node_config: dict[str, Any]
+) -> tuple[str, float]:
+    """(device name, factor from compute time to device time): in simulation the node's profile and
+    1 / its speed; in deployment the real time (factor 1) of the named or measured device."""
+    if simulated(content):
+        profile = profile_for(partition_id, cfg.devices.profiles, node_config)
+        return profile.name, 1.0 / profile.speed
+    return str(node_config.get("device", "measured")), 1.0
 
 
 def decode(content: RecordDict) -> tuple[RunConfig, LayerPlan, ArrayRecord, str]:
@@ -240,10 +246,10 @@ def build_upload(
 
 
 def reply(
-    update: ArrayRecord, metrics: dict[str, float], profile: DeviceProfile, personal_groups: list[str]
+    update: ArrayRecord, metrics: dict[str, float], device_name: str, personal_groups: list[str]
 ) -> RecordDict:
     """The reply content: the update, the numbers, and the facts that are not numbers."""
-    report = {wire.REPORT_DEVICE: profile.name, wire.REPORT_PERSONAL_GROUPS: personal_groups or [""]}
+    report = {wire.REPORT_DEVICE: device_name, wire.REPORT_PERSONAL_GROUPS: personal_groups or [""]}
     return RecordDict(
         {
             wire.UPDATE: update,

@@ -37,17 +37,18 @@ def default_personal_dir() -> Path:
 
 @dataclass(frozen=True)
 class PersonalStore:
-    """The personal layers of one partition in one run (global parameter names)."""
+    """The personal layers of one client in one run (global parameter names)."""
 
     folder: Path
 
     @classmethod
-    def for_node(cls, node_config: dict[str, Any], run_name: str, partition_id: int) -> PersonalStore:
+    def for_node(cls, node_config: dict[str, Any], run_name: str, client_key: str) -> PersonalStore:
+        """``client_key``: the node's data source's (its partition, or its own data)."""
         if not _RUN_NAME.fullmatch(run_name):
             raise ValueError(f"run name {run_name!r} from the server is not a plain directory name")
         configured = node_config.get(NODE_PERSONAL_DIR)
         root = Path(str(configured)).expanduser() if configured else default_personal_dir()
-        return cls(root / run_name / f"partition-{partition_id}")
+        return cls(root / run_name / client_key)
 
     def before(self, round_number: int) -> dict[str, torch.Tensor]:
         """The personal layers as they were after the newest round before ``round_number``."""

@@ -49,12 +49,12 @@ import json, sys, time
 t0 = time.perf_counter()
 import client_app.app
 import client_app.executor  # what the train handler imports
-from client_app.executor import local_data
 from fedcore.config import RunConfig
+from fedcore.data.sources import data_source
 from fedcore.model import build_model
 t1 = time.perf_counter()
 cfg = RunConfig.from_flat(json.loads(sys.argv[1]))
-_, splits = local_data(cfg, {"partition-id": 0, "num-partitions": 2})
+splits = data_source(cfg, {"partition-id": 0, "num-partitions": 2}).splits(cfg)
 t2 = time.perf_counter()
 build_model(cfg, splits.num_labels)
 t3 = time.perf_counter()

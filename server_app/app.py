@@ -13,5 +13,5 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = RunConfig.from_flat(dict(context.run_config))
+    cfg = RunConfig.from_flower(dict(context.run_config), grid.run.override_config)
     run_federation(grid, cfg)

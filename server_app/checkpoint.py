@@ -3,9 +3,11 @@
 After every completed round the server writes ``checkpoint/`` in the run directory: the global tunable
 state (safetensors carrying a hash of its values) and ``checkpoint.json`` (round, planner state, best
 accuracy, elapsed time, the run config, a fingerprint of the model's tunable parameters and the state's
-hash). Both files are written to a temporary directory first and swapped in with renames; a kill between
-the renames is recovered from the complete copy left beside it. On load every value is verified against
-its hash and must be finite, so a damaged checkpoint is refused instead of resumed.
+hash), itself under a hash of all its other fields, so the whole checkpoint is covered by one chain of
+hashes: an edited round number or planner state is refused like a damaged tensor. Both files are
+written to a temporary directory first and swapped in with renames; a kill between the renames is
+recovered from the complete copy left beside it. On load every value is verified against its hash and
+must be finite, so a damaged checkpoint is refused instead of resumed.
 Every other random choice derives from (seed, round, partition), so no RNG state needs saving.
 """
 
@@ -29,10 +31,20 @@ from server_app.run_log import is_finished, recover_dir, replace_dir, swap_paths
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "global.safetensors"
 META_FILE = "checkpoint.json"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: config sections that must not change when a run is resumed (they define what is being trained)
 _FIXED_PREFIXES = ("method", "seed", "model.", "tuning.", "data.", "drop.", "ptls.", "devices.")
-_REQUIRED = ("round", "planner", "best_accuracy", "elapsed_s", "config", "fingerprint", "state_sha256")
+_REQUIRED = (
+    "round",
+    "planner",
+    "best_accuracy",
+    "elapsed_s",
+    "config",
+    "holders",
+    "fingerprint",
+    "state_sha256",
+)
+_META_HASH = "meta_sha256"
 
 
 class CheckpointError(ValueError):
@@ -47,6 +59,8 @@ class Checkpoint:
     best_accuracy: float | None
     elapsed_s: float
     config: dict[str, Any]
+    #: partition -> the node id that holds it in this run (server_app/nodes.py assign_partitions)
+    holders: dict[int, int]
 
 
 def fingerprint(state: dict[str, torch.Tensor]) -> str:
@@ -68,9 +82,11 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
         "best_accuracy": checkpoint.best_accuracy,
         "elapsed_s": checkpoint.elapsed_s,
         "config": checkpoint.config,
+        "holders": {str(partition): node for partition, node in checkpoint.holders.items()},
         "fingerprint": fingerprint(checkpoint.global_state),
         "state_sha256": digest,
     }
+    meta[_META_HASH] = _meta_digest(meta)
     write_atomic(tmp / META_FILE, json.dumps(meta, indent=2, sort_keys=True))
     replace_dir(tmp, final)
 
@@ -97,9 +113,14 @@ def read_checkpoint(folder: Path) -> Checkpoint:
         raise CheckpointError(
             f"resume-from: {meta_path} is not a fedlayer checkpoint of format {FORMAT_VERSION}"
         )
-    missing = [key for key in _REQUIRED if key not in meta]
+    missing = [key for key in (*_REQUIRED, _META_HASH) if key not in meta]
     if missing:
         raise CheckpointError(f"resume-from: {meta_path} lacks {', '.join(missing)} (corrupt or edited)")
+    if _meta_digest(meta) != meta[_META_HASH]:
+        raise CheckpointError(
+            f"resume-from: {meta_path} does not match its hash (edited or corrupt); resume from an intact "
+            "copy or start afresh"
+        )
     _check_meta_types(meta, meta_path)
     try:
         state, digest = load_tensors(state_path)
@@ -117,7 +138,14 @@ def read_checkpoint(folder: Path) -> Checkpoint:
         best_accuracy=meta["best_accuracy"],
         elapsed_s=meta["elapsed_s"],
         config=meta["config"],
+        holders={int(partition): node for partition, node in meta["holders"].items()},
     )
+
+
+def _meta_digest(meta: dict[str, Any]) -> str:
+    """sha256 of every field but the hash itself, in canonical JSON."""
+    fields = {key: value for key, value in meta.items() if key != _META_HASH}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 def _check_meta_types(meta: dict[str, Any], meta_path: Path) -> None:
@@ -132,6 +160,8 @@ def _check_meta_types(meta: dict[str, Any], meta_path: Path) -> None:
         "best_accuracy": meta["best_accuracy"] is None or number(meta["best_accuracy"]),
         "elapsed_s": number(meta["elapsed_s"]) and meta["elapsed_s"] >= 0,
         "config": isinstance(meta["config"], dict),
+        "holders": isinstance(meta["holders"], dict)
+        and all(key.isdigit() and isinstance(node, int) for key, node in meta["holders"].items()),
     }
     bad = [key for key, ok in valid.items() if not ok]
     if bad:

@@ -17,6 +17,7 @@ import torch
 from datasets import Dataset
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
+from flwr.superlink.grid import InMemoryGrid
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -25,20 +26,30 @@ from fedcore.core import wire
 from fedcore.core.aggregate import ClientUpdate, UpdateRejected, aggregate_layerwise, validate_update
 from fedcore.core.files import write_json_atomic
 from fedcore.core.layers import LayerMap
+from fedcore.core.limits import check_record, clip_text
 from fedcore.core.plan import LayerPlan
 from fedcore.core.reply_schema import SchemaError, check_train_metrics
-from fedcore.core.robust import cap_weights, clip_to_median, stated_weight
+from fedcore.core.robust import cap_weights, clip_updates, stated_weight
 from fedcore.core.seeding import derive_seed
 from fedcore.core.wire import dict_to_config, received_state, state_to_arrays
 from fedcore.data.batching import Batch, make_batches
 from fedcore.data.splits import server_splits
+from fedcore.data.tables import label_names
 from fedcore.methods.base import ClientInfo, ClientPlan, ClientResult, Planner
 from fedcore.methods.registry import make_planner
 from fedcore.model import build_model, load_tunable_state, tunable_state
 from fedcore.training.evaluate import evaluate
 from server_app import console
-from server_app.checkpoint import Checkpoint, check_compatible, load_checkpoint, save_checkpoint
-from server_app.nodes import query_clients, replies_by_node, wait_for_nodes
+from server_app.checkpoint import (
+    CHECKPOINT_DIR,
+    Checkpoint,
+    CheckpointError,
+    check_compatible,
+    load_checkpoint,
+    save_checkpoint,
+)
+from server_app.model_export import base_reference, make_portable, model_card
+from server_app.nodes import query_clients, wait_for_nodes
 from server_app.progress import Progress
 from server_app.run_log import RunLog, new_run_dir
 from server_app.run_report import write_run_report
@@ -75,6 +86,10 @@ class ServerState:
     progress: Progress = field(default_factory=Progress)
     #: the run's identity, which a resume keeps: clients store their personal layers by it
     run_name: str = ""
+    #: a simulation (Flower's in-memory grid): clients emulate device profiles instead of measuring
+    simulated: bool = True
+    #: partition -> node id holding it in this run, which a resume keeps (nodes.assign_partitions)
+    holders: dict[int, int] = field(default_factory=dict)
 
 
 def sample_clients(clients: list[ClientInfo], cfg: RunConfig, round_number: int) -> list[ClientInfo]:
@@ -84,12 +99,14 @@ def sample_clients(clients: list[ClientInfo], cfg: RunConfig, round_number: int)
     return sorted(rng.sample(clients, cfg.clients.per_round), key=lambda c: c.partition_id)
 
 
-def train_message(client: ClientInfo, planned: ClientPlan, cfg: RunConfig, run_name: str) -> Message:
+def train_message(
+    client: ClientInfo, planned: ClientPlan, cfg: RunConfig, run_name: str, simulated: bool
+) -> Message:
     content = RecordDict(
         {
             wire.PLAN: dict_to_config(planned.plan.to_dict()),
             wire.RUN_CONFIG: dict_to_config(cfg.to_flat()),
-            wire.RUN: dict_to_config({wire.RUN_NAME: run_name}),
+            wire.RUN: dict_to_config({wire.RUN_NAME: run_name, wire.SIMULATED: simulated}),
             wire.GLOBAL: state_to_arrays(planned.payload, cfg.round.wire_dtype),
         }
     )
@@ -107,30 +124,38 @@ def collect_reply(
     """Turn one reply into a metrics row and, if it is sound, an update to aggregate.
 
     The reply's numbers enter the row only once they pass the schema, and never over the server's own
-    fields (who answered, the status, the bytes measured here); its tensors are checked as they
-    travelled, before anything converts them.
+    fields (who answered, the status, the bytes measured here); its tensors are checked by what they
+    declare (names, shapes, bytes) before any is decoded, and again as decoded before anything converts
+    them. Every text the client controls is cut to limits.text-chars.
     """
     row: dict[str, Any] = {"node_id": client.node_id, "partition_id": client.partition_id}
     row["plan"] = plan.as_log()
+    limits = cfg.limits
     if reply.has_error():
-        return ClientOutcome({**row, "status": "failed", "reason": reply.error.reason}, None)
+        reason = clip_text(str(reply.error.reason), limits.text_chars)
+        return ClientOutcome({**row, "status": "failed", "reason": reason}, None)
     try:
-        metrics = check_train_metrics(
-            dict(reply.content.metric_records[wire.TRAIN_METRICS]), probe=plan.probe_examples > 0
-        )
+        metric_record = reply.content.metric_records[wire.TRAIN_METRICS]
+        if len(metric_record) > limits.list_items:
+            raise SchemaError(f"{len(metric_record)} metrics exceed limits.list-items={limits.list_items}")
+        metrics = check_train_metrics(dict(metric_record), probe=plan.probe_examples > 0)
         record = reply.content.array_records[wire.UPDATE]
-        update = received_state(record)
         wanted = set(plan.train_groups)
         plan_expected = {n: s for n, s in expected.items() if layer_map.group_of(n) in wanted}
+        check_record(record, plan_expected, limits.reply_mb * 1e6, limits.list_items)
+        update = received_state(record)
         validate_update(update, plan_expected, layer_map.group_of, wire.wire_dtype_of(cfg.round.wire_dtype))
     except (SchemaError, UpdateRejected) as exc:
-        return ClientOutcome({**row, "status": "rejected", "reason": str(exc)}, None)
+        return ClientOutcome(
+            {**row, "status": "rejected", "reason": clip_text(str(exc), limits.text_chars)}, None
+        )
     except (KeyError, TypeError, ValueError) as exc:
-        return ClientOutcome({**row, "status": "rejected", "reason": f"malformed reply: {exc!r}"}, None)
+        reason = clip_text(f"malformed reply: {exc!r}", limits.text_chars)
+        return ClientOutcome({**row, "status": "rejected", "reason": reason}, None)
     row = {**metrics, **row, wire.BYTES_UP: record.count_bytes(), "status": "ok", "reason": None}
     weight = stated_weight(metrics[wire.EXAMPLES], client.num_examples)
     tensors = {name: tensor.float() for name, tensor in update.items()}
-    return ClientOutcome(row, ClientUpdate(client.node_id, weight, tensors))
+    return ClientOutcome(row, ClientUpdate(client.node_id, weight, tensors, client.examples_checked))
 
 
 def bound_and_aggregate(state: ServerState, outcomes: list[ClientOutcome]) -> None:
@@ -139,7 +164,7 @@ def bound_and_aggregate(state: ServerState, outcomes: list[ClientOutcome]) -> No
     cfg = state.cfg
     sound = [o for o in outcomes if o.update is not None]
     updates = cap_weights([o.update for o in sound], cfg.round.weight_cap)
-    updates, scales = clip_to_median(updates, state.layer_map.group_of, cfg.round.clip_factor)
+    updates, scales = clip_updates(updates, state.layer_map.group_of, cfg.round.clip_factor)
     for outcome, update, scale in zip(sound, updates, scales, strict=True):
         outcome.row.update(weight=update.weight, clip_scale=scale)
     if len(updates) >= cfg.clients.min:
@@ -179,10 +204,17 @@ def prepare(cfg: RunConfig) -> tuple[ServerState, RunLog, PreTrainedTokenizerBas
     check_compatible(checkpoint, cfg, global_state)
     state.global_state = {name: checkpoint.global_state[name] for name in global_state}
     load_tunable_state(model, state.global_state)
-    state.planner.load_state_dict(checkpoint.planner_state)
+    try:
+        state.planner.load_state_dict(checkpoint.planner_state)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise CheckpointError(
+            f"resume-from: the planner state in {run_dir / CHECKPOINT_DIR} does not fit method={cfg.method} "
+            f"({exc!r}); resume with the settings it was made with"
+        ) from None
     state.first_round = checkpoint.round + 1
     state.best_accuracy = checkpoint.best_accuracy
     state.elapsed_before_s = checkpoint.elapsed_s
+    state.holders = checkpoint.holders
     log = RunLog(run_dir, cfg.to_flat())
     log.truncate_after(checkpoint.round)
     return state, log, tokenizer
@@ -195,20 +227,28 @@ def run_round(
     cfg = state.cfg
     chosen = sample_clients(clients, cfg, round_number)
     planned = state.planner.plan(round_number, chosen, state.global_state)
-    messages = [train_message(c, planned[c.node_id], cfg, state.run_name) for c in chosen]
+    messages = [train_message(c, planned[c.node_id], cfg, state.run_name, state.simulated) for c in chosen]
     plans = {node_id: p.plan for node_id, p in planned.items()}
     del planned  # each payload now lives in its message only
     bytes_down = {
         m.metadata.dst_node_id: m.content.array_records[wire.GLOBAL].count_bytes() for m in messages
     }
     label = f"round {round_number}/{cfg.rounds}"
-    replies = replies_by_node(state.progress.collect(grid, messages, cfg.round.timeout, label), messages)
+    collected = state.progress.collect(grid, messages, cfg.round.timeout, label, cfg.limits.text_chars)
     outcomes = []
     for client in chosen:
-        if client.node_id in replies:
+        if client.node_id in collected.replies:
             outcome = collect_reply(
-                replies[client.node_id], client, plans[client.node_id], state.shapes, state.layer_map, cfg
+                collected.replies[client.node_id],
+                client,
+                plans[client.node_id],
+                state.shapes,
+                state.layer_map,
+                cfg,
             )
+        elif client.node_id in collected.undecodable:
+            row = {"node_id": client.node_id, "partition_id": client.partition_id, "status": "rejected"}
+            outcome = ClientOutcome({**row, "reason": collected.undecodable[client.node_id]}, None)
         else:
             reason = f"no reply within round.timeout={cfg.round.timeout:g} s"
             row = {"node_id": client.node_id, "partition_id": client.partition_id, "status": "timeout"}
@@ -225,9 +265,12 @@ def run_round(
 
 
 def evaluate_server(state: ServerState) -> dict[str, Any]:
-    """The global model on the test split, and on the validation split (keys prefixed ``val_``) if any."""
+    """The global model on the test split, and on the validation split (keys prefixed ``val_``) if any.
+
+    No test rows, no test metrics: the server of a node-data federation without data.server-test.
+    """
     task = state.cfg.model.task
-    metrics = evaluate(state.model, state.eval_batches, task)
+    metrics = evaluate(state.model, state.eval_batches, task) if state.eval_batches else {}
     if state.validation_batches:
         validation = evaluate(state.model, state.validation_batches, task)
         metrics.update({f"val_{key}": value for key, value in validation.items()})
@@ -254,6 +297,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     """Run (or continue) one federation; returns the run directory."""
     state, log, tokenizer = prepare(cfg)
     state.run_name = log.run_id
+    state.simulated = isinstance(grid, InMemoryGrid)
     board = open_tensorboard(cfg.output.tensorboard, log.dir)
     task = cfg.model.task
     print(f"fedlayer: method={cfg.method} model={cfg.model.name} run dir {log.dir}", flush=True)
@@ -272,7 +316,9 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     startup_began = time.perf_counter()
     node_ids = wait_for_nodes(grid, cfg.clients.min, cfg.round.timeout)
     # Start-up answers come from freshly started client processes: allow at least QUERY_TIMEOUT_S.
-    clients, left_out = query_clients(grid, node_ids, cfg, max(cfg.round.timeout, QUERY_TIMEOUT_S))
+    timeout = max(cfg.round.timeout, QUERY_TIMEOUT_S)
+    clients, left_out = query_clients(grid, node_ids, cfg, timeout, state.holders, state.simulated)
+    state.holders = {**state.holders, **{c.partition_id: c.node_id for c in clients}}
     for node_id, (status, reason) in left_out.items():
         log.row({"kind": "node", "node_id": node_id, "status": status, "reason": reason})
         print(f"fedlayer: node {node_id} {status}: {reason}", flush=True)
@@ -306,11 +352,15 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
                 best_accuracy=state.best_accuracy,
                 elapsed_s=last["elapsed_s"],
                 config=cfg.to_flat(),
+                holders=state.holders,
             ),
         )
 
     if cfg.output.save_model:
-        log.save_model(state.model, tokenizer)
+        reference = base_reference(cfg.model.name)
+        labels = label_names(state.test)
+        make_portable(state.model, reference, labels)
+        log.save_model(state.model, tokenizer, model_card(cfg, reference, labels, last))
     if task == "causal-lm":
         write_json_atomic(log.dir / "samples.json", generate_samples(state.model, tokenizer, state.test))
     log.summary(

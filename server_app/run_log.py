@@ -25,6 +25,7 @@ from fedcore.config import ConfigError
 from fedcore.core.files import write_atomic, write_json_atomic
 
 SUMMARY = "summary.json"
+REPORT = "report.md"
 METRICS = "metrics.jsonl"
 #: the run's identity: its directory's name and a random suffix, written once, kept by every resume
 RUN_ID = "run-id"
@@ -73,8 +74,9 @@ def recover_dir(final: Path, verify: Callable[[Path], object]) -> bool:
 
 
 def is_finished(run_dir: Path) -> bool:
-    """Whether the run wrote its summary, the last thing a completed run does."""
-    return (run_dir / SUMMARY).is_file()
+    """Whether the run wrote its summary and then its report, the last things a completed run does (a run
+    killed between the two is not finished: a resume completes it)."""
+    return (run_dir / SUMMARY).is_file() and (run_dir / REPORT).is_file()
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -159,13 +161,24 @@ class RunLog:
     def summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.dir / SUMMARY, summary)
 
-    def save_model(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> Path:
-        """save_pretrained (an adapter for LoRA, the full model otherwise), swapped in atomically."""
+    def save_model(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, card: str) -> Path:
+        """save_pretrained (an adapter for LoRA, the full model otherwise) with ``card`` as README.md,
+        swapped in atomically.
+
+        An adapter folder also gets the model's config.json, so its label names travel with it.
+        """
         final = self.dir / "model"
         tmp, _ = swap_paths(final)
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
+        if type(model).__module__.startswith("peft"):
+            # no embedding layer is ever tuned here; peft would otherwise look the base up to check that
+            model.save_pretrained(tmp, save_embedding_layers=False)
+        else:
+            model.save_pretrained(tmp)
+        if not (tmp / "config.json").exists():
+            model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        write_atomic(tmp / "README.md", card)
         replace_dir(tmp, final)
         return final
 

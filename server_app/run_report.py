@@ -22,6 +22,7 @@ from fedcore.cli.report import (
 )
 from fedcore.core import wire
 from fedcore.core.files import write_atomic
+from server_app.run_log import REPORT
 
 #: per-round columns of report.md: (metrics key, title); bytes are shown in MB
 _ROUND_COLUMNS = [
@@ -43,7 +44,7 @@ def write_run_report(run_dir: Path) -> Path:
     """Write the plots and report.md into ``run_dir``; returns the report's path."""
     run = load_run(run_dir)
     plots = [*plot_runs([run], run_dir), save_figure(_per_client_figure(run), run_dir / "clients.png")]
-    report = run_dir / "report.md"
+    report = run_dir / REPORT  # last: its presence marks the run finished (run_log.is_finished)
     write_atomic(report, render(run, [plot.name for plot in plots]))
     return report
 

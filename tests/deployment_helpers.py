@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEPLOY_TOOL = [sys.executable, str(REPO_ROOT / "deploy" / "fedlayer_deploy.py")]
+DEPLOY_TOOL = [sys.executable, "-m", "fedcore.cli.main", "deploy"]
 BIN = Path(sys.executable).parent
 
 
@@ -157,14 +157,20 @@ def nodes_online(env: dict[str, str], connection: str) -> int:
 
 
 def run_app(
-    env: dict[str, str], connection: str, run_config: str, output_dir: Path, timeout_s: float
+    env: dict[str, str],
+    connection: str,
+    run_config: str,
+    output_dir: Path,
+    timeout_s: float,
+    app_dir: Path = REPO_ROOT,
 ) -> tuple[int, str]:
-    """Submit the app and wait for the run to finish; returns (run id, final status from `flwr ls`).
+    """Submit the app (this one unless ``app_dir``) and wait for the run to finish; returns (run id, final
+    status from `flwr ls`).
 
     Each `flwr` call costs about a second of CPU that the ClientApps need on a 2-core box, so the status
     is read every 10 s, or at once when the run's summary.json appears in output_dir.
     """
-    submitted = flwr_json(env, "run", str(REPO_ROOT), connection, "--run-config", run_config)
+    submitted = flwr_json(env, "run", str(app_dir), connection, "--run-config", run_config)
     if not submitted.get("success"):
         raise RuntimeError(f"flwr run failed: {submitted}")
     run_id = int(submitted["run-id"])

@@ -7,9 +7,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from flwr.common.config import flatten_dict
+from flwr.common.config import flatten_dict, parse_config_args
 
 from fedcore.config import ConfigError, RunConfig
+from fedcore.presets import PRESET_DIR, preset_names, preset_values
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,6 +62,8 @@ BAD_CONFIGS = [
     ({"train.warmup-fraction": 1.0}, "train.warmup-fraction"),
     ({"train.clip-norm": -1.0}, "train.clip-norm"),
     ({"round.timeout": 0}, "round.timeout"),
+    ({"round.timeout": 1e-9}, "round.timeout"),
+    ({"round.timeout": 9.5}, "round.timeout: must be greater than or equal to 10"),
     ({"eval.batch-size": 0}, "eval.batch-size"),
     ({"train.batch-size": "big"}, "train.batch-size"),
     ({"model": 3}, "model"),
@@ -73,11 +76,11 @@ BAD_CONFIGS = [
     ({"leff.window": "best"}, "leff.window"),
     ({"leff.compression": 0}, "leff.compression"),
     ({"leff.stand-in": "int3"}, "leff.stand-in"),
-    ({"leff.proxy": "server:validation"}, "leff.proxy"),
+    ({"proxy.name": "server:validation"}, "proxy.name"),
     ({"round.weight-cap": -1.0}, "round.weight-cap"),
     ({"leff.keep-protected": True, "leff.student-init": "uniform"}, "leff.keep-protected"),
     ({"method": "leff", "tuning.mode": "lora"}, "tuning.mode"),
-    ({"drop.rates": "0.2,1.5"}, "drop.rates"),
+    ({"droppeft.rates": "0.2,1.5"}, "droppeft.rates"),
     ({"drop.mode": "always"}, "drop.mode"),
     ({"ptls.fraction": 1.0}, "ptls.fraction"),
     ({"rounds": True}, "rounds"),
@@ -103,34 +106,99 @@ def test_bad_config_is_refused_naming_the_key(flat: dict, key: str) -> None:
     assert key in str(error.value)
 
 
-def test_readme_documents_every_key_with_its_default() -> None:
-    readme = (ROOT / "README.md").read_text()
-    for key, value in RunConfig().to_flat().items():
-        shown = (
-            str(value).lower()
-            if isinstance(value, bool)
-            else f'"{value}"'
-            if isinstance(value, str)
-            else value
-        )
-        assert f"| `{key}` | `{shown}` |" in readme, key
+@pytest.mark.parametrize("name", preset_names())
+def test_a_preset_sets_every_key_it_lists(name: str) -> None:
+    claimed = preset_values(name)
+    assert claimed, name
+    resolved = RunConfig.from_flat({"preset": name}).to_flat()
+    assert {key: resolved[key] for key in claimed} == claimed
 
 
-def test_preset_fills_defaults_but_explicit_values_win() -> None:
-    cfg = RunConfig.from_flat({"preset": "llm-austen", "train.local-steps": 4})
-    assert (cfg.model.task, cfg.data.natural_column, cfg.clients.num_partitions) == ("causal-lm", "book", 6)
-    assert cfg.train.local_steps == 4
-    assert RunConfig.from_flat({"preset": "llm-classifier"}).model.task == "seq-cls"
-    testbed = RunConfig.from_flat({"preset": "paper-cls", "method": "leff"})
-    assert (testbed.data.name, testbed.data.dirichlet_alpha, testbed.clients.num_partitions) == (
+def test_presets_compose_their_base_and_own_keys_win() -> None:
+    base, testbed = preset_values("smollm2"), preset_values("paper-cls")
+    assert {key: testbed[key] for key in base} == {**base, "eval.batch-size": 32}, "paper-cls sets its own"
+    assert "preset" not in testbed
+    cfg = RunConfig.from_flat({"preset": "paper-cls", "method": "leff"})
+    assert (cfg.data.name, cfg.data.dirichlet_alpha, cfg.clients.num_partitions) == (
         "embedded:bbc-news",
         0.1,
         8,
     )
-    assert testbed.data.validation_fraction > 0 and testbed.rounds >= 10
-    droppeft = RunConfig.from_flat({"preset": "paper-cls", "method": "droppeft"})
-    assert (droppeft.drop.rate_grid(), droppeft.ptls.fraction) == ([0.15], 0.0)
-    # the app sees only the merged config: a value equal to the default reads as unset, another spelling wins
-    for rates, grid in (("0.15,0.3", [0.15]), ("0.15,0.30", [0.15, 0.3])):
-        paper = RunConfig.from_flat({"preset": "paper-cls", "method": "droppeft", "drop.rates": rates})
-        assert paper.drop.rate_grid() == grid
+    assert cfg.learning_rate == 2e-4, "paper-cls runs full tuning at 2e-4"
+    assert RunConfig.from_flat({"preset": "paper-cls", "method": "fedlora"}).learning_rate == 1e-3
+
+
+def test_an_explicit_value_wins_over_the_preset_even_when_it_is_the_default() -> None:
+    default = RunConfig().to_flat()
+    assert preset_values("paper-cls")["train.local-steps"] != default["train.local-steps"]
+    cfg = RunConfig.from_flat({"preset": "paper-cls", "train.local-steps": default["train.local-steps"]})
+    assert cfg.train.local_steps == default["train.local-steps"]
+    assert cfg.rounds == 20, "the keys the override leaves alone keep the preset's value"
+
+
+def test_flower_run_config_overrides_win_over_the_preset(tmp_path: Path) -> None:
+    """Flower merges pyproject's defaults with the run's overrides; its record of the override keys is
+    what tells an override back to a default value apart from an untouched default."""
+    merged = {**RunConfig().to_flat(), "output.dir": str(tmp_path)}
+    overrides = {"preset": "llm-austen", "rounds": merged["rounds"], "train.local-steps": 4}
+    merged.update(overrides)
+    cfg = RunConfig.from_flower(merged, overrides)
+    assert cfg.rounds == merged["rounds"] != preset_values("llm-austen")["rounds"]
+    assert cfg.train.local_steps == 4
+    assert (cfg.model.task, cfg.data.natural_column, cfg.clients.num_partitions) == ("causal-lm", "book", 6)
+    # a preset chosen in pyproject itself, nothing overridden: the preset sets all it lists
+    assert RunConfig.from_flower({**merged, "preset": "llm-austen"}, {}).rounds == 3
+    # the resolved config, as sent to clients, parses to itself (its preset re-applied changes nothing)
+    assert RunConfig.from_flat(cfg.to_flat()) == cfg
+
+
+def test_a_preset_file_given_to_flower_runs_as_the_named_preset(tmp_path: Path) -> None:
+    """``flwr run . --run-config fedcore/presets/paper-cls.toml``: the file's keys are the overrides."""
+    merged = {**RunConfig().to_flat(), "output.dir": str(tmp_path)}
+    overrides = parse_config_args([str(PRESET_DIR / "paper-cls.toml")])
+    from_file = RunConfig.from_flower({**merged, **overrides}, overrides)
+    named = RunConfig.from_flower({**merged, "preset": "paper-cls"}, {"preset"})
+    assert from_file.model_dump(exclude={"preset"}) == named.model_dump(exclude={"preset"})
+
+
+MESSAGES = [
+    # (flat, what the message must contain)
+    ({"droppeft.rates": 0.15}, ["droppeft.rates", "quote it", "droppeft.rates='0.15'"]),
+    ({"ptls.fraction": "0.3"}, ["ptls.fraction", "unquoted", "ptls.fraction=0.3"]),
+    ({"rounds": "5"}, ["rounds", "whole number, unquoted", "rounds=5"]),
+    ({"clients.min": 2.0}, ["clients.min", "whole number, unquoted", "clients.min=2"]),
+    ({"eval.local": "yes"}, ["eval.local", "true or false"]),
+    ({"model.task": "translation"}, ["model.task", "'seq-cls' or 'causal-lm'", "model.task='seq-cls'"]),
+    ({"drop.rates": "0.15,0.3"}, ["drop.rates", "moved to droppeft.rates"]),
+    ({"leff.proxy": "embedded:proxy-text"}, ["leff.proxy", "moved to proxy.name"]),
+    ({"drop.lr-compensation": True}, ["drop.lr-compensation", "removed"]),
+    ({"preset": "paper"}, ["preset", "unknown preset 'paper'", "paper-cls"]),
+]
+
+
+@pytest.mark.parametrize(("flat", "expected"), MESSAGES, ids=[str(flat) for flat, _ in MESSAGES])
+def test_a_config_error_says_what_to_type(flat: dict, expected: list[str]) -> None:
+    with pytest.raises(ConfigError) as error:
+        RunConfig.from_flat(flat)
+    message = str(error.value)
+    for part in expected:
+        assert part in message
+    for internal in ("union", "literal[", "Input should", "pydantic", "errors.pydantic.dev"):
+        assert internal not in message
+
+
+def test_an_unusable_output_dir_is_refused_naming_the_key(tmp_path: Path) -> None:
+    merged = RunConfig().to_flat()
+    for unusable in ("/proc/nope", str(_a_file(tmp_path) / "runs")):
+        with pytest.raises(ConfigError, match=f"output.dir: cannot create or write to '{unusable}'"):
+            RunConfig.from_flower({**merged, "output.dir": unusable}, {"output.dir"})
+    fresh = tmp_path / "new" / "runs"
+    cfg = RunConfig.from_flower({**merged, "output.dir": str(fresh)}, {"output.dir"})
+    assert cfg.output.dir == str(fresh)
+    assert fresh.is_dir()
+
+
+def _a_file(directory: Path) -> Path:
+    path = directory / "a-file"
+    path.write_text("")
+    return path

@@ -2,17 +2,20 @@
 
 What simulation cannot show is tested here: the edge link is gRPC, TLS and node authentication keep an
 unregistered device out, the docker-compose commands are valid 1.39 command lines that really federate,
-and a device dying mid-round costs the run one reply, not the run.
+a device dying mid-round costs the run one reply, not the run, and a node run and restarted as its
+systemd unit says rejoins the run.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -27,6 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from fedcore.cli.launch import flower_env
 from fedcore.config import RunConfig
+from fedcore.deploy.systemd import RESTART_SEC
 from tests.conftest import make_tiny_model_dir, tiny_run_config
 from tests.deployment_helpers import (
     BIN,
@@ -46,7 +50,13 @@ RUN_TIMEOUT_S = 240
 
 def tool(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*DEPLOY_TOOL, *map(str, args)], capture_output=True, text=True, env=env, timeout=60, check=False
+        [*DEPLOY_TOOL, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,  # `python -m` imports this checkout's fedcore
+        timeout=60,
+        check=False,
     )
 
 
@@ -62,10 +72,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """CA + server certificate (SAN: superlink, 127.0.0.1) and two SuperNode key pairs, from our tool."""
+    """CA + server certificate (SAN: superlink, 127.0.0.1), two SuperNode key pairs and the SuperExec
+    secret, from our tool."""
     root = tmp_path_factory.mktemp("pki")
     ok(tool("certs", "--out", root / "certs", "--host", "superlink"))
     ok(tool("keys", "--out", root / "keys", "--count", "2"))
+    ok(tool("secret", "--out", root / "keys" / "superexec.secret"))
     return root
 
 
@@ -104,9 +116,12 @@ def start_superlink(daemons: Daemons, *tls: str | Path) -> tuple[int, int]:
     return fleet, control
 
 
-def start_supernode(daemons: Daemons, name: str, fleet: int, partition: int, *tls: str | Path) -> None:
+def start_supernode(
+    daemons: Daemons, name: str, fleet: int, partition: int, *tls: str | Path, partitions: int = 2
+) -> None:
     argv = [*DEPLOY_TOOL, "supernode", "--superlink", f"127.0.0.1:{fleet}", *map(str, tls)]
-    argv += ["--partition-id", str(partition), "--num-partitions", "2", "--port", str(daemons.port())]
+    argv += ["--partition-id", str(partition), "--num-partitions", str(partitions)]
+    argv += ["--port", str(daemons.port())]
     daemons.start(name, argv)
 
 
@@ -128,7 +143,7 @@ def wait_nodes(daemons: Daemons, connection: str, count: int) -> None:
 def one_error_line(result: subprocess.CompletedProcess[str], expected: str) -> None:
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fedlayer_deploy: error:"), result.stderr
+    assert len(lines) == 1 and lines[0].startswith("fedlayer deploy: error:"), result.stderr
     assert expected in lines[0]
 
 
@@ -269,6 +284,9 @@ def test_compose_file_is_consistent_and_every_flag_exists_in_flower_1_39() -> No
         a.split("=")[1] for n in superexecs for a in services[n]["command"] if a.startswith("--runtime-api")
     )
     assert runtime_targets == sorted(["superlink:9093", *(f"{n}:9094" for n in supernodes)])
+    # every runtime API on the compose network authenticates its SuperExec
+    for name in ["superlink", *supernodes, *superexecs]:
+        assert "--superexec-auth-secret-file=/run/secrets/superexec.secret" in services[name]["command"], name
     configs = [a for n in supernodes for a in services[n]["command"] if a.startswith("--node-config=")]
     assert [re.search(r"partition-id=(\d+)", c)[1] for c in configs] == ["0", "1"]
     assert all("num-partitions=2" in c for c in configs)
@@ -453,3 +471,99 @@ def test_supernode_killed_mid_round_costs_one_reply_not_the_run(
     rounds = {r["round"]: r for r in rows if r["kind"] == "global"}
     assert rounds[1]["aggregated"] and rounds[1]["clients_ok"] == 1
     assert rounds[2]["aggregated"] and rounds[2]["clients_ok"] == 1
+
+
+def unit_service(path: Path) -> tuple[list[str], dict[str, str], str]:
+    """(ExecStart words, Environment, Restart) of a unit from `fedlayer deploy systemd`, as systemd reads
+    them."""
+    entries = [line.split("=", 1) for line in path.read_text().splitlines() if "=" in line]
+    env = dict(shlex.split(value)[0].split("=", 1) for key, value in entries if key == "Environment")
+    (command,) = [shlex.split(value) for key, value in entries if key == "ExecStart"]
+    (restart,) = [value for key, value in entries if key == "Restart"]
+    return command, env, restart
+
+
+def test_node_restarted_by_its_service_unit_rejoins_the_run(
+    daemons: Daemons, pki: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """A node runs as its systemd unit says; killed mid-round, it is started again as Restart=on-failure
+    would, rejoins with the same key and answers the later rounds; the run completes."""
+    fleet, control = start_superlink(daemons, "--certs", pki / "certs")
+    connect(daemons, "tls", control, "--root-certificates", pki / "certs" / "ca.crt")
+    ok(tool("register", "tls", *public_keys(pki), "--flwr-home", daemons.env["FLWR_HOME"]))
+    ca = ("--root-certificates", pki / "certs" / "ca.crt")
+    start_supernode(daemons, "node-0", fleet, 0, *ca, "--key", pki / "keys" / "supernode-1")
+    node = ["supernode", "--superlink", f"127.0.0.1:{fleet}", *ca, "--key", pki / "keys" / "supernode-2"]
+    node += ["--partition-id", "1", "--num-partitions", "2", "--port", str(daemons.port())]
+    state = tmp_path / "node-1-state"
+    ok(tool("systemd", *node, "--out", tmp_path / "units", "--state-dir", state))
+    command, env, restart = unit_service(tmp_path / "units" / "fedlayer-supernode.service")
+    assert restart == "on-failure" and env["XDG_DATA_HOME"] == str(state)
+    daemons.start("node-1", command, {**daemons.env, **env})
+    wait_nodes(daemons, "tls", 2)
+
+    out = tmp_path / "outputs"
+    config = tiny_run(tiny_model, out, rounds=3, **{"clients.min": 1, "round.timeout": 60.0})
+    pool = ThreadPoolExecutor(1)
+    try:
+        run = pool.submit(run_app, daemons.env, "tls", config, out, RUN_TIMEOUT_S + 240)
+        victim = daemons.procs["node-1"]
+        daemons.wait_log("node-1", r"Receiving: train message", 180)
+        wait_for(lambda: clientapp_running(victim), 60, "round 1's ClientApp on the victim")
+        victim.send_signal(signal.SIGKILL)
+        assert victim.wait(timeout=10) == -signal.SIGKILL
+        current, restarts = "node-1", 0
+        while not run.done():  # what systemd does with Restart=on-failure and RestartSec
+            if daemons.procs[current].poll() not in (None, 0):
+                time.sleep(RESTART_SEC)
+                restarts += 1
+                current = f"node-1-restart-{restarts}"
+                daemons.start(current, command, {**daemons.env, **env})
+            time.sleep(1)
+        _, status = run.result(timeout=1)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    assert status == "finished:completed", daemons.logs_tail()
+    assert 1 <= restarts <= 5
+    statuses = client_rows(metrics_rows(out))
+    assert statuses[(1, 0)] == "ok" and statuses[(1, 1)] in ("timeout", "failed")
+    assert statuses[(3, 1)] == "ok", statuses  # the restarted node answers again
+
+
+# ------------------------------------------------------------------------- a node sends undecodable replies
+
+
+def hostile_app_dir(root: Path) -> Path:
+    """This app with tests/hostile_app.py as its ClientApp (a Flower app of its own, built into a FAB)."""
+    app = root / "hostile-app"
+    for package in ("fedcore", "server_app", "client_app"):
+        shutil.copytree(REPO_ROOT / package, app / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO_ROOT / "tests" / "hostile_app.py", app / "hostile_app.py")
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    (app / "pyproject.toml").write_text(pyproject.replace('"client_app.app:app"', '"hostile_app:app"'))
+    return app
+
+
+def test_undecodable_replies_cost_their_senders_not_the_run(
+    daemons: Daemons, tiny_model: Path, tmp_path: Path
+) -> None:
+    """A tensor name listed twice makes Flower's decoding raise: in a train reply (partition 1) and in a
+    start-up answer (partition 2). Each costs its sender; the run completes with the honest node."""
+    fleet, control = start_superlink(daemons, "--insecure")
+    for partition in (0, 1, 2):
+        start_supernode(daemons, f"node-{partition}", fleet, partition, "--insecure", partitions=3)
+    connect(daemons, "local-deploy", control, "--insecure")
+    wait_nodes(daemons, "local-deploy", 3)
+
+    out = tmp_path / "outputs"
+    config = tiny_run(tiny_model, out, rounds=2, **{"clients.min": 1})
+    app = hostile_app_dir(tmp_path)
+    _, status = run_app(daemons.env, "local-deploy", config, out, RUN_TIMEOUT_S, app_dir=app)
+    assert status == "finished:completed", daemons.logs_tail()
+    rows = metrics_rows(out)
+    assert client_rows(rows) == {(1, 0): "ok", (1, 1): "rejected", (2, 0): "ok", (2, 1): "rejected"}
+    reasons = [r["reason"] for r in rows if r["kind"] == "client" and r["status"] == "rejected"]
+    assert all(reason.startswith("undecodable reply (ValueError") for reason in reasons)
+    (refused,) = [r for r in rows if r["kind"] == "node"]
+    assert refused["status"] == "refused" and "undecodable reply" in refused["reason"]
+    assert [r["clients_ok"] for r in rows if r["kind"] == "global" and r["round"] > 0] == [1, 1]

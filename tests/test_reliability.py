@@ -126,14 +126,18 @@ def test_killed_server_resumes_to_the_same_final_state(tiny_models: dict[str, Pa
     )
 
 
+#: the paper's bandit over two arms (one arm, the default, leaves the bandit nothing to learn)
+TWO_ARMS = {"droppeft.rates": "0.15,0.3"}
+
+
 def test_resumed_droppeft_continues_its_bandit(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     """The dropout bandit's counts survive a restart: round 2 after resume has seen both rounds' rewards."""
     first = simulate(
-        tiny_run_config(tiny_models["bert"], tmp_path, rounds=1, method="droppeft"), supernodes=2
+        tiny_run_config(tiny_models["bert"], tmp_path, rounds=1, method="droppeft", **TWO_ARMS), supernodes=2
     )
     before = load_checkpoint(first).planner_state["bandit"]["devices"]
     assert {device: stats["updates"] for device, stats in before.items()} == {"client-0": 1, "client-1": 1}
-    extended = tiny_run_config(tiny_models["bert"], tmp_path, rounds=2, method="droppeft")
+    extended = tiny_run_config(tiny_models["bert"], tmp_path, rounds=2, method="droppeft", **TWO_ARMS)
     simulate(RunConfig.from_flat({**extended.to_flat(), "resume-from": str(first)}), supernodes=2)
     after = load_checkpoint(first).planner_state["bandit"]["devices"]
     assert {device: stats["updates"] for device, stats in after.items()} == {"client-0": 2, "client-1": 2}

@@ -30,7 +30,7 @@ from tests.conftest import tiny_run_config
 from tests.simulate import simulate
 
 ROUNDS = 3
-FIXED_DROP = {"drop.mode": "fixed", "drop.mean-rate": 0.3}
+FIXED_DROP = {"drop.mode": "fixed", "drop.mean-rate": 0.3, "ptls.fraction": 0.25}
 
 
 class ServerKilled(RuntimeError):

@@ -48,6 +48,14 @@ def test_saved_adapter_reloads_with_peft_and_was_trained(
     assert lora_b, "adapter has no LoRA weights"
     # LoRA B starts at zero: non-zero values prove the federated rounds trained and aggregated them
     assert any(p.abs().sum() > 0 for p in lora_b)
+    # the saved model travels: label names, the base by its directory name, a card with the final metrics
+    config = json.loads((lora_run / "model" / "config.json").read_text())
+    assert config["id2label"] == {"0": "rotten", "1": "fresh"}
+    adapter = json.loads((lora_run / "model" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == tiny_models["bert"].name
+    final = json.loads((lora_run / "summary.json").read_text())["final"]
+    card = (lora_run / "model" / "README.md").read_text()
+    assert "**fedlora**" in card and f"- accuracy: {final['accuracy']:.4f}" in card
 
 
 def test_full_tuning_changes_blocks_and_keeps_embeddings(
@@ -71,7 +79,12 @@ def test_leff_with_heterogeneous_capacities(tmp_path: Path) -> None:
         model_dir,
         tmp_path / "out",
         method="leff",
-        **{"devices.profiles": "jetson-orin,workstation", "leff.distill-steps": 2, "rounds": 2},
+        **{
+            "devices.profiles": "jetson-orin,workstation",
+            "leff.stand-in": "students",
+            "leff.distill-steps": 2,
+            "rounds": 2,
+        },
     )
     run_dir = simulate(cfg, supernodes=2)
     log = rows(run_dir)

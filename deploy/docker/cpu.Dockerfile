@@ -22,8 +22,10 @@ COPY fedcore /tmp/fedlayer/fedcore
 COPY server_app /tmp/fedlayer/server_app
 COPY client_app /tmp/fedlayer/client_app
 RUN sh /tmp/install-app.sh /tmp/fedlayer && rm -rf /tmp/fedlayer /tmp/install-app.sh \
-    && mkdir -p /app/cache /app/outputs && chown app:app /app /app/cache /app/outputs
+    && mkdir -p /app/cache /app/outputs /app/personal \
+    && chown app:app /app /app/cache /app/outputs /app/personal
 
 USER app
-ENV FEDLAYER_CACHE=/app/cache FLWR_DISABLE_UPDATE_CHECK=1 PYTHONUNBUFFERED=1
+# personal layers (PTLS) under /app/personal: mount a volume there so they outlive the container
+ENV FEDLAYER_CACHE=/app/cache XDG_DATA_HOME=/app/personal FLWR_DISABLE_UPDATE_CHECK=1 PYTHONUNBUFFERED=1
 ENTRYPOINT ["flower-superexec"]

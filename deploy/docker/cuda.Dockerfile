@@ -17,8 +17,10 @@ COPY client_app /tmp/fedlayer/client_app
 # NGC images pin their packages in /etc/pip/constraint.txt; only torch must stay, the rest may move.
 RUN KEEP_TORCH=1 PIP_CONSTRAINT= sh /tmp/install-app.sh /tmp/fedlayer && rm -rf /tmp/fedlayer /tmp/install-app.sh \
     && python -c "import torch; assert torch.version.cuda, 'base image torch has no CUDA'" \
-    && mkdir -p /app/cache /app/outputs && chown app:app /app /app/cache /app/outputs
+    && mkdir -p /app/cache /app/outputs /app/personal \
+    && chown app:app /app /app/cache /app/outputs /app/personal
 
 USER app
-ENV FEDLAYER_CACHE=/app/cache FLWR_DISABLE_UPDATE_CHECK=1 PYTHONUNBUFFERED=1
+# personal layers (PTLS) under /app/personal: mount a volume there so they outlive the container
+ENV FEDLAYER_CACHE=/app/cache XDG_DATA_HOME=/app/personal FLWR_DISABLE_UPDATE_CHECK=1 PYTHONUNBUFFERED=1
 ENTRYPOINT ["flower-superexec"]

@@ -31,6 +31,8 @@ class ClientUpdate:
     #: aggregation weight: examples, bounded by what the server knows (fedcore.core.robust)
     weight: float
     update: dict[str, torch.Tensor]
+    #: the weight is bounded by the server's own count of the client's data, so no cap is needed
+    weight_checked: bool = False
 
 
 def validate_update(

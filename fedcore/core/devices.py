@@ -1,11 +1,14 @@
 """Device profiles: how fast a client computes and how much it may hold.
 
-In deployment a SuperNode states its profile in its node config (``device=jetson-orin`` or explicit
-``speed=0.25 memory-mb=8000 max-blocks=3``). In simulation every client runs on the same host, so the
-run config assigns profiles to partitions and a slow device is emulated by scaling its measured compute
-time into a *device time* (no sleeping: runs stay fast). Planners (the dropout bandit, LEFF's windows)
-see only device time, so they adapt to heterogeneity exactly as they would on real hardware.
-The numbers below are this project's illustrative classes, not measurements of those devices.
+Three sources, in order. What a SuperNode states in its node config (``device=jetson-orin``, or values
+such as ``speed=0.25 memory-mb=8000 max-blocks=3``) wins. In deployment a node that names no ``device``
+measures itself at start-up on the run's model (``Calibration``); values it states still override the
+measured ones. In simulation every client runs on the same host, so the run config's profile list is
+cycled over partitions and a slow device is emulated by scaling its measured compute time into a
+*device time* (no sleeping: runs stay fast); in deployment device time is the real compute time.
+Planners (the dropout bandit, LEFF's windows) see only device time, so they adapt to heterogeneity
+exactly as they would on real hardware. The named profiles below are this project's illustrative
+classes, not measurements of those devices.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ class DeviceProfile:
     capacity: float = 0.5
     #: explicit L_i from the node config; 0 = derive from capacity
     max_blocks: int = 0
+    #: blocks whose training fits ``memory_mb`` beside the model (measured at start-up); 0 = not known
+    memory_blocks: int = 0
 
     def __post_init__(self) -> None:
         """Refuse what no device has: planners divide by speed and multiply by capacity."""
@@ -43,13 +48,14 @@ class DeviceProfile:
                 raise ValueError(
                     f"device {self.name!r}: {key}={value!r} must be a number in ({low:g}, {high:g}]"
                 )
-        if not (isinstance(self.max_blocks, int) and self.max_blocks >= 0):
-            raise ValueError(f"device {self.name!r}: max-blocks={self.max_blocks!r} must be an integer >= 0")
+        for key, value in {"max-blocks": self.max_blocks, "memory-blocks": self.memory_blocks}.items():
+            if not (isinstance(value, int) and value >= 0):
+                raise ValueError(f"device {self.name!r}: {key}={value!r} must be an integer >= 0")
 
     def trainable_blocks(self, num_blocks: int) -> int:
-        """LEFF's L_i for a model of num_blocks blocks: at least 1, at most all."""
+        """LEFF's L_i for a model of num_blocks blocks: at least 1, at most all, at most what fits memory."""
         wanted = self.max_blocks or round(self.capacity * num_blocks)
-        return max(1, min(num_blocks, wanted))
+        return max(1, min(num_blocks, wanted, self.memory_blocks or num_blocks))
 
     def as_config(self) -> dict[str, Any]:
         return {f"device-{k.replace('_', '-')}": v for k, v in asdict(self).items()}
@@ -91,10 +97,42 @@ def profile_names(spec: str) -> list[str]:
     return names
 
 
-def profile_for(partition_id: int, spec: str, node_config: dict[str, Any]) -> DeviceProfile:
-    """A node's own config wins; otherwise the run config's profile list, cycled over partitions."""
+@dataclass(frozen=True)
+class Calibration:
+    """What a node measured at start-up on the run's model (``fedcore.training.calibrate``)."""
+
+    #: one block's training throughput relative to this project's reference device (speed 1)
+    speed: float
+    #: free accelerator memory, else available system memory
+    free_mb: float
+    #: the model's parameters as the node holds them
+    model_mb: float
+    #: what training one more block costs: its saved activations at the run's batch and length, its
+    #: trainable parameters' gradients and optimizer state
+    block_mb: float
+
+    def profile(self, node_config: dict[str, Any]) -> DeviceProfile:
+        """The measured profile, with every value the node config states winning over its measurement."""
+        memory_mb = _number(node_config, "memory-mb", self.free_mb, float)
+        fits = max(1, math.floor((memory_mb - self.model_mb) / self.block_mb)) if self.block_mb > 0 else 0
+        return DeviceProfile(
+            name="measured",
+            speed=_number(node_config, "speed", self.speed, float),
+            memory_mb=memory_mb,
+            capacity=_number(node_config, "capacity", DeviceProfile.capacity, float),
+            max_blocks=_number(node_config, "max-blocks", 0, int),
+            memory_blocks=fits,
+        )
+
+
+def profile_for(partition_id: int | None, spec: str, node_config: dict[str, Any]) -> DeviceProfile:
+    """A node's own config wins; otherwise the run config's profile list, cycled over partitions.
+
+    A node with its own data (``partition_id`` None) has no partition to cycle over: a workstation.
+    """
     names = profile_names(spec)
-    name = str(node_config.get("device", names[partition_id % len(names)] if names else "workstation"))
+    cycled = names[partition_id % len(names)] if names and partition_id is not None else "workstation"
+    name = str(node_config.get("device", cycled))
     if name not in PROFILES:
         raise ValueError(f"node config device={name!r} is unknown; known: {sorted(PROFILES)}")
     base = PROFILES[name]

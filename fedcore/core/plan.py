@@ -27,8 +27,6 @@ class LayerPlan:
     drop_rates: tuple[float, ...] = ()
     #: share of the federation's steps over which the drop rates ramp up from 0 (0 = full rates at once)
     drop_warmup: float = 0.0
-    #: each block's learning rate is divided by (1 - its current drop rate)
-    drop_lr_compensation: bool = False
     #: share of trained blocks the client keeps personal (never uploaded, never overwritten)
     personal_fraction: float = 0.0
     steps: int = 0

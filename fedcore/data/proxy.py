@@ -21,7 +21,7 @@ from fedcore.data.tables import DataError, read_table
 
 
 class ProxyError(ValueError):
-    """The proxy text cannot be read; the message names leff.proxy."""
+    """The proxy text cannot be read; the message names proxy.name."""
 
 
 def load_proxy_texts(ref: str, count: int, seed: int, validation_texts: Sequence[str] = ()) -> list[str]:
@@ -31,26 +31,26 @@ def load_proxy_texts(ref: str, count: int, seed: int, validation_texts: Sequence
         texts = list(validation_texts)
     elif ref.startswith(assets.EMBEDDED_PREFIX):
         if ref != "embedded:proxy-text":
-            raise ProxyError(f"leff.proxy: unknown embedded proxy '{ref}'; known: embedded:proxy-text")
+            raise ProxyError(f"proxy.name: unknown embedded proxy '{ref}'; known: embedded:proxy-text")
         texts = pd.read_csv(assets.asset_path("proxy-text"))["Text"].astype(str).tolist()
     else:
         path = Path(ref).expanduser()
         if not path.is_file():
-            raise ProxyError(f"leff.proxy: file not found: {path}")
+            raise ProxyError(f"proxy.name: file not found: {path}")
         try:
             if path.suffix == ".txt":
                 texts = path.read_text(encoding="utf-8", errors="replace").splitlines()
             else:
-                texts = read_table(path, "leff.proxy")["text"].astype(str).tolist()
+                texts = read_table(path, "proxy.name")["text"].astype(str).tolist()
         except KeyError:
-            raise ProxyError(f"leff.proxy: {path} has no 'text' column") from None
+            raise ProxyError(f"proxy.name: {path} has no 'text' column") from None
         except DataError as exc:
             raise ProxyError(str(exc)) from None
         except OSError as exc:
-            raise ProxyError(f"leff.proxy: cannot read {path}: {exc}") from None
+            raise ProxyError(f"proxy.name: cannot read {path}: {exc}") from None
     texts = [t.strip() for t in texts if t.strip()]
     if not texts:
         hint = " (set data.validation-fraction > 0)" if ref == SERVER_VALIDATION else ""
-        raise ProxyError(f"leff.proxy: '{ref}' holds no text{hint}")
+        raise ProxyError(f"proxy.name: '{ref}' holds no text{hint}")
     order = np.random.default_rng(seed).permutation(len(texts))[:count]
     return [texts[i] for i in order]

@@ -33,6 +33,8 @@ _JSON_SUFFIXES = (".jsonl", ".json")
 TABLE_SUFFIXES = (*_CSV_SUFFIXES, *_JSON_SUFFIXES, ".parquet")
 #: Embedded unlabelled text for language modelling (each is also the name of its asset).
 _LM_EMBEDDED = ("austen", "chatterbot")
+#: Embedded labelled classification tables.
+_LABELLED_EMBEDDED = ("rotten-tomatoes", "bbc-news")
 
 
 class DataError(ValueError):
@@ -46,7 +48,8 @@ def load_dataset_table(cfg: DataConfig, task: str, seed: int) -> datasets.Datase
     ``embedded:austen`` (natural column ``book``) or ``embedded:chatterbot`` (``topic``), all with their
     own columns (``data.text-column``/``data.label-column`` do not apply); a local
     .csv/.csv.bz2/.csv.gz/.jsonl/.json/.parquet file; or a hub dataset id.
-    Rows missing a used column are dropped. Labels are numbered in sorted order of their values.
+    Rows missing a used column are dropped. Labels are numbered in ``data.labels`` order when it is set,
+    else in sorted order of their values (an embedded dataset's own order where it has one).
     ``cfg.max_examples`` keeps a seed-determined subset, taken after label numbering so ids stay stable.
     """
     if cfg.natural_column in _RESERVED:
@@ -58,18 +61,56 @@ def load_dataset_table(cfg: DataConfig, task: str, seed: int) -> datasets.Datase
     if name.startswith(assets.EMBEDDED_PREFIX):
         table = _load_embedded(name.removeprefix(assets.EMBEDDED_PREFIX), cfg, task)
     elif name.lower().endswith(TABLE_SUFFIXES) or Path(name).exists():
-        table = _frame_to_table(
-            read_table(Path(name), "data.name"),
-            cfg.text_column,
-            cfg.label_column,
-            cfg.natural_column,
-            task,
-            name,
-        )
+        table = file_table(read_table(Path(name), "data.name"), cfg, task, name, cfg.natural_column)
     else:
-        table = _frame_to_table(
-            _load_hub(name), cfg.text_column, cfg.label_column, cfg.natural_column, task, name
+        table = file_table(_load_hub(name), cfg, task, name, cfg.natural_column)
+    return _capped(table, cfg, seed)
+
+
+def load_file_table(
+    path: str, key: str, cfg: DataConfig, task: str, seed: int, source: str = ""
+) -> datasets.Dataset:
+    """A node's own data file, or the server's held-out file: the run's columns and label set, at most
+    ``data.max-examples`` rows. ``key`` names the setting that points at the file; errors call the file
+    ``source`` (default: its path; a node's errors reach the server, its path must not)."""
+    if task == "seq-cls" and not configured_labels(cfg):
+        raise DataError(
+            f"data.labels: {key} is read with the run's label set, which data.labels fixes for every "
+            f"node; set it to the class names in order, e.g. data.labels='negative,positive'"
         )
+    frame = read_table(Path(path).expanduser(), key, source)
+    return _capped(file_table(frame, cfg, task, source or path), cfg, seed)
+
+
+def empty_table(cfg: DataConfig, task: str) -> datasets.Dataset:
+    """A table with no rows and the run's columns (a server without a held-out file)."""
+    features = {"text": datasets.Value("string")}
+    if task == "seq-cls":
+        features["label"] = datasets.ClassLabel(names=configured_labels(cfg))
+    return datasets.Dataset.from_dict({name: [] for name in features}, features=datasets.Features(features))
+
+
+def configured_labels(cfg: DataConfig) -> list[str]:
+    """``data.labels`` as a list of names (empty: the data's own labels)."""
+    return [name.strip() for name in cfg.labels.split(",") if name.strip()]
+
+
+def file_table(
+    frame: pd.DataFrame, cfg: DataConfig, task: str, source: str, natural_column: str = ""
+) -> datasets.Dataset:
+    """A user's table with the run's columns. For causal-lm a table without ``data.text-column`` but with
+    ``prompt`` and ``response`` columns is a chat table (batching renders it in the model's chat format)."""
+    columns = {str(c) for c in frame.columns}
+    if task == "causal-lm" and cfg.text_column not in columns and {"prompt", "response"} <= columns:
+        pairs = zip(frame["prompt"], frame["response"], strict=True)
+        frame = frame.assign(text=[format_chat(None, str(p), str(r)).text for p, r in pairs])
+        return _frame_to_table(frame, "text", "", natural_column, task, source, keep=("prompt", "response"))
+    classes = configured_labels(cfg) or None
+    return _frame_to_table(frame, cfg.text_column, cfg.label_column, natural_column, task, source, classes)
+
+
+def _capped(table: datasets.Dataset, cfg: DataConfig, seed: int) -> datasets.Dataset:
+    """``data.max-examples`` seed-chosen rows, taken after label numbering so ids stay stable."""
     if 0 < cfg.max_examples < len(table):
         table = _take(table, np.random.default_rng(seed).permutation(len(table))[: cfg.max_examples])
     return table
@@ -78,10 +119,16 @@ def load_dataset_table(cfg: DataConfig, task: str, seed: int) -> datasets.Datase
 def _load_embedded(name: str, cfg: DataConfig, task: str) -> datasets.Dataset:
     if name in _LM_EMBEDDED:
         return _load_embedded_lm(name, cfg, task)
+    if task == "causal-lm" and name in _LABELLED_EMBEDDED:
+        raise DataError(
+            f"model.task='causal-lm' contradicts data.name='embedded:{name}', a labelled classification "
+            f"table: use model.task='seq-cls', or unlabelled text such as data.name='embedded:austen'"
+        )
     if name == "bbc-news":
         path = assets.asset_path("bbc-news")
         frame = pd.read_parquet(path).drop_duplicates(subset="text", keep="first")
-        return _frame_to_table(frame, "text", "topic", cfg.natural_column, task, str(path))
+        classes = configured_labels(cfg) or None
+        return _frame_to_table(frame, "text", "topic", cfg.natural_column, task, str(path), classes)
     if name != "rotten-tomatoes":
         raise DataError(
             f"data.name: unknown embedded dataset '{name}'; known: rotten-tomatoes, bbc-news, "
@@ -97,7 +144,7 @@ def _load_embedded(name: str, cfg: DataConfig, task: str) -> datasets.Dataset:
         cfg.natural_column,
         task,
         str(path),
-        classes=["rotten", "fresh"],
+        classes=configured_labels(cfg) or ["rotten", "fresh"],
         keep=("movie_name",),
     )
 
@@ -175,16 +222,24 @@ def chat_pairs(directory: Path) -> pd.DataFrame:
     return frame
 
 
-def read_table(path: Path, key: str) -> pd.DataFrame:
-    """A local table file by its suffix (``TABLE_SUFFIXES``; .json: records, else one object per line).
+def read_table(path: Path, key: str, shown: str = "") -> pd.DataFrame:
+    """A local table file by its suffix (``TABLE_SUFFIXES``; .json: records, else one object per line), or
+    a folder written by ``save_to_disk``.
 
-    Every problem is a DataError naming ``key``, the config key that pointed at the file.
+    Every problem is a DataError naming ``key``, the config key that pointed at the file, and the file as
+    ``shown`` (default: its path).
     """
+    shown = shown or str(path)
     lower = path.name.lower()
+    if path.is_dir():
+        return _saved_dataset(path, key, shown)
     if not lower.endswith(TABLE_SUFFIXES):
-        raise DataError(f"{key}: unsupported file type for {path}; use one of {', '.join(TABLE_SUFFIXES)}")
+        raise DataError(
+            f"{key}: unsupported file type for {shown}; use one of {', '.join(TABLE_SUFFIXES)} or a folder "
+            f"written by datasets' save_to_disk"
+        )
     if not path.is_file():
-        raise DataError(f"{key}: file not found: {path}")
+        raise DataError(f"{key}: file not found: {shown}")
     try:
         if lower.endswith(_CSV_SUFFIXES):
             return pd.read_csv(path)
@@ -197,7 +252,20 @@ def read_table(path: Path, key: str) -> pd.DataFrame:
                 return pd.read_json(path, lines=True)
         return pd.read_parquet(path)
     except (ValueError, OSError) as exc:
-        raise DataError(f"{key}: cannot read {path}: {exc}") from exc
+        raise DataError(f"{key}: cannot read {shown}: {exc}") from exc
+
+
+def _saved_dataset(path: Path, key: str, shown: str) -> pd.DataFrame:
+    """A ``save_to_disk`` folder: a Dataset, or a DatasetDict's ``train`` split."""
+    try:
+        saved = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise DataError(f"{key}: {shown} is a folder but no dataset saved by save_to_disk: {exc}") from exc
+    if isinstance(saved, datasets.DatasetDict):
+        if "train" not in saved:
+            raise DataError(f"{key}: {shown} holds splits {sorted(saved)} and no 'train' split to read")
+        saved = saved["train"]
+    return saved.to_pandas()
 
 
 def _load_hub(name: str) -> pd.DataFrame:
@@ -230,6 +298,11 @@ def _frame_to_table(
     if natural_column:
         needed["data.natural-column"] = natural_column
     columns = [str(c) for c in frame.columns]
+    if task == "causal-lm" and label_column in columns:
+        raise DataError(
+            f"model.task='causal-lm' contradicts data.label-column='{label_column}', a label column of "
+            f"{source}: use model.task='seq-cls' to classify it, or data.label-column='' to model its texts"
+        )
     for key, column in needed.items():
         if column not in columns:
             raise DataError(f"{key}: column '{column}' not in {source}; columns: {', '.join(columns)}")
@@ -238,17 +311,24 @@ def _frame_to_table(
     out = {"text": frame[text_column].astype(str).tolist()}
     features = {"text": datasets.Value("string")}
     if task == "seq-cls":
-        values = frame[label_column]
+        values = _label_values(frame[label_column], label_column, source)
         if classes is None:
-            values = _label_values(values, label_column, source)
             classes = sorted(values.unique().tolist())
         if len(classes) < 2:
             raise DataError(
                 f"data.label-column: column '{label_column}' in {source} has {len(classes)} distinct "
                 f"value(s); classification needs at least 2"
             )
-        ids = {value: i for i, value in enumerate(classes)}
-        out["label"] = [ids[v] for v in values]
+        ids = {str(value): i for i, value in enumerate(classes)}
+        names = values.astype(str)
+        unexpected = sorted(set(names) - set(ids))
+        if unexpected:
+            raise DataError(
+                f"data.labels: {source} has label(s) {unexpected} outside the run's label set "
+                f"{list(ids)}; relabel or drop those rows, or add them to data.labels (every node must "
+                f"use the same list, in the same order)"
+            )
+        out["label"] = [ids[name] for name in names]
         features["label"] = datasets.ClassLabel(names=[str(c) for c in classes])
     for column in dict.fromkeys((*keep, natural_column)):
         if column:
@@ -261,7 +341,7 @@ def _usable_rows(frame: pd.DataFrame, columns: list[str], text_column: str, sour
     """Rows with every used column present and a text that is not blank; says how many were dropped."""
     usable = frame[columns].notna().all(axis=1) & (frame[text_column].astype(str).str.strip() != "")
     if not usable.any():
-        raise DataError(f"data.name: no usable rows in {source} (every row lacks {' or '.join(columns)})")
+        raise DataError(f"no usable rows in {source} (every row lacks {' or '.join(columns)})")
     dropped = int((~usable).sum())
     if dropped:
         warnings.warn(
@@ -291,6 +371,12 @@ def num_labels(ds: datasets.Dataset) -> int:
     if not isinstance(feature, datasets.ClassLabel):
         raise DataError("data: this table has no class labels (task causal-lm?)")
     return feature.num_classes
+
+
+def label_names(ds: datasets.Dataset) -> list[str]:
+    """The class names of the table's ``label`` column, in id order; empty for unlabelled text."""
+    feature = ds.features.get("label")
+    return list(feature.names) if isinstance(feature, datasets.ClassLabel) else []
 
 
 def _take(ds: datasets.Dataset, rows: np.ndarray) -> datasets.Dataset:

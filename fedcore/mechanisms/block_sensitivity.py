@@ -1,9 +1,8 @@
 """Block removal sensitivity: how far the model's output moves when one block is skipped (project's own).
 
-Layer dropout on a pretrained model also skips blocks the model cannot do without. Measured on
-SmolLM2-135M (``benchmarks/results/stld_shapes.md``): removing block 0 alone raises the LM loss on proxy
-text from 6.2 to 13.0, block 1 or 11 to 9.5, block 29 to 8.5, while 24 of its 30 blocks cost less than
-0.5. A training step that drops block 0 trains the adapters on a broken network. The ``sensitivity``
+Layer dropout on a pretrained model also skips blocks the model cannot do without: a pretrained decoder
+leans on a few of its blocks, and a training step that drops one of them trains the adapters on a broken
+network (``docs/research/layer-dropout-per-step-cost.md``). The ``sensitivity``
 drop shape therefore spreads a mean drop rate by this measure, which the server computes once on
 unlabelled proxy text: the normalised error (squared error over each dimension's variance, as for LEFF's
 students) of the model's last hidden state when block ``l`` alone is skipped. It needs no labels, so it

@@ -2,8 +2,8 @@
 
 This project's alternative to LEFF's distilled students (``leff.stand-in='bfloat16'``): instead of a
 shallower student distilled for a few steps, the client holds the frozen blocks themselves at half the
-bytes. Distilled students left 0.23-0.56 of the teacher's variance unexplained on the clients' text
-(``benchmarks/results/leff_distill_lr.md``) and cost the server most of a round; a bfloat16 copy of a
+bytes. Distilled students leave much of the teacher's variance unexplained on the clients' text and cost
+the server most of a round (``docs/research/leff-students.md``); a bfloat16 copy of a
 block differs from it only by rounding. The memory is about that of students at compression 0.5 (half the
 bytes per block), there is no distillation, and the window trains on the features the global model
 produces.
@@ -11,8 +11,8 @@ produces.
 bfloat16 is the blocks' storage, not their arithmetic: a frozen block's linear layers (nearly all of its
 bytes) keep their weights in bfloat16 and multiply in the model's dtype, widening one weight at a time
 and again in the backward pass instead of keeping the wide copy; its norms stay in the model's dtype.
-Arithmetic in bfloat16 made a block's step 32x slower than float32 on a CPU without bfloat16
-instructions (``benchmarks/results/bfloat16_matmul.md``), where simulations and many workstations run.
+Arithmetic in bfloat16 is many times slower than float32 on a CPU without bfloat16 instructions, where
+simulations and many workstations run (``docs/research/leff-stand-ins.md``).
 Only ``torch.nn.Linear`` is held lower; other modules (e.g. GPT-2's ``Conv1D``) stay in the model's dtype.
 """
 

@@ -13,15 +13,15 @@ import statistics
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 from torch import nn
 
+from fedcore.core.drop_shapes import DROP_SHAPES, DropShape
 from fedcore.core.layers import find_blocks, swap_blocks
 
-Shape = Literal["uniform", "incremental", "sensitivity"]
-SHAPES: tuple[str, ...] = get_args(Shape)
+#: the highest drop probability a plan gives any block
+MAX_PLAN_RATE = 0.95
 
 
 @dataclass(frozen=True)
@@ -32,16 +32,16 @@ class DropConfig:
     """
 
     mean_rate: float
-    shape: Shape
+    shape: DropShape
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.mean_rate) and 0.0 <= self.mean_rate < 1.0):
             raise ValueError(f"mean_rate must be in [0, 1), got {self.mean_rate!r}")
-        if self.shape not in SHAPES:
-            raise ValueError(f"shape must be one of {SHAPES}, got {self.shape!r}")
+        if self.shape not in DROP_SHAPES:
+            raise ValueError(f"shape must be one of {DROP_SHAPES}, got {self.shape!r}")
 
     def rates(
-        self, num_blocks: int, max_rate: float = 0.95, sensitivity: Sequence[float] | None = None
+        self, num_blocks: int, max_rate: float = MAX_PLAN_RATE, sensitivity: Sequence[float] | None = None
     ) -> tuple[float, ...]:
         """Per-block drop probabilities whose mean is exactly `mean_rate`.
 
@@ -104,6 +104,18 @@ def speed_matched(drop: DropConfig, speed: float, target_speed: float) -> DropCo
     return drop if drop.mean_rate >= rate else DropConfig(rate, drop.shape)
 
 
+def memory_matched(drop: DropConfig, memory_blocks: int, num_blocks: int) -> DropConfig:
+    """The configuration a device whose memory trains ``memory_blocks`` of ``num_blocks`` blocks at once
+    runs: a mean rate of at least 1 - memory_blocks / num_blocks, so that the blocks a step runs fit its
+    memory on average (this project's rule; unlike ``speed_matched`` not capped at ``MAX_MATCHED_RATE``,
+    since a step that does not fit fails, only at the highest rate a plan holds, ``MAX_PLAN_RATE``).
+    ``memory_blocks`` 0 = memory not known: ``drop`` unchanged."""
+    if memory_blocks <= 0 or memory_blocks >= num_blocks:
+        return drop
+    rate = min(MAX_PLAN_RATE, 1.0 - memory_blocks / num_blocks)
+    return drop if drop.mean_rate >= rate else DropConfig(rate, drop.shape)
+
+
 #: a block whose removal moves the model more than this many times the median block is never dropped
 PROTECT_FACTOR = 2.0
 
@@ -113,10 +125,8 @@ def sensitivity_weights(scores: Sequence[float], protect_factor: float = PROTECT
 
     A typical block weighs 1 and one that matters k times more than the median weighs 1/k, so the drop
     rate it receives shrinks in proportion; the few blocks the pretrained model cannot do without are
-    never dropped. Measured on SmolLM2 (``benchmarks/results/stld_protect.md``): a step that drops one of
-    them trains the head and adapters on features the full model never produces, and protecting them
-    (rate 0, the same mean spread over the rest) lifted one client's accuracy after 40 steps from 0.67 to
-    0.79 (two seeds).
+    never dropped: a step that drops one of them trains the head and adapters on features the full model
+    never produces (``docs/research/layer-dropout-per-step-cost.md``).
     """
     median = statistics.median(scores)
     protected = set(protected_blocks(scores, protect_factor))

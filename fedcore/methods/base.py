@@ -16,7 +16,7 @@ from datasets import Dataset
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from fedcore.config import SERVER_VALIDATION, RunConfig
+from fedcore.config import NODE_DATA, SERVER_VALIDATION, RunConfig
 from fedcore.core.devices import DeviceProfile, speed_matched_steps
 from fedcore.core.layers import LayerMap
 from fedcore.core.plan import LayerPlan
@@ -25,7 +25,7 @@ from fedcore.data.batching import make_batches
 from fedcore.data.proxy import load_proxy_texts
 from fedcore.data.splits import server_splits
 from fedcore.mechanisms.block_sensitivity import block_sensitivity
-from fedcore.mechanisms.layer_dropout import DropConfig, speed_matched
+from fedcore.mechanisms.layer_dropout import DropConfig, memory_matched, speed_matched
 from fedcore.model import tunable_names
 
 
@@ -34,11 +34,14 @@ class ClientInfo:
     """What the server knows about a connected client (reported by its info query)."""
 
     node_id: int
+    #: the partition it holds; with node data (data.name='node'), its node id: its identity across rounds
     partition_id: int
     #: device profile from the SuperNode's node config or measured (memory budget, speed...)
     profile: dict[str, Any] = field(default_factory=dict)
-    #: training examples the client stated at start-up (0 = not stated: its weight is bounded otherwise)
+    #: the client's training examples: the server's own count of its partition when ``examples_checked``,
+    #: else what it stated at start-up (0 = not stated: its weight is bounded otherwise)
     num_examples: int = 0
+    examples_checked: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,11 +101,11 @@ def drop_sensitivity(
 ) -> list[float] | None:
     """Block removal sensitivity of the server's starting model, when the run's dropout needs it.
 
-    Measured once, on the proxy text (``leff.proxy``), from the model the federation starts from, so a
+    Measured once, on the proxy text (``proxy.name``), from the model the federation starts from, so a
     resumed run computes the same numbers again.
     """
     if cfg.drop_mode == "bandit":
-        shapes = set(cfg.drop.shape_grid())
+        shapes = set(cfg.droppeft.shape_grid())
     else:
         shapes = {cfg.drop.shape} if cfg.drop_mode == "fixed" else set()
     if "sensitivity" not in shapes:
@@ -111,13 +114,13 @@ def drop_sensitivity(
 
 
 def run_proxy_texts(cfg: RunConfig, count: int) -> list[str]:
-    """``count`` texts of the run's proxy source (``leff.proxy``), the server's validation texts included."""
+    """``count`` texts of the run's proxy source (``proxy.name``), the server's validation texts included."""
     validation = (
         server_splits(cfg.data, cfg.model.task, cfg.seed).validation["text"]
-        if cfg.leff.proxy == SERVER_VALIDATION
+        if cfg.proxy.name == SERVER_VALIDATION
         else ()
     )
-    return load_proxy_texts(cfg.leff.proxy, count, cfg.seed, validation)
+    return load_proxy_texts(cfg.proxy.name, count, cfg.seed, validation)
 
 
 def proxy_sensitivity(cfg: RunConfig, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[float]:
@@ -138,28 +141,30 @@ def base_plan(
 ) -> LayerPlan:
     """The plan every method starts from: train these groups with the run's local-training settings
     (``sensitivity``: per block, for the 'sensitivity' drop shape). Where the plan has layer dropout, a
-    client slower than ``drop.target-speed`` runs at least its speed-matched rate (``speed_matched``); a
-    client slower than ``train.target-speed`` runs its speed-matched number of steps."""
-    personal = cfg.personal_fraction
+    client slower than ``drop.target-speed`` runs at least its speed-matched rate (``speed_matched``) and a
+    client whose memory holds fewer blocks than the model at least its memory-matched rate
+    (``memory_matched``); a client slower than ``train.target-speed`` runs its speed-matched number of
+    steps."""
     steps = cfg.train.local_steps
     if client.profile:  # a client that stated no profile runs as planned
-        speed = DeviceProfile.from_config(client.profile).speed
-        steps = speed_matched_steps(steps, speed, cfg.train.target_speed)
+        profile = DeviceProfile.from_config(client.profile)
+        steps = speed_matched_steps(steps, profile.speed, cfg.train.target_speed)
         if drop is not None:
-            drop = speed_matched(drop, speed, cfg.drop.target_speed)
+            drop = speed_matched(drop, profile.speed, cfg.drop.target_speed)
+            drop = memory_matched(drop, profile.memory_blocks, num_blocks)
     return LayerPlan(
         round=round_number,
         rounds=cfg.rounds,
         train_groups=tuple(train_groups),
         drop_rates=drop.rates(num_blocks, sensitivity=sensitivity) if drop and drop.mean_rate > 0 else (),
         drop_warmup=cfg.drop.warmup,
-        drop_lr_compensation=cfg.drop.lr_compensation,
-        personal_fraction=personal,
+        personal_fraction=cfg.ptls.fraction,
         steps=steps,
         epochs=cfg.train.local_epochs,
         lr=cfg.learning_rate,
         seed=derive_seed(cfg.seed, round_number, client.partition_id),
-        evaluate_local=personal > 0 or cfg.eval.local,
+        # node data: the nodes' own held-out rows are the federation's test data
+        evaluate_local=cfg.ptls.fraction > 0 or cfg.eval.local or cfg.data.name == NODE_DATA,
         label=drop.label if drop else "",
     )
 

@@ -25,8 +25,6 @@ class MethodSpec:
     allowed_tuning: tuple[TuningMode, ...]
     #: layer dropout when ``drop.mode=auto``
     drop_mode: Literal["off", "bandit"]
-    #: share of trained blocks kept personal when ``ptls.fraction=auto``
-    personal_fraction: float
     #: ``module:class`` of the planner; the class has ``from_model(cfg, model, tokenizer)``
     planner: str
 
@@ -38,12 +36,12 @@ _LEFF = "fedcore.methods.leff.planner:LeffPlanner"
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
-        # name, tuning for 'auto', tunings allowed, dropout for 'auto', personal share for 'auto', planner
-        MethodSpec("fedavg", "full", ("full",), "off", 0.0, _ALL_LAYERS),
-        MethodSpec("fedlora", "lora", ("lora",), "off", 0.0, _ALL_LAYERS),
-        MethodSpec("fedbitfit", "bitfit", ("bitfit",), "off", 0.0, _ALL_LAYERS),
-        MethodSpec("droppeft", "lora", TUNING_MODES, "bandit", 0.25, _DROPPEFT),
-        MethodSpec("leff", "full", ("full",), "off", 0.0, _LEFF),
+        # name, tuning for 'auto', tunings allowed, dropout for 'auto', planner
+        MethodSpec("fedavg", "full", ("full",), "off", _ALL_LAYERS),
+        MethodSpec("fedlora", "lora", ("lora",), "off", _ALL_LAYERS),
+        MethodSpec("fedbitfit", "bitfit", ("bitfit",), "off", _ALL_LAYERS),
+        MethodSpec("droppeft", "lora", TUNING_MODES, "bandit", _DROPPEFT),
+        MethodSpec("leff", "full", ("full",), "off", _LEFF),
     )
 }
 

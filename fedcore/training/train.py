@@ -52,24 +52,6 @@ def drop_scale(plan: LayerPlan, step: int, steps: int) -> float:
     return min(1.0, position / (plan.drop_warmup * steps * plan.rounds))
 
 
-def block_lr_factor(plan: LayerPlan, rates: list[float], block: int | None) -> float:
-    """The factor on the step's learning rate for one optimizer group: 1 / (1 - p_l) for block l with
-    ``drop_lr_compensation`` (this project's option), else 1. A block run in a share (1 - p_l) of the
-    steps then moves as far per step in expectation as at full depth, as if it had missed no update."""
-    if not plan.drop_lr_compensation or not rates or block is None:
-        return 1.0
-    return 1.0 / (1.0 - rates[block])
-
-
-def param_groups(params: Mapping[str, nn.Parameter], layer_map: LayerMap) -> list[dict[str, object]]:
-    """One optimizer group per block (key ``block``: its index) and one for the rest (``block`` None), so
-    that each block's learning rate can follow its own drop rate."""
-    by_block: dict[int | None, list[nn.Parameter]] = {}
-    for name, param in params.items():
-        by_block.setdefault(layer_map.block_index(name), []).append(param)
-    return [{"params": group, "block": block} for block, group in by_block.items()]
-
-
 def trained_parameters(model: nn.Module, layer_map: LayerMap, plan: LayerPlan) -> dict[str, nn.Parameter]:
     """The tunable parameters that belong to the plan's train groups; everything else is frozen now."""
     wanted = set(plan.train_groups)
@@ -123,7 +105,7 @@ def train_plan(
     if not params:
         raise ValueError(f"plan trains no tunable parameter (groups {list(plan.train_groups)})")
     start = {name: _start_value(p, (start or {}).get(name)) for name, p in params.items()}
-    optimizer = torch.optim.AdamW(param_groups(params, layer_map), lr=plan.lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(params.values(), lr=plan.lr, weight_decay=weight_decay)
     steps = plan.steps or plan.epochs * len(batches)
     generator = torch.Generator().manual_seed(plan.seed)
     torch.manual_seed(plan.seed)  # dropout inside the model: a round replays identically (resume)
@@ -139,7 +121,7 @@ def train_plan(
             active = sample_active_blocks(rates, generator) if rates else list(range(layer_map.num_blocks))
             lr = learning_rate(plan, step, steps, warmup_fraction)
             for group in optimizer.param_groups:
-                group["lr"] = lr * block_lr_factor(plan, rates, group["block"])
+                group["lr"] = lr
             blocks_run += len(active)
             with meter.step(), only_blocks(model, active), compute_precision(precision, device):
                 loss = model(**batch).loss

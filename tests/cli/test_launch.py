@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,9 @@ def test_a_local_superlink_is_found_for_its_home_and_for_any_home_and_stopped(tm
         [sys.executable, "-c", sleeper, "flower-superlink", "--log-file", str(log_file)]
     )
     try:
+        deadline = time.monotonic() + 10  # until the child has exec'd (its command line is readable)
+        while stand_in.pid not in superlink_pids(home) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert stand_in.pid in superlink_pids(home)
         assert stand_in.pid in superlink_pids(None)
         assert stand_in.pid not in superlink_pids(tmp_path / "another-home")

@@ -55,7 +55,7 @@ def node_context(personal_dir: Path) -> Context:
 
 
 def stored_personal(context: Context, round_number: int) -> dict[str, torch.Tensor]:
-    store = PersonalStore.for_node(dict(context.node_config), RUN_NAME, 0)
+    store = PersonalStore.for_node(dict(context.node_config), RUN_NAME, "partition-0")
     return store.before(round_number + 1)
 
 
@@ -121,14 +121,14 @@ def test_a_corrupt_personal_layer_file_fails_the_round_naming_the_file(
 
 def test_a_repeated_round_starts_from_the_layers_before_it(tmp_path: Path) -> None:
     """A server resumed from an older checkpoint repeats rounds: their newer files must not be used."""
-    store = PersonalStore.for_node({NODE_PERSONAL_DIR: str(tmp_path)}, RUN_NAME, 3)
+    store = PersonalStore.for_node({NODE_PERSONAL_DIR: str(tmp_path)}, RUN_NAME, "partition-3")
     for round_number in (1, 2, 3):
         store.save(round_number, {"w": torch.full((2,), float(round_number))})
     assert torch.equal(store.before(3)["w"], torch.full((2,), 2.0))
     assert sorted(p.name for p in store.folder.iterdir()) == ["round-2.safetensors"]
     assert store.before(1) == {}
     with pytest.raises(ValueError, match="not a plain directory name"):
-        PersonalStore.for_node({NODE_PERSONAL_DIR: str(tmp_path)}, "../elsewhere", 3)
+        PersonalStore.for_node({NODE_PERSONAL_DIR: str(tmp_path)}, "../elsewhere", "partition-3")
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,10 @@ def test_leff_client_holds_window_and_students_and_uploads_only_the_window(
     deep_bert: Path, tmp_path: Path
 ) -> None:
     cfg = tiny_run_config(
-        deep_bert, tmp_path, method="leff", **{"leff.window": "round-robin", "leff.distill-steps": 2}
+        deep_bert,
+        tmp_path,
+        method="leff",
+        **{"leff.window": "round-robin", "leff.stand-in": "students", "leff.distill-steps": 2},
     )
     server_model, global_state, planner, plan, payload = plan_window_2_3(cfg)
     layer_map = LayerMap(server_model)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from client_app.info import node_partition
 from fedcore.config import RunConfig
+from fedcore.data.sources import node_partition
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,13 +22,14 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from client_app.app import app
 from fedcore.config import RunConfig
+from fedcore.data.sources import node_partition
 from fedcore.core import wire
 from fedcore.core.wire import config_to_dict, dict_to_config
 
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 7, 1
 content = RecordDict({wire.RUN_CONFIG: dict_to_config(RunConfig().to_flat())})
 query = Message(content, dst_node_id=7, message_type=f"{MessageType.QUERY}.{wire.INFO_QUERY}")
-node_config = {"partition-id": 2, "num-partitions": 3, "device": "jetson-orin"}
+node_config = {"partition-id": 2, "num-partitions": 3, "device": "jetson-orin", "personal-dir": "/srv/p"}
 reply = app(query, Context(1, 7, node_config, RecordDict(), {}))
 assert not reply.has_error(), reply.error
 heavy = [name for name in ("torch", "transformers", "peft", "datasets") if name in sys.modules]
@@ -42,7 +43,8 @@ def test_info_query_imports_no_torch_transformers_peft_or_datasets() -> None:
     )
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     assert answer["heavy"] == []
-    assert answer["info"]["partition-id"] == 2 and answer["info"]["device"] == "jetson-orin"
+    assert answer["info"]["partition-id"] == 2 and answer["info"]["device-name"] == "jetson-orin"
+    assert "personal-dir" not in answer["info"], "the reply states what plans need, not the node config"
 
 
 def test_a_partition_id_outside_the_federation_is_refused_at_start_up() -> None:

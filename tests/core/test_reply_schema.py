@@ -84,7 +84,7 @@ def test_node_info_keeps_only_declared_keys() -> None:
 @pytest.mark.parametrize(
     ("change", "cause"),
     [
-        ({wire.NODE_PARTITION_ID: None}, "missing.*partition-id"),
+        ({"device-name": None}, "missing.*device-name"),
         ({wire.NODE_NUM_EXAMPLES: "lots"}, "num-examples: expected an integer"),
         ({"device-speed": math.inf}, "device-speed: not finite"),
         ({"device-speed": 0.0}, "device-speed: 0 outside"),

@@ -24,14 +24,14 @@ def test_proxy_files_follow_the_data_loaders_rules(tmp_path: Path) -> None:
     assert sorted(load_proxy_texts(str(plain), 5, seed=0)) == sorted(r["text"] for r in rows)
     tabs = tmp_path / "p.tsv"
     tabs.write_text("text\nheadline\n")
-    with pytest.raises(ProxyError, match="leff.proxy: unsupported file type"):
+    with pytest.raises(ProxyError, match="proxy.name: unsupported file type"):
         load_proxy_texts(str(tabs), 5, seed=0)
 
 
 def test_proxy_without_text_column_names_the_key(tmp_path: Path) -> None:
     path = tmp_path / "p.csv"
     path.write_text("title\nsomething\n")
-    with pytest.raises(ProxyError, match="leff.proxy: .* has no 'text' column"):
+    with pytest.raises(ProxyError, match="proxy.name: .* has no 'text' column"):
         load_proxy_texts(str(path), 5, seed=0)
 
 
@@ -39,7 +39,7 @@ def test_server_validation_proxy_is_the_validation_texts(
     tmp_path: Path, tiny_models: dict[str, Path]
 ) -> None:
     cfg = tiny_run_config(
-        tiny_models["bert"], tmp_path, **{"leff.proxy": SERVER_VALIDATION, "data.validation-fraction": 0.1}
+        tiny_models["bert"], tmp_path, **{"proxy.name": SERVER_VALIDATION, "data.validation-fraction": 0.1}
     )
     splits = server_splits(cfg.data, cfg.model.task, cfg.seed)
     texts = run_proxy_texts(cfg, 1000)
@@ -50,6 +50,6 @@ def test_server_validation_proxy_is_the_validation_texts(
 
 def test_server_validation_proxy_without_texts_says_what_to_set() -> None:
     with pytest.raises(
-        ProxyError, match="leff.proxy: 'server:validation' holds no text .*validation-fraction"
+        ProxyError, match="proxy.name: 'server:validation' holds no text .*validation-fraction"
     ):
         load_proxy_texts(SERVER_VALIDATION, 5, seed=0, validation_texts=[" ", ""])

@@ -82,6 +82,18 @@ def test_causal_lm_table_has_text_only(tmp_path: Path) -> None:
         tables.partition(ds, cfg, 2, 0, seed=0)
 
 
+def test_causal_lm_on_a_labelled_table_is_refused_naming_both_keys(tmp_path: Path) -> None:
+    """The server loads its table before any round, so the contradiction stops the run there."""
+    cfg = DataConfig(name=str(_write(tmp_path / "reviews.csv", ROWS)), **CUSTOM)
+    contradiction = "model.task='causal-lm' contradicts data.label-column='stars'"
+    with pytest.raises(tables.DataError, match=contradiction):
+        tables.load_dataset_table(cfg, "causal-lm", seed=0)
+    texts_only = tables.load_dataset_table(cfg.model_copy(update={"label_column": ""}), "causal-lm", seed=0)
+    assert texts_only["text"] == [row["review"] for row in ROWS]
+    with pytest.raises(tables.DataError, match="model.task='causal-lm' contradicts data.name='embedded:"):
+        tables.load_dataset_table(DataConfig(), "causal-lm", seed=0)
+
+
 def test_missing_column_names_key_and_columns(tmp_path: Path) -> None:
     path = _write(tmp_path / "x.csv", ROWS)
     cfg = DataConfig(name=str(path), text_column="review", label_column="lbl")
@@ -96,7 +108,7 @@ def test_missing_column_names_key_and_columns(tmp_path: Path) -> None:
         ("missing.csv", None, "data.name: file not found"),
         ("notes.txt", ROWS, "data.name: unsupported file type"),
         ("one.csv", [{"text": "a", "label": 1}, {"text": "b", "label": 1}], "at least 2"),
-        ("empty.csv", [{"text": None, "label": 1}], "data.name: no usable rows"),
+        ("empty.csv", [{"text": None, "label": 1}], "no usable rows in"),
     ],
 )
 def test_unusable_files_are_refused(
@@ -247,5 +259,5 @@ def test_fractional_labels_are_refused(tmp_path: Path) -> None:
 
 def test_only_blank_texts_is_no_usable_rows(tmp_path: Path) -> None:
     path = _write(tmp_path / "blank.jsonl", [{"text": " ", "label": 0}, {"text": "", "label": 1}])
-    with pytest.raises(tables.DataError, match="data.name: no usable rows"):
+    with pytest.raises(tables.DataError, match="no usable rows in"):
         tables.load_dataset_table(DataConfig(name=str(path)), "seq-cls", seed=0)

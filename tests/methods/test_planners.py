@@ -47,13 +47,18 @@ def test_baselines_send_every_tunable_group_to_every_client(
     assert planner.state_dict() == {}
 
 
-@pytest.mark.parametrize(("local", "expected"), [(False, False), (True, True)])
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"eval.local": False}, False),
+        ({"eval.local": True}, True),
+        ({"data.name": "node", "data.labels": "no,yes"}, True),  # the nodes' own rows are the test data
+    ],
+)
 def test_local_evaluation_is_asked_of_every_method_when_configured(
-    tiny_models: dict[str, Path], tmp_path: Path, local: bool, expected: bool
+    tiny_models: dict[str, Path], tmp_path: Path, overrides: dict[str, object], expected: bool
 ) -> None:
-    planner, _, state = _planner_and_state(
-        tiny_models["bert"], tmp_path, method="fedlora", **{"eval.local": local}
-    )
+    planner, _, state = _planner_and_state(tiny_models["bert"], tmp_path, method="fedlora", **overrides)
     plan = planner.plan(1, CLIENTS[:1], state)[CLIENTS[0].node_id].plan
     assert plan.evaluate_local is expected and plan.personal_fraction == 0
 
@@ -67,10 +72,6 @@ def test_fixed_dropout_and_personal_layers_enter_any_plan(
     assert len(plan.drop_rates) == LayerMap(model).num_blocks
     assert sum(plan.drop_rates) / len(plan.drop_rates) == pytest.approx(0.3)
     assert plan.personal_fraction == 0.5 and plan.evaluate_local
-    assert not plan.drop_lr_compensation
-    overrides["drop.lr-compensation"] = True
-    planner, _, state = _planner_and_state(tiny_models["bert"], tmp_path, **overrides)
-    assert planner.plan(1, CLIENTS[:1], state)[CLIENTS[0].node_id].plan.drop_lr_compensation
 
 
 @pytest.mark.parametrize("method", ["fedlora", "droppeft"])
@@ -81,7 +82,7 @@ def test_sensitivity_shape_reads_the_starting_model(
     overrides = (
         {"drop.mode": "fixed", "drop.mean-rate": 0.3, "drop.shape": "sensitivity"}
         if method == "fedlora"
-        else {"drop.rates": "0.3", "drop.shapes": "sensitivity"}
+        else {"droppeft.rates": "0.3", "droppeft.shapes": "sensitivity"}
     )
     planner, model, state = _planner_and_state(tiny_models["llama"], tmp_path, method=method, **overrides)
     scores = planner.sensitivity
@@ -92,7 +93,7 @@ def test_sensitivity_shape_reads_the_starting_model(
     least = min(range(len(scores)), key=scores.__getitem__)
     assert plan.drop_rates[most] < plan.drop_rates[least]
     assert planner.state_dict()["block_sensitivity"] == scores
-    other_shape = {"drop.shapes": "uniform,incremental"} if method == "droppeft" else {}
+    other_shape = {"droppeft.shapes": "uniform,incremental"} if method == "droppeft" else {}
     plain, _, _ = _planner_and_state(tiny_models["llama"], tmp_path, method=method, **other_shape)
     assert plain.sensitivity is None  # measured only when a shape reads it
 
@@ -100,7 +101,8 @@ def test_sensitivity_shape_reads_the_starting_model(
 def test_droppeft_plans_bandit_arms_and_learns_only_from_the_round(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
-    planner, _, state = _planner_and_state(tiny_models["bert"], tmp_path, method="droppeft")
+    paper = {"droppeft.rates": "0.15,0.3"}
+    planner, _, state = _planner_and_state(tiny_models["bert"], tmp_path, method="droppeft", **paper)
     assert type(planner) is DropPeftPlanner and planner.bandit.prune
     planned = planner.plan(1, CLIENTS, state)
     for client_plan in planned.values():
@@ -112,7 +114,7 @@ def test_droppeft_plans_bandit_arms_and_learns_only_from_the_round(
 
     planner.plan(2, CLIENTS[2:], state)  # clients.per-round: only client 2 this round
     assert list(planner.state_dict()["choices"]) == ["client-2"]
-    restored, _, _ = _planner_and_state(tiny_models["bert"], tmp_path, method="droppeft")
+    restored, _, _ = _planner_and_state(tiny_models["bert"], tmp_path, method="droppeft", **paper)
     restored.load_state_dict(planner.state_dict())
     assert restored.state_dict() == planner.state_dict()
 
@@ -120,10 +122,8 @@ def test_droppeft_plans_bandit_arms_and_learns_only_from_the_round(
 def test_droppeft_with_one_arm_runs_it_without_the_probe(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
-    """A single arm leaves the bandit nothing to learn, so no client pays for the probe's passes."""
-    planner, _, state = _planner_and_state(
-        tiny_models["bert"], tmp_path, method="droppeft", **{"drop.rates": "0.15"}
-    )
+    """A single arm (the default) leaves the bandit nothing to learn, so no client pays for the probe."""
+    planner, _, state = _planner_and_state(tiny_models["bert"], tmp_path, method="droppeft")
     plan = planner.plan(1, CLIENTS[:1], state)[CLIENTS[0].node_id].plan
     assert plan.probe_examples == 0 and plan.label == "p0.15-incremental"
     assert sum(plan.drop_rates) / len(plan.drop_rates) == pytest.approx(0.15)
@@ -140,7 +140,7 @@ def test_target_speed_gives_only_slow_devices_their_speed_matched_rate(
     keeps its configuration (full depth here), a faster one too; the slow device's plan says what it runs.
     DropPEFT's one arm and FedLoRA's fixed dropout both sit at rate 0."""
     dropout = (
-        {"drop.rates": "0", "drop.shapes": "uniform"}
+        {"droppeft.rates": "0", "droppeft.shapes": "uniform"}
         if method == "droppeft"
         else {"drop.mode": "fixed", "drop.mean-rate": 0.0, "drop.shape": "uniform"}
     )
@@ -218,14 +218,19 @@ def test_droppeft_does_not_prune_arms_of_drifting_devices(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
     planner, _, _ = _planner_and_state(
-        tiny_models["bert"], tmp_path, method="droppeft", **{"drop.discount": 0.9}
+        tiny_models["bert"], tmp_path, method="droppeft", **{"droppeft.discount": 0.9}
     )
     assert not planner.bandit.prune
 
 
 def test_leff_plans_carry_their_payload_and_log_only_the_round(tmp_path: Path) -> None:
     model_dir = make_tiny_model_dir(tmp_path / "bert6", "bert", layers=6)
-    overrides = {"leff.window": "round-robin", "leff.distill-steps": 1, "leff.proxy-examples": 16}
+    overrides = {
+        "leff.window": "round-robin",
+        "leff.stand-in": "students",
+        "leff.distill-steps": 1,
+        "proxy.examples": 16,
+    }
     planner, model, state = _planner_and_state(model_dir, tmp_path, method="leff", **overrides)
     assert type(planner) is LeffPlanner
     profile = DeviceProfile("edge", max_blocks=2).as_config()
@@ -259,7 +264,7 @@ def test_leff_scores_block_importance_only_for_policies_that_read_it(
 ) -> None:
     """Random and round-robin windows never read importance: the server skips its pass every round."""
     model_dir = make_tiny_model_dir(tmp_path / "bert6", "bert", layers=6)
-    overrides = {"leff.window": window, "leff.stand-in": "bfloat16", "leff.proxy-examples": 16}
+    overrides = {"leff.window": window, "leff.stand-in": "bfloat16", "proxy.examples": 16}
     planner, _, state = _planner_and_state(model_dir, tmp_path, method="leff", **overrides)
     passes = []
     monkeypatch.setattr(
@@ -278,7 +283,7 @@ def test_leff_least_trained_windows_cover_the_model_and_survive_a_resume(tmp_pat
     """The planner counts every planned window's blocks, gives the next client a window trained least
     often, and checkpoints the counts: a planner restored from its state plans round 2 exactly alike."""
     model_dir = make_tiny_model_dir(tmp_path / "bert6", "bert", layers=6)
-    overrides = {"leff.window": "least-trained", "leff.stand-in": "bfloat16", "leff.proxy-examples": 16}
+    overrides = {"leff.window": "least-trained", "leff.stand-in": "bfloat16", "proxy.examples": 16}
     planner, _, state = _planner_and_state(model_dir, tmp_path, method="leff", **overrides)
     profile = DeviceProfile("edge", max_blocks=2).as_config()
     clients = [ClientInfo(node_id=10 + p, partition_id=p, profile=profile) for p in range(3)]
@@ -302,11 +307,12 @@ def test_leff_least_trained_windows_cover_the_model_and_survive_a_resume(tmp_pat
 def test_leff_warm_starts_a_segment_sampled_again(tmp_path: Path, kept: int) -> None:
     model_dir = make_tiny_model_dir(tmp_path / "bert6", "bert", layers=6)
     overrides = {
+        "leff.stand-in": "students",
         "leff.window": "round-robin",
         "leff.distill-steps": 3,
         "leff.warm-distill-steps": 1,
         "leff.warm-students": kept,
-        "leff.proxy-examples": 16,
+        "proxy.examples": 16,
         "rounds": 3,
     }
     planner, model, state = _planner_and_state(model_dir, tmp_path, method="leff", **overrides)
@@ -333,9 +339,10 @@ def _leff_llama6_passing_through(tmp_path: Path, blocks: list[int], **overrides:
     ``blocks`` are made pass-through (zero output projections), and the model."""
     model_dir = make_tiny_model_dir(tmp_path / "llama6", "llama", layers=6)
     settings = {
+        "leff.stand-in": "students",
         "leff.window": "round-robin",
         "leff.distill-steps": 0,
-        "leff.proxy-examples": 16,
+        "proxy.examples": 16,
         "model.task": "causal-lm",
         **overrides,
     }
@@ -379,3 +386,27 @@ def test_leff_students_keep_protected_blocks_whole_when_asked(tmp_path: Path, ke
         assert sources == [0, 1, 2], "2 protected + ceil(1 x 0.5): the segment stays exact"
     else:
         assert len(sources) == 2 and sources[-1] == 2, "the paper's ceil(3 x 0.5) drops one of 0 and 1"
+
+
+def test_no_plan_exceeds_a_small_memory_budget(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """A device whose memory trains 1 of the 4 blocks: LEFF's window is one block wide, and every one of
+    DropPEFT's arms runs at a mean rate that leaves one block per step on average."""
+    small = DeviceProfile("measured", memory_mb=300.0, memory_blocks=1).as_config()
+    ample = DeviceProfile("measured", memory_mb=300.0, memory_blocks=9).as_config()
+    clients = [ClientInfo(10, 0, profile=small), ClientInfo(11, 1, profile=ample)]
+    overrides = {"leff.window": "round-robin", "proxy.examples": 16}
+    leff, _, state = _planner_and_state(tiny_models["bert"], tmp_path, method="leff", **overrides)
+    planned = leff.plan(1, clients, state)
+    widths = {n: sum(g.startswith("block.") for g in p.plan.train_groups) for n, p in planned.items()}
+    assert widths == {10: 1, 11: 2}, "the ample device keeps its capacity-sized window (0.5 x 4)"
+
+    droppeft, _, state = _planner_and_state(
+        tiny_models["bert"], tmp_path, method="droppeft", **{"droppeft.rates": "0,0.15,0.3", "rounds": 3}
+    )
+    for round_number in (1, 2, 3):  # the bandit tries each arm once
+        planned = droppeft.plan(round_number, clients, state)
+        small_rates, ample_rates = planned[10].plan.drop_rates, planned[11].plan.drop_rates
+        assert sum(1 - r for r in small_rates) == pytest.approx(1.0)
+        assert sum(ample_rates) / 4 == pytest.approx([0, 0.15, 0.3][round_number - 1])
+        metrics = {wire.PROBE_LOSS_BEFORE: 0.7, wire.PROBE_LOSS_AFTER: 0.5, wire.DEVICE_TIME_S: 2.0}
+        droppeft.observe(round_number, [ClientResult(0, True, metrics), ClientResult(1, True, metrics)])

@@ -27,11 +27,7 @@ def test_every_method_names_a_planner_that_builds_from_the_model(name: str) -> N
 @pytest.mark.parametrize("name", list(METHODS))
 def test_auto_settings_come_from_the_method_spec(name: str) -> None:
     spec, cfg = METHODS[name], RunConfig.from_flat({"method": name})
-    assert (cfg.tuning_mode, cfg.drop_mode, cfg.personal_fraction) == (
-        spec.tuning,
-        spec.drop_mode,
-        spec.personal_fraction,
-    )
+    assert (cfg.tuning_mode, cfg.drop_mode) == (spec.tuning, spec.drop_mode)
     assert spec.tuning in spec.allowed_tuning
 
 

@@ -22,14 +22,14 @@ from server_app.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from server_app.run_log import METRICS, RunDirError, RunLog
+from server_app.run_log import METRICS, REPORT, SUMMARY, RunDirError, RunLog, is_finished
 from tests.conftest import tiny_run_config
 from tests.simulate import simulate
 
 
 def checkpoint(round_number: int, fill: float = 0.5) -> Checkpoint:
     state = {"a.weight": torch.full((4, 3), fill), "b.bias": torch.arange(5, dtype=torch.float32)}
-    return Checkpoint(round_number, state, {"bandit": {}}, 0.5, 12.0, RunConfig().to_flat())
+    return Checkpoint(round_number, state, {"bandit": {}}, 0.5, 12.0, RunConfig().to_flat(), {0: 11, 1: 12})
 
 
 def saved(run_dir: Path, round_number: int = 1, fill: float = 0.5) -> Path:
@@ -43,6 +43,7 @@ def test_a_saved_checkpoint_loads_bit_for_bit(tmp_path: Path) -> None:
     loaded = load_checkpoint(tmp_path)
     expected = checkpoint(1)
     assert loaded.round == 1 and loaded.planner_state == expected.planner_state
+    assert loaded.holders == {0: 11, 1: 12}
     assert all(torch.equal(loaded.global_state[k], v) for k, v in expected.global_state.items())
 
 
@@ -81,6 +82,30 @@ def test_a_missing_key_is_an_error_naming_the_file(tmp_path: Path, key: str) -> 
     with pytest.raises(CheckpointError, match=f"lacks {key}") as error:
         load_checkpoint(tmp_path)
     assert str(meta_file) in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("round", 7), ("planner", {"bandit": {"x": 1}}), ("best_accuracy", 0.99)]
+)
+def test_an_edited_field_breaks_the_hash_and_is_refused_naming_the_file(
+    tmp_path: Path, key: str, value: object
+) -> None:
+    """One flipped digit in the round would skip rounds; an edited planner state would crash the planner."""
+    meta_file = saved(tmp_path) / META_FILE
+    meta = json.loads(meta_file.read_text())
+    meta[key] = value
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="does not match its hash") as error:
+        load_checkpoint(tmp_path)
+    assert str(meta_file) in str(error.value)
+
+
+def test_a_run_is_finished_only_once_its_report_is_written(tmp_path: Path) -> None:
+    """A kill after summary.json but before report.md leaves a run that resume completes, not refuses."""
+    (tmp_path / SUMMARY).write_text("{}")
+    assert not is_finished(tmp_path)
+    (tmp_path / REPORT).write_text("# Run")
+    assert is_finished(tmp_path)
 
 
 def interrupted_swap(run_dir: Path, new_complete: bool) -> None:

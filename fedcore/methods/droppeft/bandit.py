@@ -231,11 +231,9 @@ def progress_reward(loss_before: float, loss_after: float, wall_time_s: float) -
 
     Our choice of reward: it trades how much a configuration helps against how long it keeps the device
     busy, which is what time-to-accuracy rewards, and it can be negative when a round made the model worse.
-    It is a ratio rather than the plain drop because the drop mostly measures where the round started: on
-    the paper-cls testbed the drop of a client round correlates with its loss before training at r = 0.88
-    over 80 client rounds, the log-ratio at r = 0.05 (``benchmarks/results/bandit_arms.md``). Neither
-    sees what an arm costs the global model: with personal layers the bandit still favoured the arm that
-    learns less there (docs/architecture.md, "What we found and changed").
+    It is a ratio rather than the plain drop because the drop mostly measures where the round started (it
+    tracks the loss before training; the log-ratio does not). Neither sees what an arm costs the global
+    model (``docs/research/droppeft-rate-and-bandit.md``).
     """
     _check_finite("loss_before", loss_before)
     _check_finite("loss_after", loss_after)

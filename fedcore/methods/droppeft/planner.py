@@ -1,5 +1,6 @@
 """DropPEFT: every client trains all tunable groups with stochastic layer dropout whose configuration
-a per-device bandit picks online, and keeps its most-updated blocks personal (PTLS).
+a per-device bandit picks online (``droppeft.*``); with ``ptls.fraction`` > 0, as in the paper, it keeps
+its most-updated blocks personal (PTLS).
 
 The reward of an arm is the device's training progress per second: the log-ratio of the full-model loss
 on held-out local examples before and after the round, divided by the round's device time (this
@@ -35,10 +36,10 @@ class DropPeftPlanner(AllLayersPlanner):
         """The arguments of ``AllLayersPlanner``; the bandit's arms come from ``cfg.drop``."""
         super().__init__(cfg, *args)
         self.bandit = DropoutBandit(
-            arm_grid(cfg.drop.rate_grid(), cfg.drop.shape_grid()),
-            exploration=cfg.drop.exploration,
-            discount=cfg.drop.discount,
-            prune=cfg.drop.discount == 1.0,  # a pruned arm never returns: wrong for drifting devices
+            arm_grid(cfg.droppeft.rate_grid(), cfg.droppeft.shape_grid()),
+            exploration=cfg.droppeft.exploration,
+            discount=cfg.droppeft.discount,
+            prune=cfg.droppeft.discount == 1.0,  # a pruned arm never returns: wrong for drifting devices
         )
         if self.drop is None and len(self.bandit.arms) == 1:
             # one arm leaves nothing to choose: it runs as a fixed configuration, without the probe
@@ -59,7 +60,7 @@ class DropPeftPlanner(AllLayersPlanner):
             self.cfg, round_number, client, self.tunable_groups, self.num_blocks, arm, self.sensitivity
         )
         if self.drop is None:
-            plan = dataclasses.replace(plan, probe_examples=self.cfg.drop.probe_examples)
+            plan = dataclasses.replace(plan, probe_examples=self.cfg.droppeft.probe_examples)
         return plan
 
     def observe(self, round_number: int, results: list[ClientResult]) -> None:

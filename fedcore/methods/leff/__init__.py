@@ -1,1 +1,1 @@
-"""LEFF: per-client windows of blocks, distilled students for the rest."""
+"""LEFF: per-client windows of blocks, stand-ins (bfloat16 blocks or distilled students) for the rest."""

@@ -12,25 +12,19 @@ Our design where the paper is silent (paper-inspired, not the paper's):
   - ``sensitive`` (default): the segment's last block, whose output the next block or the task head reads
     (see ``uniform``), and the k - 1 other blocks whose removal moves the model's last hidden state the most
     (``fedcore.mechanisms.block_sensitivity``, measured once on proxy text). A pretrained decoder leans on a
-    few blocks (SmolLM2-135M: blocks 0, 1, 2, 11 and 24-29): a student that keeps them starts close to its
-    segment. Measured on the paper-cls testbed (``benchmarks/results/leff_causes.md``): SmolLM2's blocks
-    0-24 as 13 blocks start at a normalised error of 0.11 (0.08 after 20 steps) against 0.80 for uniform
-    spacing, which 20 steps of the paper's MSE only worsen (0.95): it drops block 1 and 11.
+    few blocks: a student that keeps them starts close to its segment, while uniform spacing can drop
+    them and distillation does not rebuild them (``docs/research/leff-students.md``).
   - ``uniform``: uniformly spaced blocks (Offsite-Tuning's emulator rule, indices round(i * (n - 1) /
     (k - 1)), first and last included); a one-block student copies the segment's LAST block, since the
-    last block shapes the features the task head reads (removing it alone costs a fine-tuned MiniLM ~19
-    points, any other single block 1-5; ``benchmarks/results/leff_students.md``).
+    last block shapes the features the task head reads (removing it alone costs a fine-tuned model far
+    more than removing any other single block; ``docs/research/leff-students.md``).
 - The target is the segment's OUTPUT hidden state (padding masked); the KL matches student layer j to the
   teacher layer it was copied from. Distillation runs with dropout off, so targets are deterministic.
 - A student may start from an earlier student of the same segment instead of from teacher copies
   (``initial``): the planner warm-starts each segment from the previous round's student, so a segment
   sampled again keeps improving across rounds at the cost of a few steps (this project's choice).
-- ``loss="mse"`` (the default) is the paper's plain MSE; ``loss="normalised"`` (this project's option)
-  divides the squared error of each hidden dimension by that dimension's variance in the teacher's outputs,
-  so that a few huge dimensions do not dominate the fit (``fedcore/training/feature_error.py``). On MiniLM
-  both give the same task accuracy (within 0.6 points, ``benchmarks/results/leff_students.md``), so the
-  paper's loss stays the default. Either way the reported error is the normalised one (the share of the
-  teacher's variance the student does not reproduce: 0 is exact, 1 is no better than the mean).
+- The fit is the paper's plain MSE; the reported error is the normalised one (the share of the teacher's
+  variance the student does not reproduce: 0 is exact, 1 is no better than the mean).
 
 The mechanism is generic (no per-architecture code): the teacher's hidden states entering and leaving the
 segment are captured with forward hooks; the student runs inside the real model with its block list
@@ -278,18 +272,17 @@ def distill_segment(
     lr: float,
     alpha: float,
     seed: int,
-    loss: str = "mse",
     initial: nn.ModuleList | None = None,
     sensitivity: Sequence[float] | None = None,
 ) -> CompressedSegment:
     """Distil the teacher blocks ``segment`` of ``model`` into a frozen student of ``depth`` blocks.
 
-    Loss = (1 - alpha) * E(segment output) + alpha * KL(attention maps), E the normalised or plain MSE
-    (``loss``); AdamW on the student only, one proxy batch per step in a seeded shuffled order. The
-    student starts as copies of the teacher blocks ``student_sources`` picks (the most sensitive ones when
-    ``sensitivity``, one score per segment block, is given), or as a copy of ``initial`` (an earlier
-    student of this segment, ``depth`` blocks, copied from the same sources). alpha > 0 needs attention
-    probabilities, so attention runs eagerly for the duration (SDPA returns none). The model is left as
+    Loss = (1 - alpha) * MSE(segment output) + alpha * KL(attention maps); AdamW on the student only, one
+    proxy batch per step in a seeded shuffled order. The student starts as copies of the teacher blocks
+    ``student_sources`` picks (the most sensitive ones when ``sensitivity``, one score per segment block, is
+    given), or as a copy of ``initial`` (an earlier student of this segment, ``depth`` blocks, copied from
+    the same sources). alpha > 0 needs attention probabilities, so attention runs eagerly for the duration
+    (SDPA returns none). The model is left as
     found: block list, hooks, requires_grad flags, train/eval modes, config and teacher weights.
     """
     started = time.perf_counter()
@@ -302,8 +295,6 @@ def distill_segment(
         raise ValueError(f"student depth must be in 1..{len(segment)}, got {depth}")
     if not proxy_batches or steps < 0:
         raise ValueError("distill_segment needs proxy batches and steps >= 0")
-    if loss not in ("normalised", "mse"):
-        raise ValueError(f"loss must be 'normalised' or 'mse', got {loss!r}")
     if initial is not None and len(initial) != depth:
         raise ValueError(f"initial student has {len(initial)} blocks, expected {depth}")
     sources = student_sources(len(segment), depth, sensitivity)
@@ -317,7 +308,6 @@ def distill_segment(
         attention_layers = [segment.start + i for i in sources] if with_attentions else []
         targets = [_teacher_targets(model, segment, batch, attention_layers) for batch in inputs]
         variance = feature_variance([out for _, out, _ in targets], masks)
-        train_scale = variance if loss == "normalised" else None
         if initial is None:
             student, _ = init_student([blocks[i] for i in segment], depth, sensitivity)
         else:
@@ -329,7 +319,7 @@ def distill_segment(
             teacher_in, teacher_out, teacher_attn = targets[index]
             output, attn = _student_forward(model, student, inputs[index], teacher_in, with_attentions)
             error = masked_mse(output, teacher_out, masks[index], variance)
-            fit = error if train_scale is not None else masked_mse(output, teacher_out, masks[index])
+            fit = masked_mse(output, teacher_out, masks[index])
             if not with_attentions:
                 return fit, error
             return (1 - alpha) * fit + alpha * _attention_kl(attn, teacher_attn, masks[index]), error

@@ -1,24 +1,26 @@
-"""LEFF: each client trains one window of the blocks it can afford; the rest arrive as distilled students.
+"""LEFF: each client trains one window of the blocks it can afford; the rest arrive as stand-ins: the
+blocks themselves in bfloat16 (this project's default, ``leff.stand-in``) or the paper's distilled students.
 
 Per round the server (1) scores block importance I_l = sum (g * theta)^2 on proxy text with the current
 global model (every ``leff.importance-every`` rounds), (2) samples for each client one window of L_i
 consecutive blocks from a softmax over window scores (or random / round-robin windows, the paper's
-ablations), (3) distils the blocks before and after the window into students of ceil(n * r) blocks and
-(4) sends the window, the students and the head. Students are cached per (segment, global version): the
-global model changes every round, so a segment is reused across the clients of one round.
+ablations), (3) with students, distils the blocks before and after the window into students of
+ceil(n * r) blocks and (4) sends the window, the stand-ins and the head. Students are cached per (segment,
+global version): the global model changes every round, so a segment is reused across the clients of one
+round.
 
 Protected blocks (this project's choice, ``leff.keep-protected``): a student keeps every block of its
 segment that the model cannot do without (removal sensitivity above twice the median, the blocks the
 ``sensitivity`` drop shape never drops) and compresses only the others, kept + ceil((n - kept) * r)
-blocks. On the deep testbed the paper's ceil(n * r) students of short segments holding SmolLM2's blocks
-0-2 ended at normalised errors of 0.7-1.6, worse than predicting the mean.
+blocks. On a deep decoder the paper's ceil(n * r) students of short segments holding its first blocks
+end worse than predicting the mean (``docs/research/leff-students.md``).
 
 Warm start (this project's choice, ``leff.warm-students``): the students of the most recently used
 segments are kept across rounds, and a segment needed again is distilled from its previous student for
 ``leff.warm-distill-steps`` steps instead of from teacher copies for ``leff.distill-steps``. The global
-model moves little per round, so the student keeps what earlier rounds taught it; distilling SmolLM2's
-segments from teacher copies costs ~1 s per step and 20 steps leave most of the error (normalised error
-1.74 -> 0.81 for blocks 15-29, ``benchmarks/results/paper-testbed.md``).
+model moves little per round, so the student keeps what earlier rounds taught it; distilling a deep
+decoder's segments from teacher copies is the server's main cost and a few steps leave most of the error
+(``docs/research/leff-students.md``).
 
 bfloat16 stand-in (this project's option, ``leff.stand-in='bfloat16'``): no students at all; the client
 holds every block, those outside its window in bfloat16 (``fedcore.mechanisms.frozen_precision``; they
@@ -83,7 +85,7 @@ class LeffPlanner:
         self.cfg = cfg
         self.model = model  # the server's global model: teacher and importance scorer
         self.layer_map = LayerMap(model)
-        texts = run_proxy_texts(cfg, cfg.leff.proxy_examples)
+        texts = run_proxy_texts(cfg, cfg.proxy.examples)
         self.proxy_batches = make_batches(
             Dataset.from_dict({"text": texts}), tokenizer, cfg.model.task, cfg.model.max_length, 32
         )
@@ -133,7 +135,6 @@ class LeffPlanner:
             lr=leff.distill_lr,
             alpha=leff.distill_alpha,
             seed=derive_seed(self.cfg.seed, round_number, segment.start, segment.stop),
-            loss=leff.distill_loss,
             initial=initial,
             sensitivity=[self.student_sensitivity[i] for i in segment] if self.student_sensitivity else None,
         )

@@ -244,12 +244,6 @@ def test_attention_distillation_on_bert(deep_models: dict[str, Path], tmp_path: 
     )
 
 
-def test_distill_refuses_an_unknown_loss(deep_models: dict[str, Path], tmp_path: Path) -> None:
-    model = _model(deep_models["bert"], tmp_path, "bert")
-    with pytest.raises(ValueError, match="loss must be"):
-        distill_segment(model, range(0, 2), 1, _proxy(model), steps=1, lr=1e-3, alpha=0.0, seed=0, loss="l1")
-
-
 def test_a_warm_start_continues_from_the_earlier_student(
     deep_models: dict[str, Path], tmp_path: Path
 ) -> None:

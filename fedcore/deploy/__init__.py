@@ -1,0 +1,1 @@
+"""Operator tooling for a deployed federation: ``fedlayer deploy ...``."""
