@@ -18,10 +18,17 @@ _PACKAGE = "flwr_datasets"
 _PLOTTING = f"{_PACKAGE}.visualization"
 
 
+#: the special names that mean real use (a submodule import, ``import *``); others, such as the ``__file__``
+#: that ``inspect.getmodule`` reads from every loaded module, answer "not set" without loading
+_USE_DUNDERS = ("__path__", "__all__")
+
+
 class _ImportedOnFirstUse(types.ModuleType):
     """Stands in for ``flwr_datasets.visualization`` until one of its names is asked for."""
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name.endswith("__") and name not in _USE_DUNDERS:
+            raise AttributeError(name)
         if sys.modules.get(_PLOTTING) is self:
             del sys.modules[_PLOTTING]
         return getattr(importlib.import_module(_PLOTTING), name)

@@ -41,6 +41,15 @@ def test_loading_the_client_imports_no_heavy_module_it_does_not_use(
     assert loaded_after(statement, forbidden) == []
 
 
+def test_looking_through_loaded_modules_does_not_load_plotting() -> None:
+    statement = (
+        "import inspect, fedcore.data.partitioners\n"
+        "inspect.getmodule(inspect.currentframe())  # reads __file__ of every loaded module\n"
+        "assert not hasattr(sys.modules['flwr_datasets.visualization'], '__file__')"
+    )
+    assert loaded_after(statement, PLOTTING) == []
+
+
 def test_flower_datasets_plotting_still_loads_when_asked_for() -> None:
     statement = (
         "import fedcore.data.partitioners\n"
