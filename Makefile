@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    virtualenv + install + embedded assets, then the default federation as a Ray simulation
 #   make test   virtualenv + install + embedded assets, then the test suite
+#   make bench EXPERIMENT=benchmarks/experiments/<name>.toml   one experiment, every variant and seed
+#                                                            (no EXPERIMENT: the list of experiments)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,6 +12,8 @@ CPUS ?= 2
 RUN_CONFIG ?=
 # flwr 1.39 otherwise installs the app's dependencies into a fresh environment on every run
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+EXPERIMENT ?=
+BENCH_ARGS ?=
 
 .PHONY: setup run test lint bench clean
 
@@ -28,6 +32,9 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python -m benchmarks.run $(EXPERIMENT) $(BENCH_ARGS)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -6,7 +6,6 @@ starts with both; the numbers themselves are only compared side by side within o
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -100,34 +99,6 @@ def write_results(name: str, out_dir: Path, markdown: str, data: dict[str, Any])
     md.write_text(markdown.rstrip() + "\n")
     js.write_text(json.dumps(data, indent=2) + "\n")
     return md, js
-
-
-def runs_report_args(description: str, argv: list[str] | None) -> argparse.Namespace:
-    """The command line of a report read from finished runs: RUN_DIR..., --name, --note."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
-    parser.add_argument("--name", required=True, help="results/<name>.{md,json}")
-    parser.add_argument("--note", default="", help="where the runs come from, for the report")
-    return parser.parse_args(argv)
-
-
-def publish_runs_report(name: str, title: str, body: str, rows: list[dict[str, Any]], note: str = "") -> None:
-    """Write results/<name>.{md,json} for a report read from finished runs (machine header, the note on
-    where the runs come from, the tables), and print the Markdown."""
-    info = machine()
-    markdown = (
-        header(title, info, command_line(), quick=False) + (f"\n{note}\n" if note else "") + f"\n{body}\n"
-    )
-    write_results(name, RESULTS, markdown, {"machine": info, "command": command_line(), "runs": rows})
-    print(markdown, flush=True)
-
-
-def variant_and_seed(run_dir: Path) -> tuple[str, int | None]:
-    """Batch run directories are named ``<date>-<time>-<variant>-s<seed>``; other names are their own
-    variant, without a seed."""
-    parts = run_dir.name.split("-", 2)
-    stem, sep, seed = (parts[2] if len(parts) == 3 else run_dir.name).rpartition("-s")
-    return (stem, int(seed)) if sep and seed.isdigit() else (run_dir.name, None)
 
 
 def save_deep_model(directory: Path, layers: int) -> Path:

@@ -44,7 +44,7 @@ from benchlib import (
     table,
     write_results,
 )
-from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.app import Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from safetensors.torch import load_file, save_file
 
@@ -55,12 +55,10 @@ from fedcore.config import RunConfig
 from fedcore.core import wire
 from fedcore.core.devices import DeviceProfile
 from fedcore.core.plan import LayerPlan
-from fedcore.core.wire import dict_to_config, state_to_arrays
-from fedcore.data.splits import client_splits, server_splits
-from fedcore.methods.base import ClientInfo
-from fedcore.methods.registry import make_planner
-from fedcore.model import build_model, tunable_state
+from fedcore.data.splits import client_splits
+from fedcore.methods.base import ClientInfo, ClientPlan
 from fedcore.presets import preset_values
+from server_app.federation import prepare, train_message
 
 METHODS = ("fedavg", "fedlora", "fedbitfit", "droppeft", "leff")
 NODE_ID = 1
@@ -105,21 +103,16 @@ def run_config(method: str, model_name: str, args: argparse.Namespace) -> RunCon
 
 
 def server_side(cfg: RunConfig, capacity: float, directory: Path) -> dict[str, Any]:
-    """Build the global model and the method's plan + payload for one client; write them for the child."""
-    splits = server_splits(cfg.data, cfg.model.task, cfg.seed)
-    model, tokenizer = build_model(cfg, splits.num_labels)
-    global_state = tunable_state(model)
-    client = ClientInfo(
-        node_id=NODE_ID,
-        partition_id=PARTITION,
-        profile=DeviceProfile("workstation", capacity=capacity).as_config(),
-    )
-    began = time.perf_counter()
-    planner = make_planner(cfg, model, tokenizer)
-    planned = planner.plan(1, [client], global_state)[NODE_ID]
-    plan, payload = planned.plan, planned.payload
-    server_s = time.perf_counter() - began
+    """Build the server as the ServerApp does (``prepare``) and plan one client's round; write the plan,
+    payload and configs for the child. The run directory ``prepare`` opens lands in ``directory``."""
+    cfg = RunConfig.from_flat({**cfg.to_flat(), "output.dir": str(directory / "server")})
     directory.mkdir(parents=True)
+    (directory / "client.json").write_text(json.dumps({"capacity": capacity}))
+    began = time.perf_counter()
+    state, _, _ = prepare(cfg)
+    planned = state.planner.plan(1, [client_info(capacity)], state.global_state)[NODE_ID]
+    server_s = time.perf_counter() - began
+    plan, payload = planned.plan, planned.payload
     save_file(
         {name: t.detach().contiguous().clone() for name, t in payload.items()},
         directory / "payload.safetensors",
@@ -134,10 +127,19 @@ def server_side(cfg: RunConfig, capacity: float, directory: Path) -> dict[str, A
     (directory / "node_config.json").write_text(json.dumps(node_config))
     return {
         "server_plan_s": server_s,
-        "distill_s": planner.state_dict().get("distill_seconds", 0.0),
+        "distill_s": state.planner.state_dict().get("distill_seconds", 0.0),
         "plan": plan.as_log()
         | {"block_sources": list(plan.block_sources), "train_groups": list(plan.train_groups)},
     }
+
+
+def client_info(capacity: float) -> ClientInfo:
+    """The measured client: partition 0 on a device of the given capacity."""
+    return ClientInfo(
+        node_id=NODE_ID,
+        partition_id=PARTITION,
+        profile=DeviceProfile("workstation", capacity=capacity).as_config(),
+    )
 
 
 def child(directory: Path, threads: int) -> None:
@@ -149,15 +151,11 @@ def child(directory: Path, threads: int) -> None:
     plan_dict = json.loads((directory / "plan.json").read_text())
     node_config = json.loads((directory / "node_config.json").read_text())
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, NODE_ID, 1
-    content = RecordDict(
-        {
-            wire.PLAN: dict_to_config(plan_dict),
-            wire.RUN_CONFIG: dict_to_config(flat),
-            wire.RUN: dict_to_config({wire.RUN_NAME: "client-round"}),
-            wire.GLOBAL: state_to_arrays(load_file(directory / "payload.safetensors")),
-        }
-    )
-    message = Message(content, dst_node_id=NODE_ID, message_type=MessageType.TRAIN)
+    cfg = RunConfig.from_flat(flat)
+    plan = LayerPlan.from_dict(plan_dict)
+    planned = ClientPlan(plan, load_file(directory / "payload.safetensors"))
+    capacity = json.loads((directory / "client.json").read_text())["capacity"]
+    message = train_message(client_info(capacity), planned, cfg, "client-round", simulated=True)
     rss_before = rss_mb()
     began = time.perf_counter()
     reply = client_app(message, Context(1, NODE_ID, node_config, RecordDict(), {}))
@@ -166,8 +164,6 @@ def child(directory: Path, threads: int) -> None:
     if reply.has_error():
         raise RuntimeError(f"client round failed: {reply.error.reason}")
     metrics = dict(reply.content.metric_records[wire.TRAIN_METRICS])
-    cfg = RunConfig.from_flat(flat)
-    plan = LayerPlan.from_dict(plan_dict)
     num_labels = client_splits(
         cfg.data, cfg.model.task, cfg.seed, PARTITION, cfg.clients.num_partitions
     ).num_labels

@@ -1,8 +1,10 @@
 """The generic client: execute one LayerPlan on this node's data and produce the reply content.
 
-Every method (baselines, DropPEFT, LEFF) arrives here as a plan; nothing in this file knows which
-method is running. ``execute_train`` reads top to bottom as the round's steps, one function each.
-Personal layers (PTLS) live on the node's disk between rounds, under global names (personal_store).
+Every method (baselines, DropPEFT, LEFF) arrives here as a plan; nothing in this file knows which method
+is running. The plan says what to train and how (steps, learning rate, batch size...); the run config
+only which model, data and device profiles the run uses. ``execute_train`` reads top to bottom as the
+round's steps, one function each. Personal layers (PTLS) live on the node's disk between rounds, under
+global names (personal_store).
 """
 
 from __future__ import annotations
@@ -91,14 +93,14 @@ def execute_train(content: RecordDict, node_config: dict[str, Any]) -> RecordDic
 
     train_rows, probe_rows = probe_split(splits.train, plan.probe_examples)
     metrics = evaluate_locally(client, cfg, plan, splits.test if len(splits.test) else train_rows)
-    probe = batches_of(client, cfg, probe_rows, cfg.eval.batch_size)
+    probe = batches_of(client, cfg, probe_rows, plan.eval_batch_size)
     if probe:
         metrics[wire.PROBE_LOSS_BEFORE] = probe_loss(client, cfg, probe)
     outcome = train(client, cfg, local_plan, train_rows, received, personal)
     if probe:
         metrics[wire.PROBE_LOSS_AFTER] = probe_loss(client, cfg, probe)
     keep, held = select_personal(client, layout, plan, outcome, stored, store)
-    update = build_upload(client, layout, cfg, outcome, keep, personal, received)
+    update = build_upload(client, layout, plan, outcome, keep, personal, received)
     metrics.update(outcome.metrics)
     metrics.update(
         {
@@ -111,7 +113,7 @@ def execute_train(content: RecordDict, node_config: dict[str, Any]) -> RecordDic
             wire.WALL_TIME_S: time.perf_counter() - began,
         }
     )
-    return reply(update, metrics, device_name, held)
+    return reply(update, metrics, device_name, held, source.partition_id)
 
 
 def emulated_device(
@@ -177,8 +179,8 @@ def evaluate_locally(
     """Before training: the personalised model on local held-out data (when the plan asks for it)."""
     if not plan.evaluate_local:
         return {}
-    count = min(len(held_out), cfg.eval.client_examples or len(held_out))
-    local_test = batches_of(client, cfg, held_out.select(range(count)), cfg.eval.batch_size)
+    count = min(len(held_out), plan.eval_examples or len(held_out))
+    local_test = batches_of(client, cfg, held_out.select(range(count)), plan.eval_batch_size)
     local = evaluate(client.model, local_test, cfg.model.task, device())
     return {wire.PERSONAL_PREFIX + k: v for k, v in local.items()}
 
@@ -199,12 +201,12 @@ def train(
     """Run the local loop on the plan's groups (layer dropout inside, when the plan has drop rates)."""
     return train_plan(
         client.model,
-        batches_of(client, cfg, train_table, cfg.train.batch_size, local_plan.seed),
+        batches_of(client, cfg, train_table, local_plan.batch_size, local_plan.seed),
         local_plan,
-        weight_decay=cfg.train.weight_decay,
-        warmup_fraction=cfg.train.warmup_fraction,
-        clip_norm=cfg.train.clip_norm,
-        precision=cfg.train.precision,
+        weight_decay=local_plan.weight_decay,
+        warmup_fraction=local_plan.warmup_fraction,
+        clip_norm=local_plan.clip_norm,
+        precision=local_plan.precision,
         start=received | personal,  # the values the model was just loaded with: no extra copy
         device=device(),
         layer_map=client.layer_map,
@@ -234,7 +236,7 @@ def select_personal(
 def build_upload(
     client: ClientModel,
     layout: Layout,
-    cfg: RunConfig,
+    plan: LayerPlan,
     outcome: TrainOutcome,
     keep: set[str],
     personal: dict[str, torch.Tensor],
@@ -242,14 +244,24 @@ def build_upload(
 ) -> ArrayRecord:
     """The update of the shared trained groups, under global names, in the wire precision."""
     upload = shared_update(outcome.update, keep, client.layer_map.group_of, personal, received)
-    return state_to_arrays(layout.to_global(upload), cfg.round.wire_dtype)
+    return state_to_arrays(layout.to_global(upload), plan.wire_dtype)
 
 
 def reply(
-    update: ArrayRecord, metrics: dict[str, float], device_name: str, personal_groups: list[str]
+    update: ArrayRecord,
+    metrics: dict[str, float],
+    device_name: str,
+    personal_groups: list[str],
+    partition_id: int | None,
 ) -> RecordDict:
-    """The reply content: the update, the numbers, and the facts that are not numbers."""
-    report = {wire.REPORT_DEVICE: device_name, wire.REPORT_PERSONAL_GROUPS: personal_groups or [""]}
+    """The reply content: the update, the numbers, and the facts that are not numbers (among them the
+    partition the node trained on, which the server holds it to from round to round)."""
+    report: dict[str, Any] = {
+        wire.REPORT_DEVICE: device_name,
+        wire.REPORT_PERSONAL_GROUPS: personal_groups or [""],
+    }
+    if partition_id is not None:
+        report[wire.NODE_PARTITION_ID] = partition_id
     return RecordDict(
         {
             wire.UPDATE: update,

@@ -1,13 +1,14 @@
-"""The federation loop: plan, send, collect, validate, aggregate layer-wise, evaluate, record, checkpoint.
+"""The federation loop: prepare, then per round plan, send, collect, aggregate (through the run's
+LayerwiseStrategy), evaluate, record and checkpoint.
 
-Built directly on Flower's Message API (the grid's push and pull) because every client gets its own
-plan and payload and replies carry different parameter subsets, which Flower's stock strategies
-do not aggregate.
+The strategy (``server_app.strategy``) owns a round's planning, reply checks, bounds and layer-wise
+aggregation; this loop adds what a product run needs around it: live progress while replies come in
+(each reply pulled on its own, so one undecodable reply costs only its sender's), the run log and
+TensorBoard rows, checkpoints and resume, the saved model and the report.
 """
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from flwr.app import Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message
 from flwr.serverapp import Grid
 from flwr.superlink.grid import InMemoryGrid
 from torch import nn
@@ -23,19 +24,13 @@ from transformers import PreTrainedTokenizerBase
 
 from fedcore.config import RunConfig
 from fedcore.core import wire
-from fedcore.core.aggregate import ClientUpdate, UpdateRejected, aggregate_layerwise, validate_update
 from fedcore.core.files import write_json_atomic
 from fedcore.core.layers import LayerMap
-from fedcore.core.limits import check_record, clip_text
-from fedcore.core.plan import LayerPlan
-from fedcore.core.reply_schema import SchemaError, check_train_metrics
-from fedcore.core.robust import cap_weights, clip_updates, stated_weight
-from fedcore.core.seeding import derive_seed
-from fedcore.core.wire import dict_to_config, received_state, state_to_arrays
+from fedcore.core.wire import dict_to_config
 from fedcore.data.batching import Batch, make_batches
 from fedcore.data.splits import server_splits
 from fedcore.data.tables import label_names
-from fedcore.methods.base import ClientInfo, ClientPlan, ClientResult, Planner
+from fedcore.methods.base import ClientInfo, ClientPlan, Planner
 from fedcore.methods.registry import make_planner
 from fedcore.model import build_model, load_tunable_state, tunable_state
 from fedcore.training.evaluate import evaluate
@@ -54,16 +49,12 @@ from server_app.progress import Progress
 from server_app.run_log import RunLog, new_run_dir
 from server_app.run_report import write_run_report
 from server_app.samples import generate_samples
+from server_app.strategy import UNDECODABLE, ClientOutcome, LayerwiseSettings, LayerwiseStrategy
+from server_app.strategy import train_message as strategy_train_message
 from server_app.tensorboard import open_tensorboard
 
 #: the shortest wait for the clients' info replies at start-up, whatever round.timeout says
 QUERY_TIMEOUT_S = 120.0
-
-
-@dataclass
-class ClientOutcome:
-    row: dict[str, Any]
-    update: ClientUpdate | None
 
 
 @dataclass
@@ -90,86 +81,45 @@ class ServerState:
     simulated: bool = True
     #: partition -> node id holding it in this run, which a resume keeps (nodes.assign_partitions)
     holders: dict[int, int] = field(default_factory=dict)
+    #: plans and aggregates the rounds (set once the run has its name: every message carries it)
+    strategy: LayerwiseStrategy = field(init=False)
+    #: the global state as the strategy passes it between rounds
+    arrays: ArrayRecord = field(init=False)
 
 
-def sample_clients(clients: list[ClientInfo], cfg: RunConfig, round_number: int) -> list[ClientInfo]:
-    if not cfg.clients.per_round or cfg.clients.per_round >= len(clients):
-        return clients
-    rng = random.Random(derive_seed(cfg.seed, round_number))
-    return sorted(rng.sample(clients, cfg.clients.per_round), key=lambda c: c.partition_id)
+#: the run-config keys a client reads: which model, tuning, data partitioning and device profiles the run
+#: uses (what to train and how travels in each client's plan)
+CLIENT_KEYS = ("preset", "method", "seed", "model.", "tuning.", "data.", "clients.", "devices.")
+
+
+def client_run_config(cfg: RunConfig) -> dict[str, Any]:
+    """The part of the run config a train message carries: the run's identity, not its training settings."""
+    return {key: value for key, value in cfg.to_flat().items() if key.startswith(CLIENT_KEYS)}
+
+
+def run_records(cfg: RunConfig, run_name: str, simulated: bool) -> dict[str, ConfigRecord]:
+    """The run's identity, which every train message carries besides the plan and the tensors: the
+    client's part of the run config, the run's name, and whether it is a simulation."""
+    return {
+        wire.RUN_CONFIG: dict_to_config(client_run_config(cfg)),
+        wire.RUN: dict_to_config({wire.RUN_NAME: run_name, wire.SIMULATED: simulated}),
+    }
 
 
 def train_message(
     client: ClientInfo, planned: ClientPlan, cfg: RunConfig, run_name: str, simulated: bool
 ) -> Message:
-    content = RecordDict(
-        {
-            wire.PLAN: dict_to_config(planned.plan.to_dict()),
-            wire.RUN_CONFIG: dict_to_config(cfg.to_flat()),
-            wire.RUN: dict_to_config({wire.RUN_NAME: run_name, wire.SIMULATED: simulated}),
-            wire.GLOBAL: state_to_arrays(planned.payload, cfg.round.wire_dtype),
-        }
-    )
-    return Message(content, dst_node_id=client.node_id, message_type=MessageType.TRAIN)
+    """One client's train message exactly as the run's strategy sends it (for replaying a client round)."""
+    records = run_records(cfg, run_name, simulated)
+    return strategy_train_message(client.node_id, planned, records, cfg.round.wire_dtype)
 
 
-def collect_reply(
-    reply: Message,
-    client: ClientInfo,
-    plan: LayerPlan,
-    expected: dict[str, torch.Size],
-    layer_map: LayerMap,
-    cfg: RunConfig,
-) -> ClientOutcome:
-    """Turn one reply into a metrics row and, if it is sound, an update to aggregate.
-
-    The reply's numbers enter the row only once they pass the schema, and never over the server's own
-    fields (who answered, the status, the bytes measured here); its tensors are checked by what they
-    declare (names, shapes, bytes) before any is decoded, and again as decoded before anything converts
-    them. Every text the client controls is cut to limits.text-chars.
-    """
-    row: dict[str, Any] = {"node_id": client.node_id, "partition_id": client.partition_id}
-    row["plan"] = plan.as_log()
-    limits = cfg.limits
-    if reply.has_error():
-        reason = clip_text(str(reply.error.reason), limits.text_chars)
-        return ClientOutcome({**row, "status": "failed", "reason": reason}, None)
-    try:
-        metric_record = reply.content.metric_records[wire.TRAIN_METRICS]
-        if len(metric_record) > limits.list_items:
-            raise SchemaError(f"{len(metric_record)} metrics exceed limits.list-items={limits.list_items}")
-        metrics = check_train_metrics(dict(metric_record), probe=plan.probe_examples > 0)
-        record = reply.content.array_records[wire.UPDATE]
-        wanted = set(plan.train_groups)
-        plan_expected = {n: s for n, s in expected.items() if layer_map.group_of(n) in wanted}
-        check_record(record, plan_expected, limits.reply_mb * 1e6, limits.list_items)
-        update = received_state(record)
-        validate_update(update, plan_expected, layer_map.group_of, wire.wire_dtype_of(cfg.round.wire_dtype))
-    except (SchemaError, UpdateRejected) as exc:
-        return ClientOutcome(
-            {**row, "status": "rejected", "reason": clip_text(str(exc), limits.text_chars)}, None
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        reason = clip_text(f"malformed reply: {exc!r}", limits.text_chars)
-        return ClientOutcome({**row, "status": "rejected", "reason": reason}, None)
-    row = {**metrics, **row, wire.BYTES_UP: record.count_bytes(), "status": "ok", "reason": None}
-    weight = stated_weight(metrics[wire.EXAMPLES], client.num_examples)
-    tensors = {name: tensor.float() for name, tensor in update.items()}
-    return ClientOutcome(row, ClientUpdate(client.node_id, weight, tensors, client.examples_checked))
-
-
-def bound_and_aggregate(state: ServerState, outcomes: list[ClientOutcome]) -> None:
-    """Bound every sound reply's influence (weight cap, norm clipping), record it in the client's row,
-    and aggregate once there are clients.min sound replies."""
-    cfg = state.cfg
-    sound = [o for o in outcomes if o.update is not None]
-    updates = cap_weights([o.update for o in sound], cfg.round.weight_cap)
-    updates, scales = clip_updates(updates, state.layer_map.group_of, cfg.round.clip_factor)
-    for outcome, update, scale in zip(sound, updates, scales, strict=True):
-        outcome.row.update(weight=update.weight, clip_scale=scale)
-    if len(updates) >= cfg.clients.min:
-        state.global_state = aggregate_layerwise(state.global_state, updates, cfg.round.aggregator)
-        load_tunable_state(state.model, state.global_state)
+def start_strategy(state: ServerState) -> None:
+    """The run's LayerwiseStrategy, from the current global state."""
+    records = run_records(state.cfg, state.run_name, state.simulated)
+    settings = LayerwiseSettings.from_run_config(state.cfg)
+    state.strategy = LayerwiseStrategy(state.planner, state.layer_map.group_of, settings, records=records)
+    state.arrays = state.strategy.arrays_of(state.global_state)
 
 
 def prepare(cfg: RunConfig) -> tuple[ServerState, RunLog, PreTrainedTokenizerBase]:
@@ -220,48 +170,28 @@ def prepare(cfg: RunConfig) -> tuple[ServerState, RunLog, PreTrainedTokenizerBas
     return state, log, tokenizer
 
 
-def run_round(
-    grid: Grid, state: ServerState, clients: list[ClientInfo], round_number: int
-) -> list[ClientOutcome]:
-    """One round: plans out, replies in, layer-wise aggregate of the sound replies."""
+def run_round(grid: Grid, state: ServerState, round_number: int) -> list[ClientOutcome]:
+    """One round: the strategy plans it, the replies come in with progress lines, the strategy aggregates.
+
+    A reply that could not be decoded reaches the strategy as an error reply saying why.
+    """
     cfg = state.cfg
-    chosen = sample_clients(clients, cfg, round_number)
-    planned = state.planner.plan(round_number, chosen, state.global_state)
-    messages = [train_message(c, planned[c.node_id], cfg, state.run_name, state.simulated) for c in chosen]
-    plans = {node_id: p.plan for node_id, p in planned.items()}
-    del planned  # each payload now lives in its message only
-    bytes_down = {
-        m.metadata.dst_node_id: m.content.array_records[wire.GLOBAL].count_bytes() for m in messages
-    }
+    strategy = state.strategy
+    messages = list(strategy.configure_train(round_number, state.arrays, ConfigRecord(), grid))
     label = f"round {round_number}/{cfg.rounds}"
     collected = state.progress.collect(grid, messages, cfg.round.timeout, label, cfg.limits.text_chars)
-    outcomes = []
-    for client in chosen:
-        if client.node_id in collected.replies:
-            outcome = collect_reply(
-                collected.replies[client.node_id],
-                client,
-                plans[client.node_id],
-                state.shapes,
-                state.layer_map,
-                cfg,
-            )
-        elif client.node_id in collected.undecodable:
-            row = {"node_id": client.node_id, "partition_id": client.partition_id, "status": "rejected"}
-            outcome = ClientOutcome({**row, "reason": collected.undecodable[client.node_id]}, None)
-        else:
-            reason = f"no reply within round.timeout={cfg.round.timeout:g} s"
-            row = {"node_id": client.node_id, "partition_id": client.partition_id, "status": "timeout"}
-            outcome = ClientOutcome({**row, "reason": reason}, None)
-        outcome.row.update(kind="client", round=round_number)
-        outcome.row[wire.BYTES_DOWN] = bytes_down[client.node_id]
-        outcomes.append(outcome)
-    bound_and_aggregate(state, outcomes)
-    state.planner.observe(
-        round_number,
-        [ClientResult(o.row["partition_id"], o.update is not None, _numbers(o.row)) for o in outcomes],
-    )
-    return outcomes
+    replies = list(collected.replies.values())
+    for message in messages:
+        reason = collected.undecodable.get(message.metadata.dst_node_id)
+        if reason is not None:
+            replies.append(Message(Error(UNDECODABLE, reason), reply_to=message))
+    del messages  # each payload lived in its message only
+    arrays, _ = strategy.aggregate_train(round_number, replies)
+    if arrays is not None:
+        state.arrays = arrays
+        state.global_state = strategy.global_state
+        load_tunable_state(state.model, state.global_state)
+    return strategy.outcomes
 
 
 def evaluate_server(state: ServerState) -> dict[str, Any]:
@@ -298,6 +228,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     state, log, tokenizer = prepare(cfg)
     state.run_name = log.run_id
     state.simulated = isinstance(grid, InMemoryGrid)
+    start_strategy(state)
     board = open_tensorboard(cfg.output.tensorboard, log.dir)
     task = cfg.model.task
     print(f"fedlayer: method={cfg.method} model={cfg.model.name} run dir {log.dir}", flush=True)
@@ -324,13 +255,14 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         print(f"fedlayer: node {node_id} {status}: {reason}", flush=True)
     if len(clients) < cfg.clients.min:
         raise RuntimeError(f"only {len(clients)} client(s) answered; clients.min={cfg.clients.min}")
+    state.strategy.clients = clients
     startup_s = time.perf_counter() - startup_began
     print(f"fedlayer: {len(clients)} of {len(node_ids)} node(s) ready in {startup_s:.1f} s", flush=True)
 
     began = time.perf_counter() - state.elapsed_before_s
     for round_number in range(state.first_round, cfg.rounds + 1):
         round_began = time.perf_counter()
-        outcomes = run_round(grid, state, clients, round_number)
+        outcomes = run_round(grid, state, round_number)
         last = global_row(state, round_number, outcomes)
         last.update(
             elapsed_s=time.perf_counter() - began, round_wall_time_s=time.perf_counter() - round_began
@@ -381,7 +313,3 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     write_run_report(log.dir)
     print(f"fedlayer: finished; outputs and report.md in {log.dir}", flush=True)
     return log.dir
-
-
-def _numbers(row: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from flwr.app import Message
@@ -105,10 +105,10 @@ def pull_each(grid: Grid, pending: set[str], text_limit: int) -> tuple[list[Mess
     return arrived, failed
 
 
-def by_node(replies: list[Message], sent: list[Message]) -> dict[int, Message]:
-    """Replies keyed by the node each answers for: the SuperLink itself answers for an unreachable node
-    (its error reply comes from the SuperLink's id), so match on the message replied to."""
-    node_of = {message.metadata.message_id: message.metadata.dst_node_id for message in sent}
+def by_node(replies: list[Message], node_of: Mapping[str, int]) -> dict[int, Message]:
+    """Replies keyed by the node each answers for (``node_of``: sent message id -> its node): the SuperLink
+    itself answers for an unreachable node (its error reply comes from the SuperLink's id), so match on the
+    message replied to."""
     return {node_of.get(r.metadata.reply_to_message_id, r.metadata.src_node_id): r for r in replies}
 
 
@@ -156,4 +156,4 @@ class Progress:
         self.out(status.line())
         self.durations.append(time.monotonic() - began)
         node_of = {message.metadata.message_id: message.metadata.dst_node_id for message in messages}
-        return Collected(by_node(replies, messages), {node_of[mid]: reason for mid, reason in failed.items()})
+        return Collected(by_node(replies, node_of), {node_of[mid]: reason for mid, reason in failed.items()})

@@ -540,7 +540,9 @@ def hostile_app_dir(root: Path) -> Path:
         shutil.copytree(REPO_ROOT / package, app / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO_ROOT / "tests" / "hostile_app.py", app / "hostile_app.py")
     pyproject = (REPO_ROOT / "pyproject.toml").read_text()
-    (app / "pyproject.toml").write_text(pyproject.replace('"client_app.app:app"', '"hostile_app:app"'))
+    pyproject = pyproject.replace('"client_app.app:app"', '"hostile_app:app"')
+    pyproject = pyproject.replace("fab-include = [", 'fab-include = ["hostile_app.py", ')
+    (app / "pyproject.toml").write_text(pyproject)
     return app
 
 

@@ -83,16 +83,30 @@ def combine(deltas: list[torch.Tensor], weights: list[float], aggregator: Aggreg
     return ordered[trim : len(deltas) - trim].mean(dim=0)
 
 
-def aggregate_layerwise(
-    global_state: Mapping[str, torch.Tensor], updates: list[ClientUpdate], aggregator: Aggregator = "mean"
-) -> dict[str, torch.Tensor]:
-    """New global state: old value + the combined updates of the clients that sent each parameter."""
-    new_state = dict(global_state)
+def aggregate_deltas(updates: list[ClientUpdate], aggregator: Aggregator = "mean") -> dict[str, torch.Tensor]:
+    """Each uploaded parameter's combined delta (fp64), over the clients that sent it."""
     contributors: dict[str, list[ClientUpdate]] = {}
     for client in updates:
         for name in client.update:
             contributors.setdefault(name, []).append(client)
-    for name, clients in contributors.items():
-        delta = combine([c.update[name] for c in clients], [c.weight for c in clients], aggregator)
+    return {
+        name: combine([c.update[name] for c in clients], [c.weight for c in clients], aggregator)
+        for name, clients in contributors.items()
+    }
+
+
+def apply_deltas(
+    global_state: Mapping[str, torch.Tensor], deltas: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Old value + delta for every parameter with a delta; the others keep their tensor object."""
+    new_state = dict(global_state)
+    for name, delta in deltas.items():
         new_state[name] = (global_state[name].double() + delta).to(global_state[name].dtype)
     return new_state
+
+
+def aggregate_layerwise(
+    global_state: Mapping[str, torch.Tensor], updates: list[ClientUpdate], aggregator: Aggregator = "mean"
+) -> dict[str, torch.Tensor]:
+    """New global state: old value + the combined updates of the clients that sent each parameter."""
+    return apply_deltas(global_state, aggregate_deltas(updates, aggregator))

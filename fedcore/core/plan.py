@@ -1,7 +1,9 @@
 """LayerPlan: what one client does with each layer group in one round.
 
 Every method is a planner that emits one LayerPlan per client per round; the client is one generic
-executor of plans. A plan travels as a flat dict of scalars and typed lists (fedcore.core.wire turns that
+executor of plans, and the plan holds everything the client needs to know about its round (what to train,
+how, and how to reply); from the run config beside it the client reads only the run's model, data and
+device profiles. A plan travels as a flat dict of scalars and typed lists (fedcore.core.wire turns that
 into a Flower ConfigRecord).
 """
 
@@ -39,6 +41,20 @@ class LayerPlan:
     evaluate_local: bool = False
     #: free-form label of the planner's choice for this client (e.g. a bandit arm), for the logs
     label: str = ""
+    # The client's local-training settings: the run config's train.*, eval.* and round.wire-dtype, which
+    # the plan carries so that a client needs no other source for how to train (defaults: the config's).
+    batch_size: int = 32
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    #: gradient clipping (0 = off)
+    clip_norm: float = 1.0
+    #: "auto", "fp32" or "bf16" (train.precision)
+    precision: str = "auto"
+    eval_batch_size: int = 64
+    #: own test examples the client evaluates before training when evaluate_local is on (0 = all)
+    eval_examples: int = 200
+    #: the precision of the uploaded update (round.wire-dtype)
+    wire_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if any(not 0.0 <= p < 1.0 for p in self.drop_rates):

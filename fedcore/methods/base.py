@@ -130,6 +130,20 @@ def proxy_sensitivity(cfg: RunConfig, model: nn.Module, tokenizer: PreTrainedTok
     return block_sensitivity(model, make_batches(table, tokenizer, cfg.model.task, cfg.model.max_length, 32))
 
 
+def client_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The run's local-training settings as LayerPlan fields (every plan carries them to its client)."""
+    return {
+        "batch_size": cfg.train.batch_size,
+        "weight_decay": cfg.train.weight_decay,
+        "warmup_fraction": cfg.train.warmup_fraction,
+        "clip_norm": cfg.train.clip_norm,
+        "precision": cfg.train.precision,
+        "eval_batch_size": cfg.eval.batch_size,
+        "eval_examples": cfg.eval.client_examples,
+        "wire_dtype": cfg.round.wire_dtype,
+    }
+
+
 def base_plan(
     cfg: RunConfig,
     round_number: int,
@@ -166,6 +180,7 @@ def base_plan(
         # node data: the nodes' own held-out rows are the federation's test data
         evaluate_local=cfg.ptls.fraction > 0 or cfg.eval.local or cfg.data.name == NODE_DATA,
         label=drop.label if drop else "",
+        **client_settings(cfg),
     )
 
 

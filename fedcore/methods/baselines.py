@@ -1,11 +1,13 @@
-"""FedAvg (full), FedLoRA and FedBitFit: every client trains every tunable group, every round.
+"""FedAvg (full), FedLoRA, FedBitFit and DropPEFT: every client trains every tunable group, every round.
 
 The three baselines differ only in which parameters are tunable (the model's tuning mode), so one
-planner serves all of them.
+planner serves all of them; each client's layer dropout comes from a ``DropPolicy``: the run's fixed
+configuration for the baselines, a per-device bandit for DropPEFT (``fedcore/methods/droppeft``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -24,6 +26,7 @@ from fedcore.methods.base import (
     fixed_drop,
     tunable_groups,
 )
+from fedcore.methods.drop_policy import DropChoice, DropPolicy, FixedDrop
 
 
 class AllLayersPlanner:
@@ -33,11 +36,13 @@ class AllLayersPlanner:
         tunable_groups: list[str],
         num_blocks: int,
         sensitivity: list[float] | None = None,
+        drop_policy: DropPolicy | None = None,
     ) -> None:
+        """``drop_policy``: each client's layer dropout (default: the run's fixed configuration, if any)."""
         self.cfg = cfg
         self.tunable_groups = tunable_groups
         self.num_blocks = num_blocks
-        self.drop = fixed_drop(cfg)
+        self.drop_policy = drop_policy or FixedDrop(fixed_drop(cfg))
         #: block removal sensitivity, when a dropout shape reads it
         self.sensitivity = sensitivity
 
@@ -53,19 +58,31 @@ class AllLayersPlanner:
     def plan(
         self, round_number: int, clients: list[ClientInfo], global_state: dict[str, torch.Tensor]
     ) -> dict[int, ClientPlan]:
-        """Every client gets every tunable parameter."""
-        return {c.node_id: ClientPlan(self.client_plan(round_number, c), global_state) for c in clients}
+        """Every client gets every tunable parameter, with the dropout the policy chose for it."""
+        choices = self.drop_policy.choose(clients)
+        return {
+            c.node_id: ClientPlan(self.client_plan(round_number, c, choices[c.partition_id]), global_state)
+            for c in clients
+        }
 
-    def client_plan(self, round_number: int, client: ClientInfo) -> LayerPlan:
-        return base_plan(
-            self.cfg, round_number, client, self.tunable_groups, self.num_blocks, self.drop, self.sensitivity
+    def client_plan(self, round_number: int, client: ClientInfo, choice: DropChoice) -> LayerPlan:
+        plan = base_plan(
+            self.cfg,
+            round_number,
+            client,
+            self.tunable_groups,
+            self.num_blocks,
+            choice.drop,
+            self.sensitivity,
         )
+        return dataclasses.replace(plan, probe_examples=choice.probe_examples)
 
     def observe(self, round_number: int, results: list[ClientResult]) -> None:
-        pass
+        self.drop_policy.observe(results)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"block_sensitivity": self.sensitivity} if self.sensitivity else {}
+        sensitivity = {"block_sensitivity": self.sensitivity} if self.sensitivity else {}
+        return {**self.drop_policy.state_dict(), **sensitivity}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        self.drop_policy.load_state_dict(state)

@@ -33,15 +33,16 @@ def preset_values(name: Any, chain: tuple[str, ...] = ()) -> dict[str, Any]:
         raise PresetError(f"unknown preset '{name}'; known: {', '.join(preset_names())}")
     if name in chain:
         raise PresetError(f"presets name each other as their base: {' -> '.join((*chain, name))}")
-    values = _flatten(tomllib.loads((PRESET_DIR / f"{name}.toml").read_text()))
+    values = flatten(tomllib.loads((PRESET_DIR / f"{name}.toml").read_text()))
     return {**preset_values(values.pop("preset", ""), (*chain, name)), **values}
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested TOML tables as flat dotted keys, the form a run config takes (``leff.window``)."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

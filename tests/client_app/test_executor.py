@@ -24,7 +24,7 @@ from fedcore.core.tensor_files import CorruptTensorFile
 from fedcore.core.wire import config_to_dict, dict_to_config, received_state, state_to_arrays
 from fedcore.data import tables
 from fedcore.data.splits import client_splits
-from fedcore.methods.base import ClientInfo
+from fedcore.methods.base import ClientInfo, client_settings
 from fedcore.methods.leff.planner import LeffPlanner
 from fedcore.model import build_model, tunable_state
 from tests.conftest import make_tiny_model_dir, tiny_run_config
@@ -33,8 +33,14 @@ NODE_ID = 7
 RUN_NAME = "20250101-000000-droppeft"
 
 
-def call_client(cfg: RunConfig, plan: LayerPlan, payload: dict, context: Context) -> RecordDict:
+def call_client(
+    cfg: RunConfig, plan: LayerPlan, payload: dict, context: Context, *, settings_of_run: bool = True
+) -> RecordDict:
+    """The client's reply to ``plan``; with ``settings_of_run`` the plan carries the run's training
+    settings, as the server's planners send it."""
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, NODE_ID, 1
+    if settings_of_run:
+        plan = dataclasses.replace(plan, **client_settings(cfg))
     content = RecordDict(
         {
             wire.PLAN: dict_to_config(plan.to_dict()),
@@ -279,3 +285,23 @@ def test_the_probe_is_held_out_of_training_and_of_the_local_test_rows(
     )
     probe = tables.probe_split(splits.train, 8)[1]
     assert len(splits.test) and not set(probe["text"]) & set(splits.test["text"])
+
+
+def test_the_client_trains_and_replies_as_its_plan_says_not_as_the_run_config_does(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = tiny_run_config(tiny_models["bert"], tmp_path, method="fedlora")  # batch size 8, float32 replies
+    global_state = tunable_state(build_model(cfg, num_labels=2)[0])
+    plan = LayerPlan(
+        round=1,
+        rounds=1,
+        train_groups=("head",),
+        steps=3,
+        batch_size=5,
+        wire_dtype="float16",
+        precision="fp32",
+    )
+    reply = call_client(cfg, plan, global_state, node_context(tmp_path / "personal"), settings_of_run=False)
+    assert reply.metric_records[wire.TRAIN_METRICS][wire.SAMPLES_PROCESSED] == 3 * 5
+    update = received_state(reply.array_records[wire.UPDATE])
+    assert update and all(t.dtype == torch.float16 for t in update.values())

@@ -17,11 +17,13 @@ def test_bundle_holds_every_app_module_and_no_benchmarks_docs_tests_or_deploy_fi
     names = set(zipfile.ZipFile(io.BytesIO(fab)).namelist())
     top_level = {name.split("/")[0] for name in names}
     assert top_level == {*APP_PACKAGES, "pyproject.toml", ".info"}, sorted(top_level)
-    modules = {
+    modules = {  # the code and the files it reads (presets)
         path.relative_to(ROOT).as_posix()
         for package in APP_PACKAGES
-        for path in (ROOT / package).rglob("*.py")
+        for pattern in ("*.py", "*.toml")
+        for path in (ROOT / package).rglob(pattern)
         if "__pycache__" not in path.parts
     }
+    assert "fedcore/presets/paper-cls.toml" in modules
     assert modules <= names, sorted(modules - names)
     assert len(fab) < 500_000, f"{len(fab):,} bytes"

@@ -13,7 +13,7 @@ from fedcore.core.devices import PROFILES, DeviceProfile, speed_matched_steps
 from fedcore.core.layers import HEAD, LayerMap
 from fedcore.methods.base import ClientInfo, ClientResult, tunable_groups
 from fedcore.methods.baselines import AllLayersPlanner
-from fedcore.methods.droppeft.planner import DropPeftPlanner
+from fedcore.methods.droppeft.planner import BanditDrop, DropPeftPlanner
 from fedcore.methods.leff import planner as leff_planner
 from fedcore.methods.leff.planner import LeffPlanner
 from fedcore.methods.registry import make_planner
@@ -103,14 +103,15 @@ def test_droppeft_plans_bandit_arms_and_learns_only_from_the_round(
 ) -> None:
     paper = {"droppeft.rates": "0.15,0.3"}
     planner, _, state = _planner_and_state(tiny_models["bert"], tmp_path, method="droppeft", **paper)
-    assert type(planner) is DropPeftPlanner and planner.bandit.prune
+    assert type(planner) is DropPeftPlanner and isinstance(planner.drop_policy, BanditDrop)
+    assert planner.drop_policy.bandit.prune
     planned = planner.plan(1, CLIENTS, state)
     for client_plan in planned.values():
         assert client_plan.plan.drop_rates and client_plan.plan.probe_examples > 0
         assert client_plan.payload is state
     metrics = {wire.PROBE_LOSS_BEFORE: 0.7, wire.PROBE_LOSS_AFTER: 0.5, wire.DEVICE_TIME_S: 2.0}
     planner.observe(1, [ClientResult(0, True, metrics), ClientResult(1, False, {})])
-    assert planner.rewards == {"client-0": pytest.approx(math.log(0.7 / 0.5) / 2.0)}
+    assert planner.drop_policy.rewards == {"client-0": pytest.approx(math.log(0.7 / 0.5) / 2.0)}
 
     planner.plan(2, CLIENTS[2:], state)  # clients.per-round: only client 2 this round
     assert list(planner.state_dict()["choices"]) == ["client-2"]
@@ -129,7 +130,7 @@ def test_droppeft_with_one_arm_runs_it_without_the_probe(
     assert sum(plan.drop_rates) / len(plan.drop_rates) == pytest.approx(0.15)
     metrics = {wire.PROBE_LOSS_BEFORE: 0.7, wire.PROBE_LOSS_AFTER: 0.5, wire.DEVICE_TIME_S: 2.0}
     planner.observe(1, [ClientResult(0, True, metrics)])
-    assert planner.rewards == {}
+    assert planner.drop_policy.rewards == {}
 
 
 @pytest.mark.parametrize("method", ["droppeft", "fedlora"])
@@ -220,7 +221,7 @@ def test_droppeft_does_not_prune_arms_of_drifting_devices(
     planner, _, _ = _planner_and_state(
         tiny_models["bert"], tmp_path, method="droppeft", **{"droppeft.discount": 0.9}
     )
-    assert not planner.bandit.prune
+    assert not planner.drop_policy.bandit.prune
 
 
 def test_leff_plans_carry_their_payload_and_log_only_the_round(tmp_path: Path) -> None:

@@ -10,17 +10,18 @@ the rates).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
-import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from fedcore.config import RunConfig
 from fedcore.core import wire
-from fedcore.core.plan import LayerPlan
+from fedcore.core.layers import LayerMap
 from fedcore.mechanisms.layer_dropout import DropConfig
-from fedcore.methods.base import ClientInfo, ClientPlan, ClientResult, base_plan
+from fedcore.methods.base import ClientInfo, ClientResult, drop_sensitivity, fixed_drop, tunable_groups
 from fedcore.methods.baselines import AllLayersPlanner
+from fedcore.methods.drop_policy import DropChoice
 from fedcore.methods.droppeft.bandit import DropoutBandit, arm_grid, progress_reward
 
 
@@ -29,43 +30,37 @@ def device_key(partition_id: int) -> str:
     return f"client-{partition_id}"
 
 
-class DropPeftPlanner(AllLayersPlanner):
-    """The baselines' plan (all tunable groups, same payload) with a bandit-chosen dropout configuration."""
+class BanditDrop:
+    """DropPEFT's dropout policy: per device, the arm its bandit selects, rewarded by the probe losses."""
 
-    def __init__(self, cfg: RunConfig, *args: Any) -> None:
-        """The arguments of ``AllLayersPlanner``; the bandit's arms come from ``cfg.drop``."""
-        super().__init__(cfg, *args)
+    def __init__(self, cfg: RunConfig) -> None:
+        """The arms come from ``cfg.droppeft``; a fixed ``drop.mode`` overrides them."""
         self.bandit = DropoutBandit(
             arm_grid(cfg.droppeft.rate_grid(), cfg.droppeft.shape_grid()),
             exploration=cfg.droppeft.exploration,
             discount=cfg.droppeft.discount,
             prune=cfg.droppeft.discount == 1.0,  # a pruned arm never returns: wrong for drifting devices
         )
-        if self.drop is None and len(self.bandit.arms) == 1:
+        self.fixed = fixed_drop(cfg)
+        if self.fixed is None and len(self.bandit.arms) == 1:
             # one arm leaves nothing to choose: it runs as a fixed configuration, without the probe
-            self.drop = self.bandit.arms[0]
+            self.fixed = self.bandit.arms[0]
+        self.probe_examples = cfg.droppeft.probe_examples
         self.choices: dict[int, DropConfig] = {}
         self.rewards: dict[str, float] = {}
 
-    def plan(
-        self, round_number: int, clients: list[ClientInfo], global_state: dict[str, torch.Tensor]
-    ) -> dict[int, ClientPlan]:
+    def choose(self, clients: list[ClientInfo]) -> dict[int, DropChoice]:
         self.choices = {}  # this round's arms only: observe() and the logs speak of the clients picked
-        return super().plan(round_number, clients, global_state)
+        choices = {}
+        for client in clients:
+            arm = self.fixed or self.bandit.select(device_key(client.partition_id))
+            self.choices[client.partition_id] = arm
+            choices[client.partition_id] = DropChoice(arm, 0 if self.fixed else self.probe_examples)
+        return choices
 
-    def client_plan(self, round_number: int, client: ClientInfo) -> LayerPlan:
-        arm = self.drop or self.bandit.select(device_key(client.partition_id))
-        self.choices[client.partition_id] = arm
-        plan = base_plan(
-            self.cfg, round_number, client, self.tunable_groups, self.num_blocks, arm, self.sensitivity
-        )
-        if self.drop is None:
-            plan = dataclasses.replace(plan, probe_examples=self.cfg.droppeft.probe_examples)
-        return plan
-
-    def observe(self, round_number: int, results: list[ClientResult]) -> None:
+    def observe(self, results: list[ClientResult]) -> None:
         self.rewards = {}
-        if self.drop is not None:
+        if self.fixed is not None:
             return
         for result in results:
             metrics = result.metrics
@@ -83,10 +78,21 @@ class DropPeftPlanner(AllLayersPlanner):
             "choices": {device_key(p): arm.label for p, arm in sorted(self.choices.items())},
             "rewards": self.rewards,
             "bandit": self.bandit.state_dict(),
-            **super().state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.bandit.load_state_dict(state["bandit"])
         self.choices = {int(k.split("-")[1]): DropConfig.from_label(v) for k, v in state["choices"].items()}
         self.rewards = dict(state["rewards"])
+
+
+class DropPeftPlanner(AllLayersPlanner):
+    """The all-layers planner built with the bandit as its dropout policy (nothing else differs)."""
+
+    @classmethod
+    def from_model(
+        cls, cfg: RunConfig, model: nn.Module, tokenizer: PreTrainedTokenizerBase
+    ) -> DropPeftPlanner:
+        sensitivity = drop_sensitivity(cfg, model, tokenizer)
+        groups, blocks = tunable_groups(model), LayerMap(model).num_blocks
+        return cls(cfg, groups, blocks, sensitivity, BanditDrop(cfg))

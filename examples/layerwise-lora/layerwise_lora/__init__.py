@@ -1,0 +1,1 @@
+"""A Flower app whose clients fine-tune LoRA adapters layer by layer, aggregated by LayerwiseStrategy."""

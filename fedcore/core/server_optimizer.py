@@ -1,0 +1,69 @@
+"""What the server does with a round's aggregated per-parameter deltas.
+
+``MeanDelta`` adds them as they are: FedAvg's step, and the one fedlayer's own runs take. ``FedAdam`` is
+the adaptive server optimiser of Reddi et al. (2021, "Adaptive Federated Optimization"), applied per
+parameter: under layer-wise methods a round updates only some parameters, so moments exist and advance
+only for parameters some client has updated, and each parameter's bias correction counts its own updates
+(this project's reading of FedAdam for partial rounds; the paper updates every parameter every round).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+import torch
+
+from fedcore.core.aggregate import apply_deltas
+
+
+class ServerOptimizer(Protocol):
+    """Turns the current global state and a round's aggregated deltas (fp64) into the next global state.
+
+    Parameters without a delta must keep their tensor object (nobody trained them this round).
+    """
+
+    def step(
+        self, global_state: Mapping[str, torch.Tensor], deltas: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]: ...
+
+
+class MeanDelta:
+    """global + aggregated delta: FedAvg's server step."""
+
+    def step(
+        self, global_state: Mapping[str, torch.Tensor], deltas: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        return apply_deltas(global_state, deltas)
+
+
+class FedAdam:
+    """Adam on the aggregated delta as a pseudo-gradient, with moments per updated parameter."""
+
+    def __init__(
+        self, lr: float = 1e-2, beta_1: float = 0.9, beta_2: float = 0.99, tau: float = 1e-3
+    ) -> None:
+        if lr <= 0 or tau <= 0 or not (0 <= beta_1 < 1 and 0 <= beta_2 < 1):
+            raise ValueError(
+                f"FedAdam needs lr > 0, tau > 0 and betas in [0, 1): {lr=} {tau=} {beta_1=} {beta_2=}"
+            )
+        self.lr, self.beta_1, self.beta_2, self.tau = lr, beta_1, beta_2, tau
+        #: per parameter: first moment, second moment (fp64) and the number of rounds it was updated in
+        self.moments: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
+
+    def step(
+        self, global_state: Mapping[str, torch.Tensor], deltas: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        steps = {}
+        for name, delta in deltas.items():
+            first, second, count = self.moments.get(
+                name, (torch.zeros_like(delta), torch.zeros_like(delta), 0)
+            )
+            first = self.beta_1 * first + (1 - self.beta_1) * delta
+            second = self.beta_2 * second + (1 - self.beta_2) * delta.square()
+            count += 1
+            self.moments[name] = (first, second, count)
+            corrected = first / (1 - self.beta_1**count)
+            scale = (second / (1 - self.beta_2**count)).sqrt() + self.tau
+            steps[name] = self.lr * corrected / scale
+        return apply_deltas(global_state, steps)
