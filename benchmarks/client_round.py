@@ -14,6 +14,7 @@ to it.
     python benchmarks/client_round.py                 # MiniLM, writes benchmarks/results/client_round.*
     python benchmarks/client_round.py --model deep    # 24-block random BERT: client_round_deep24.*
     python benchmarks/client_round.py --model smollm2 --batch-size 8   # SmolLM2-135M classifier, 30 blocks
+    python benchmarks/client_round.py --model mpnet --batch-size 8     # all-mpnet-base-v2, 12-block encoder
     python benchmarks/client_round.py --quick         # smoke test, writes benchmarks/results/quick/
 """
 
@@ -64,6 +65,7 @@ METHODS = ("fedavg", "fedlora", "fedbitfit", "droppeft", "leff")
 NODE_ID = 1
 CAPACITY = 0.5
 SMOLLM2 = "embedded:smollm2-135m-instruct"
+MPNET = "embedded:all-mpnet-base-v2"
 PARTITION = 0
 METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
     "droppeft": {"drop.mode": "fixed", "drop.mean-rate": 0.5},
@@ -348,7 +350,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
-    parser.add_argument("--model", choices=("minilm", "deep", "smollm2"), default="minilm")
+    parser.add_argument("--model", choices=("minilm", "deep", "smollm2", "mpnet"), default="minilm")
     parser.add_argument("--deep-layers", type=int, default=24)
     parser.add_argument("--steps", type=int, default=10, help="local steps of the round (K)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -393,6 +395,8 @@ def main() -> None:
         elif args.model == "smollm2":
             model_name, label = SMOLLM2, "SmolLM2-135M-Instruct classifier (30 blocks)"
             name = "client_round_smollm2"
+        elif args.model == "mpnet":
+            model_name, label, name = MPNET, "all-mpnet-base-v2 classifier (12 blocks)", "client_round_mpnet"
         else:
             model_name, label, name = MINILM, "MiniLM-L6 (all-MiniLM-L6-v2)", "client_round"
         if args.capacity != CAPACITY:

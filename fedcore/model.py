@@ -41,6 +41,7 @@ DEFAULT_LORA_TARGETS: dict[str, list[str]] = {
     "bert": ["query", "key", "value", "dense"],
     "roberta": ["query", "key", "value", "dense"],
     "deberta-v2": ["query_proj", "key_proj", "value_proj", "dense"],
+    "mpnet": ["q", "k", "v", "o", "dense"],
     "gpt2": ["c_attn", "c_proj"],
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],

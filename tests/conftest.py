@@ -62,7 +62,7 @@ _WORDS = [
 # Tiny models run far faster on one thread than on two contended ones (Ray actors set their own).
 torch.set_num_threads(1)
 
-ARCHITECTURES = ["bert", "roberta", "deberta-v2", "gpt2", "llama", "qwen2"]
+ARCHITECTURES = ["bert", "roberta", "deberta-v2", "mpnet", "gpt2", "llama", "qwen2"]
 
 
 def tiny_config(arch: str, vocab_size: int, layers: int = 4) -> transformers.PretrainedConfig:
@@ -85,6 +85,7 @@ def tiny_config(arch: str, vocab_size: int, layers: int = 4) -> transformers.Pre
         "bert": transformers.BertConfig,
         "roberta": transformers.RobertaConfig,
         "deberta-v2": transformers.DebertaV2Config,
+        "mpnet": transformers.MPNetConfig,
     }[arch]
     return cls(
         hidden_size=32,

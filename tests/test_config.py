@@ -202,3 +202,17 @@ def _a_file(directory: Path) -> Path:
     path = directory / "a-file"
     path.write_text("")
     return path
+
+
+def test_encoder_testbed_preset() -> None:
+    """paper-enc: the 12-block encoder on the news topics, 8 skewed clients, 5 local steps or 20."""
+    cfg = RunConfig.from_flat({"preset": "paper-enc", "method": "droppeft"})
+    assert (cfg.model.name, cfg.data.name, cfg.data.dirichlet_alpha, cfg.clients.num_partitions) == (
+        "embedded:all-mpnet-base-v2",
+        "embedded:bbc-news",
+        0.1,
+        8,
+    )
+    assert cfg.data.validation_fraction > 0 and cfg.train.local_steps == 5
+    # the papers' longer local training: an explicit 20 wins although it is the default value
+    assert RunConfig.from_flat({"preset": "paper-enc", "train.local-steps": 20}).train.local_steps == 20

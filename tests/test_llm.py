@@ -282,7 +282,7 @@ def toy_asset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]
         if (staged / "words.txt").read_text() == "fail":
             raise RuntimeError("conversion failed")
 
-    def download(requirement: str, into: Path, names: list[str]) -> assets._Package:
+    def download(requirements: list[str], into: Path, names: list[str]) -> assets._Package:
         calls["download"] += 1
         return assets._Package(wheel)
 

@@ -2,8 +2,8 @@
 
 Planners speak in groups (train block.3, keep block.5 personal...), the client trains groups, and the
 aggregator averages each group over the clients that trained it. The transformer block list is found
-generically as the model's largest ``nn.ModuleList``, which works for BERT, RoBERTa, DeBERTa-v2, GPT-2,
-Llama, Qwen2, Mistral and their PEFT-wrapped forms without a per-architecture table.
+generically as the model's largest ``nn.ModuleList``, which works for BERT, RoBERTa, DeBERTa-v2, MPNet,
+GPT-2, Llama, Qwen2, Mistral and their PEFT-wrapped forms without a per-architecture table.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from torch import nn
 
 EMBED = "embed"
 HEAD = "head"
-_EMBED_PARTS = {"wte", "wpe"}  # GPT-2 names its embeddings without the word "embed"
+#: input-side parameters named without the word "embed": GPT-2's embeddings, and MPNet's relative position
+#: bias, one table outside the blocks that every block's attention reads
+_EMBED_PARTS = {"wte", "wpe", "relative_attention_bias"}
 
 
 _BLOCK_PREFIX = "block."

