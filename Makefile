@@ -10,6 +10,8 @@ INSTALLED := $(VENV)/.installed
 SUPERNODES ?= 4
 CPUS ?= 2
 RUN_CONFIG ?=
+# flwr 1.39 otherwise installs the app's dependencies into a fresh environment on every run
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 EXPERIMENT ?=
 BENCH_ARGS ?=
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from client_app.cpu_share import wait_passively
 from client_app.info import node_info, simulated
 from fedcore.config import RunConfig
 from fedcore.core import wire
 from fedcore.core.wire import config_to_dict
 
+wait_passively()  # before the train handler first loads torch
 app = ClientApp()
 
 

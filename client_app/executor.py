@@ -19,6 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from client_app.cpu_share import use_cpu_share
 from client_app.info import simulated
 from client_app.personal_store import PersonalStore
 from fedcore.config import RunConfig
@@ -74,6 +75,7 @@ def device() -> torch.device:
 def execute_train(content: RecordDict, node_config: dict[str, Any]) -> RecordDict:
     """One round of one client, step by step."""
     began = time.perf_counter()
+    use_cpu_share()
     cfg, plan, arrays, run_name = decode(content)
     source = data_source(cfg, node_config)
     splits = source.splits(cfg)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -61,9 +62,15 @@ print(json.dumps({"import_s": t1 - t0, "data_s": t2 - t1, "model_s": t3 - t2, "r
 """
 
 
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _sample(probe: str, run_config: dict[str, object]) -> dict[str, Any]:
-    """One fresh process; ``process_s`` is from spawning it to its exit (interpreter start included)."""
-    began = time.perf_counter()
+    """One fresh process; ``process_s`` is from spawning it to its exit (interpreter start included), and
+    ``cpu_s`` the CPU seconds it used, which other users' load on a shared machine changes far less."""
+    began, cpu_before = time.perf_counter(), _children_cpu_s()
     out = subprocess.run(
         [sys.executable, "-c", probe, json.dumps(run_config)],
         cwd=REPO_ROOT,
@@ -71,7 +78,8 @@ def _sample(probe: str, run_config: dict[str, object]) -> dict[str, Any]:
         text=True,
         check=True,
     )
-    return {**json.loads(out.stdout.strip().splitlines()[-1]), "process_s": time.perf_counter() - began}
+    process_s, cpu_s = time.perf_counter() - began, _children_cpu_s() - cpu_before
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "process_s": process_s, "cpu_s": cpu_s}
 
 
 def measure(probe: str, run_config: dict[str, object], repeat: int) -> dict[str, Any]:
@@ -99,19 +107,20 @@ def write_results(
     info, train = results["info"], results["train"]
     command = " ".join(["python", *sys.argv])
     rows = [
-        ["info query", info["import_s"], "-", "-", info["answer_s"], info["process_s"]],
+        ["info query", info["import_s"], "-", "-", info["answer_s"], info["process_s"], info["cpu_s"]],
         ["training message", train["import_s"], train["data_s"], train["model_s"], train["ready_s"]]
-        + [train["process_s"]],
+        + [train["process_s"], train["cpu_s"]],
     ]
     markdown = "\n".join(
         [
             benchlib.header(f"ClientApp start-up per message: {model}", facts, command, quick=False),
             f"Median of {repeat} fresh processes after one warm-up. Seconds from the first import "
-            "(`process s`: from spawning the interpreter to its exit, interpreter start included). "
+            "(`process s`: from spawning the interpreter to its exit, interpreter start included; `CPU s`: "
+            "the CPU seconds that process used). "
             f"Heavy modules the info query imported: {', '.join(info['heavy_modules']) or 'none'}.",
             "",
             benchlib.table(
-                ["message", "import s", "data s", "model s", "answered / ready s", "process s"], rows
+                ["message", "import s", "data s", "model s", "answered / ready s", "process s", "CPU s"], rows
             ),
         ]
     )

@@ -3,7 +3,9 @@
 Wraps the traps of flwr 1.39: the managed local SuperLink is detached and outlives the run (we stop
 it), it would install the app's dependencies into a fresh env on every run unless told not to, and
 ``flwr run --stream`` exits 0 even when the run failed (we read the run's status with ``flwr ls``).
-A private FLWR_HOME keeps all of this away from the user's own Flower setup.
+The run goes to the user's Flower home (``FLWR_HOME``, else ``~/.flwr``), so ``flwr ls`` and ``flwr log``
+in the user's shell list it; ``--flwr-home`` keeps a run apart. Flower's output is passed on through
+``flower_output`` (known notices dropped, colour codes only on a terminal).
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 from fedcore import known_warnings
+from fedcore.cli.flower_output import shown_line
 
 _CONNECTION = "local"
 _CONFIG_TOML = f"""[superlink]
@@ -28,8 +32,19 @@ address = ":local:"
 """
 
 
+class LaunchError(RuntimeError):
+    """The local Flower set-up cannot take the run; the message says what to change."""
+
+
+def default_flwr_home(env: dict[str, str]) -> Path:
+    """The Flower home ``flwr`` itself uses in that environment."""
+    return Path(env["FLWR_HOME"]) if env.get("FLWR_HOME") else Path.home() / ".flwr"
+
+
 def flower_env(flwr_home: Path) -> dict[str, str]:
     env = dict(os.environ)
+    # clients sleep rather than spin when their cores are shared (client_app.cpu_share); a user's value wins
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env.update(
         FLWR_HOME=str(flwr_home),
         FLWR_DISABLE_UPDATE_CHECK="1",
@@ -43,9 +58,10 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     return env
 
 
-def _superlink_pids(flwr_home: Path) -> list[int]:
-    """PIDs of the managed SuperLink of this FLWR_HOME (its database path is on its command line)."""
-    marker = str(flwr_home / "local-superlink")
+def superlink_pids(flwr_home: Path | None) -> list[int]:
+    """PIDs of Flower's managed local SuperLink of this FLWR_HOME, or of any home when None (its files'
+    paths are on its command line; every home's listens on the same ports)."""
+    marker = str(flwr_home / "local-superlink") if flwr_home else f"{os.sep}local-superlink{os.sep}"
     pids = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
@@ -57,14 +73,14 @@ def _superlink_pids(flwr_home: Path) -> list[int]:
     return pids
 
 
-def stop_superlink(flwr_home: Path, grace_s: float = 10.0) -> None:
-    pids = _superlink_pids(flwr_home)
+def stop_superlink(flwr_home: Path | None, grace_s: float = 10.0) -> None:
+    pids = superlink_pids(flwr_home)
     for pid in pids:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and _superlink_pids(flwr_home):
+    while time.monotonic() < deadline and superlink_pids(flwr_home):
         time.sleep(0.2)
-    for pid in _superlink_pids(flwr_home):
+    for pid in superlink_pids(flwr_home):
         os.kill(pid, signal.SIGKILL)
 
 
@@ -83,12 +99,53 @@ def latest_run_status(env: dict[str, str]) -> tuple[int, str] | None:
     return int(newest["run-id"]), str(newest["status"])
 
 
-def simulate(app_dir: Path, flwr_home: Path, supernodes: int, cpus: float, run_config: str) -> int:
-    """Submit one run, stream its logs, stop the SuperLink; 0 only if the run completed."""
-    flwr_home.mkdir(parents=True, exist_ok=True)
-    (flwr_home / "config.toml").write_text(_CONFIG_TOML)
-    env = flower_env(flwr_home)
-    stop_superlink(flwr_home)  # a stale one would keep old settings
+def ensure_local_connection(flwr_home: Path) -> None:
+    """A ``local`` connection to Flower's managed local SuperLink in the home's config.toml (created with
+    only that if the home has none; an existing config is never rewritten)."""
+    config = flwr_home / "config.toml"
+    if not config.exists():
+        flwr_home.mkdir(parents=True, exist_ok=True)
+        config.write_text(_CONFIG_TOML)
+        return
+    try:
+        address = tomllib.loads(config.read_text())["superlink"][_CONNECTION]["address"]
+    except (tomllib.TOMLDecodeError, KeyError, TypeError):
+        address = None
+    if address != ":local:":
+        raise LaunchError(
+            f"{config} has no connection '{_CONNECTION}' to Flower's local SuperLink: add\n"
+            f'[superlink.{_CONNECTION}]\naddress = ":local:"\n'
+            "to it, or pass --flwr-home DIR to run in a Flower home of its own"
+        )
+
+
+def active_runs(env: dict[str, str]) -> list[int]:
+    """Ids of the runs the local SuperLink has not finished."""
+    out = subprocess.run(
+        ["flwr", "ls", _CONNECTION, "--format", "json"], env=env, capture_output=True, text=True, check=False
+    )
+    try:
+        runs = json.loads(out.stdout)["runs"]
+    except (json.JSONDecodeError, KeyError):
+        return []
+    return [int(r["run-id"]) for r in runs if not str(r.get("status", "")).startswith("finished")]
+
+
+def restart_superlink(env: dict[str, str]) -> None:
+    """Stop a local SuperLink left running (a run would go to it, in the environment it was started with:
+    Flower starts a new one with ours), unless it still serves a run."""
+    if not superlink_pids(None):
+        return
+    busy = active_runs(env)
+    if busy:
+        raise LaunchError(
+            f"Flower's local SuperLink still serves run(s) {busy}: wait for them (`flwr ls`) or stop them "
+            f"(`flwr stop RUN_ID {_CONNECTION}`); one local SuperLink runs at a time on a machine"
+        )
+    stop_superlink(None)
+
+
+def run_command(app_dir: Path, supernodes: int, cpus: float, run_config: str) -> list[str]:
     command = [
         "flwr",
         "run",
@@ -98,10 +155,34 @@ def simulate(app_dir: Path, flwr_home: Path, supernodes: int, cpus: float, run_c
         "--federation-config",
         f"num-supernodes={supernodes} client-resources-num-cpus={cpus:g}",
     ]
-    if run_config:
-        command += ["--run-config", run_config]
+    return command + (["--run-config", run_config] if run_config else [])
+
+
+def stream(command: list[str], env: dict[str, str]) -> None:
+    """Run ``command``, passing its output on line by line (known notices dropped, colour on a terminal)."""
+    colour = sys.stdout.isatty() and "NO_COLOR" not in env
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            shown = shown_line(line, colour)
+            if shown is not None:
+                sys.stdout.write(shown)
+                sys.stdout.flush()
+
+
+def simulate(app_dir: Path, flwr_home: Path, supernodes: int, cpus: float, run_config: str) -> int:
+    """Submit one run, stream its logs, stop the SuperLink; 0 only if the run completed."""
+    env = flower_env(flwr_home)
     try:
-        subprocess.run(command, env=env, check=False)
+        ensure_local_connection(flwr_home)
+        restart_superlink(env)
+    except LaunchError as refused:
+        print(f"fedlayer: {refused}", file=sys.stderr)
+        return 1
+    try:
+        stream(run_command(app_dir, supernodes, cpus, run_config), env)
         latest = latest_run_status(env)
     finally:
         stop_superlink(flwr_home)
@@ -119,11 +200,11 @@ def simulate(app_dir: Path, flwr_home: Path, supernodes: int, cpus: float, run_c
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedlayer simulate", description=__doc__.splitlines()[0])
     parser.add_argument("--app", type=Path, default=Path.cwd(), help="app directory (with pyproject.toml)")
-    parser.add_argument("--flwr-home", type=Path, default=None, help="default: <app>/.flwr")
+    parser.add_argument("--flwr-home", type=Path, default=None, help="default: FLWR_HOME, else ~/.flwr")
     parser.add_argument("--supernodes", type=int, default=4, help="simulated clients")
     parser.add_argument("--cpus", type=float, default=2, help="CPUs per client (Ray actor)")
     parser.add_argument("--run-config", default="", help="overrides, e.g. \"method='fedavg' rounds=5\"")
     args = parser.parse_args(argv)
     app_dir = args.app.resolve()
-    flwr_home = (args.flwr_home or app_dir / ".flwr").resolve()
+    flwr_home = (args.flwr_home or default_flwr_home(dict(os.environ))).resolve()
     return simulate(app_dir, flwr_home, args.supernodes, args.cpus, args.run_config)

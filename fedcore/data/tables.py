@@ -18,11 +18,11 @@ import datasets
 import numpy as np
 import pandas as pd
 import yaml
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner, Partitioner
 
 from fedcore.config import DataConfig
 from fedcore.data import assets
 from fedcore.data.chat import format_chat
+from fedcore.data.partitioners import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner, Partitioner
 
 #: Helper column holding each row's natural group while partitioning; never returned.
 _GROUP = "__natural_group__"
