@@ -223,6 +223,19 @@ def global_row(state: ServerState, round_number: int, outcomes: list[ClientOutco
     }
 
 
+def ready_row(client: ClientInfo) -> dict[str, Any]:
+    """A node that joined: its identity, its examples and the device profile its plans are made for
+    (stated in its node config, or measured by the node itself in deployment)."""
+    return {
+        "kind": "node",
+        "node_id": client.node_id,
+        "partition_id": client.partition_id,
+        "status": "ready",
+        "examples": client.num_examples,
+        "profile": dict(client.profile),
+    }
+
+
 def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     """Run (or continue) one federation; returns the run directory."""
     state, log, tokenizer = prepare(cfg)
@@ -253,6 +266,8 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     for node_id, (status, reason) in left_out.items():
         log.row({"kind": "node", "node_id": node_id, "status": status, "reason": reason})
         print(f"fedlayer: node {node_id} {status}: {reason}", flush=True)
+    for client in clients:
+        log.row(ready_row(client))
     if len(clients) < cfg.clients.min:
         raise RuntimeError(f"only {len(clients)} client(s) answered; clients.min={cfg.clients.min}")
     state.strategy.clients = clients

@@ -308,7 +308,7 @@ def test_bad_start_up_statements_refuse_the_node_and_leff_runs(
     cfg = tiny_run_config(tiny_models["bert"], tmp_path, method="leff", **overrides)
     run_dir = simulate(cfg, supernodes=8, client_app=hostile_info(careless_statement))
 
-    node_rows = [r for r in rows(run_dir) if r["kind"] == "node"]
+    node_rows = [r for r in rows(run_dir) if r["kind"] == "node" and r["status"] != "ready"]
     assert len(node_rows) == len(BAD_NODES) + 1  # the contested partition's honest claimant too
     for p, (_, status, pattern) in BAD_NODES.items():
         matching = [r for r in node_rows if r["status"] == status and re.search(pattern, r["reason"])]
