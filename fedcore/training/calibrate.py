@@ -1,10 +1,11 @@
 """A deployed node measures itself at start-up on the run's model: block speed and memory.
 
 One batch of the run's size and length (random tokens: the time and memory of a step do not depend on
-the text) runs forward and backward through the tuned model a few times. The mean step time divided by
-the number of blocks is one block's training time; its throughput, counted as 6 x block parameters x
-tokens floating-point operations, over ``REFERENCE_FLOPS`` is the node's speed. Memory is what the
-accelerator (or, without one, the system) has free now. All of this is the project's own rule.
+the text) runs forward and backward through the tuned model a few times, for at least ``MIN_TIMED_S``
+(a small model's step takes milliseconds, which the scheduler's noise would decide). The mean step time
+divided by the number of blocks is one block's training time; its throughput, counted as 6 x block
+parameters x tokens floating-point operations, over ``REFERENCE_FLOPS`` is the node's speed. Memory is
+what the accelerator (or, without one, the system) has free now. All of this is the project's own rule.
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ from fedcore.training.memory import ActivationMeter
 
 #: the throughput of speed 1 (a workstation in the named profiles): 10^12 operations per second
 REFERENCE_FLOPS = 1e12
+#: the shortest interval a node's speed is timed over
+MIN_TIMED_S = 0.5
 #: bytes per trainable parameter beyond the parameter itself: its gradient and Adam's two moments (fp32)
 TRAINING_STATE_BYTES = 12
 
 
 def calibrate(cfg: RunConfig, steps: int = 3) -> Calibration:
-    """Measure this node on the run's model (``steps`` timed steps after one warm-up step)."""
+    """Measure this node on the run's model (at least ``steps`` timed steps and ``MIN_TIMED_S``, after
+    one warm-up step)."""
     num_labels = max(2, len(configured_labels(cfg.data))) if cfg.model.task == "seq-cls" else 0
     model, tokenizer = build_model(cfg, num_labels)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -39,12 +43,13 @@ def calibrate(cfg: RunConfig, steps: int = 3) -> Calibration:
     meter = ActivationMeter(model)
     with meter.step():
         _step(model, batch)
-    began = time.perf_counter()
-    for _ in range(steps):
+    began, timed, elapsed = time.perf_counter(), 0, 0.0
+    while timed < steps or elapsed < MIN_TIMED_S:
         _step(model, batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    block_s = (time.perf_counter() - began) / steps / len(blocks)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        timed, elapsed = timed + 1, time.perf_counter() - began
+    block_s = elapsed / timed / len(blocks)
     block_params = sum(p.numel() for p in blocks[0].parameters())
     tokens = cfg.train.batch_size * cfg.model.max_length
     low, high = LIMITS["speed"]

@@ -9,6 +9,7 @@ import pytest
 from client_app.info import node_profile
 from fedcore.core.devices import PROFILES, Calibration
 from fedcore.model import build_model
+from fedcore.training import calibrate as calibration
 from fedcore.training.calibrate import calibrate
 from tests.conftest import tiny_run_config
 
@@ -22,6 +23,21 @@ def test_calibration_measures_speed_and_what_a_block_costs_at_the_runs_batch(
     assert small.model_mb == pytest.approx(sum(p.numel() * 4 for p in model.parameters()) / 2**20)
     assert small.speed > 0 and small.free_mb > 0
     assert large.block_mb > 4 * small.block_mb > 0, "a block's activations grow with the batch"
+
+
+def test_a_short_step_is_timed_over_enough_steps_to_outlast_scheduler_noise(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = []
+    step = calibration._step
+    monkeypatch.setattr(calibration, "_step", lambda *args: steps.append(1) or step(*args))
+    monkeypatch.setattr(calibration, "MIN_TIMED_S", 0.0)
+    calibrate(tiny_run_config(tiny_models["bert"], tmp_path), steps=3)
+    assert len(steps) == 1 + 3, "a warm-up step and the steps asked for"
+    steps.clear()
+    monkeypatch.setattr(calibration, "MIN_TIMED_S", 0.3)
+    calibrate(tiny_run_config(tiny_models["bert"], tmp_path), steps=3)
+    assert len(steps) > 1 + 3, "a tiny model's millisecond steps are repeated until 0.3 s have passed"
 
 
 def test_stated_values_win_over_measured_ones_and_memory_sets_the_blocks_that_fit() -> None:
