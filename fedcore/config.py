@@ -306,6 +306,16 @@ class OutputConfig(Section):
     tensorboard: bool = Field(
         False, description="Also write TensorBoard event files (needs the 'tensorboard' extra)."
     )
+    save_every: int = project_option(
+        0,
+        "Also save the global model after every N-th round, as the final model is saved, in "
+        "model-round-NNNN/ of the run directory (0 = off).",
+        ge=0,
+        le=100000,
+    )
+    keep_last: int = project_option(
+        0, "Keep only the newest this many of those round models (0 = keep all).", ge=0, le=100000
+    )
 
 
 class LimitsConfig(Section):

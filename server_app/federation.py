@@ -1,5 +1,5 @@
 """The federation loop: prepare, then per round plan, send, collect, aggregate (through the run's
-LayerwiseStrategy), evaluate, record and checkpoint.
+LayerwiseStrategy), evaluate, record, save the round's model if due (``output.save-every``) and checkpoint.
 
 The strategy (``server_app.strategy``) owns a round's planning, reply checks, bounds and layer-wise
 aggregation; this loop adds what a product run needs around it: live progress while replies come in
@@ -34,7 +34,7 @@ from fedcore.methods.base import ClientInfo, ClientPlan, Planner
 from fedcore.methods.registry import make_planner
 from fedcore.model import build_model, load_tunable_state, tunable_state
 from fedcore.training.evaluate import evaluate
-from server_app import console
+from server_app import console, round_models
 from server_app.checkpoint import (
     CHECKPOINT_DIR,
     Checkpoint,
@@ -43,7 +43,7 @@ from server_app.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from server_app.model_export import base_reference, make_portable, model_card
+from server_app.model_export import save_portable
 from server_app.nodes import query_clients, wait_for_nodes
 from server_app.progress import Progress
 from server_app.run_log import RunLog, new_run_dir
@@ -167,6 +167,7 @@ def prepare(cfg: RunConfig) -> tuple[ServerState, RunLog, PreTrainedTokenizerBas
     state.holders = checkpoint.holders
     log = RunLog(run_dir, cfg.to_flat())
     log.truncate_after(checkpoint.round)
+    round_models.drop_after(run_dir, checkpoint.round)
     return state, log, tokenizer
 
 
@@ -259,6 +260,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     startup_s = time.perf_counter() - startup_began
     print(f"fedlayer: {len(clients)} of {len(node_ids)} node(s) ready in {startup_s:.1f} s", flush=True)
 
+    labels = label_names(state.test)
     began = time.perf_counter() - state.elapsed_before_s
     for round_number in range(state.first_round, cfg.rounds + 1):
         round_began = time.perf_counter()
@@ -275,6 +277,10 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         print(console.line(last, task), flush=True)
         if last.get("accuracy") is not None:
             state.best_accuracy = max(state.best_accuracy or 0.0, last["accuracy"])
+        if round_models.is_due(cfg, round_number):
+            folder = round_models.folder_name(round_number)
+            save_portable(log, state.model, tokenizer, cfg, labels, last, folder)
+            round_models.keep_newest(log.dir, cfg.output.keep_last)
         save_checkpoint(
             log.dir,
             Checkpoint(
@@ -289,10 +295,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         )
 
     if cfg.output.save_model:
-        reference = base_reference(cfg.model.name)
-        labels = label_names(state.test)
-        make_portable(state.model, reference, labels)
-        log.save_model(state.model, tokenizer, model_card(cfg, reference, labels, last))
+        save_portable(log, state.model, tokenizer, cfg, labels, last)
     if task == "causal-lm":
         write_json_atomic(log.dir / "samples.json", generate_samples(state.model, tokenizer, state.test))
     log.summary(
