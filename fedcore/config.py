@@ -317,6 +317,15 @@ class OutputConfig(Section):
         0, "Keep only the newest this many of those round models (0 = keep all).", ge=0, le=100000
     )
 
+    @model_validator(mode="after")
+    def _keep_last_needs_round_models(self) -> OutputConfig:
+        if self.keep_last and not self.save_every:
+            raise ValueError(
+                f"output.keep-last={self.keep_last} keeps the newest round models, but output.save-every "
+                "is 0 (no round models are saved): also set output.save-every, e.g. output.save-every=5"
+            )
+        return self
+
 
 class LimitsConfig(Section):
     """What one client may send, checked before the server works on it (this project's bounds)."""

@@ -145,6 +145,11 @@ def test_drop_after_removes_later_rounds_and_their_leftovers_only(tmp_path: Path
         ("output.save-every", -1, "output.save-every: must be greater than or equal to 0"),
         ("output.save-every", "2", "output.save-every: must be a whole number, unquoted"),
         ("output.keep-last", -3, "output.keep-last: must be greater than or equal to 0"),
+        (
+            "output.keep-last",
+            2,
+            "output.keep-last=2 keeps the newest round models, but output.save-every is 0",
+        ),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_key(key: str, value: object, expected: str) -> None:
