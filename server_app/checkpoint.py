@@ -117,9 +117,11 @@ def read_checkpoint(folder: Path) -> Checkpoint:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"resume-from: {meta_path} is unreadable or corrupt: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+    found = meta.get("format") if isinstance(meta, dict) else None
+    if found != FORMAT_VERSION:
         raise CheckpointError(
-            f"resume-from: {meta_path} is not a fedlayer checkpoint of format {FORMAT_VERSION}"
+            f"resume-from: {meta_path} is not a fedlayer checkpoint of format {FORMAT_VERSION} (format: "
+            f"{found!r}); resume it with the fedlayer version that wrote it, or start the run afresh"
         )
     missing = [key for key in (*_REQUIRED, _META_HASH) if key not in meta]
     if missing:
