@@ -5,7 +5,7 @@ state and the server optimiser's state (safetensors files, each carrying a hash 
 moments and counts, nothing for FedAvg's step) and ``checkpoint.json`` (round, planner state, best
 accuracy, elapsed time, the run config, a fingerprint of the model's tunable parameters and both files'
 hashes), itself under a hash of all its other fields, so the whole checkpoint is covered by one chain of
-hashes: an edited round number or planner state is refused like a damaged tensor. Both files are
+hashes: an edited round number or planner state is refused like a damaged tensor. All three files are
 written to a temporary directory first and swapped in with renames; a kill between the renames is
 recovered from the complete copy left beside it. On load every value is verified against its hash and
 must be finite, so a damaged checkpoint is refused instead of resumed.
