@@ -26,6 +26,7 @@ from fedcore.config import RunConfig
 from fedcore.core import wire
 from fedcore.core.files import write_json_atomic
 from fedcore.core.layers import LayerMap
+from fedcore.core.server_optimizer import MeanDelta, ServerOptimizer
 from fedcore.core.wire import dict_to_config
 from fedcore.data.batching import Batch, make_batches
 from fedcore.data.splits import server_splits
@@ -41,6 +42,7 @@ from server_app.checkpoint import (
     CheckpointError,
     check_compatible,
     load_checkpoint,
+    restore_optimizer,
     save_checkpoint,
 )
 from server_app.model_export import save_portable
@@ -81,6 +83,8 @@ class ServerState:
     simulated: bool = True
     #: partition -> node id holding it in this run, which a resume keeps (nodes.assign_partitions)
     holders: dict[int, int] = field(default_factory=dict)
+    #: the server's step (server.optimizer), whose state a checkpoint keeps
+    optimizer: ServerOptimizer = field(default_factory=MeanDelta)
     #: plans and aggregates the rounds (set once the run has its name: every message carries it)
     strategy: LayerwiseStrategy = field(init=False)
     #: the global state as the strategy passes it between rounds
@@ -118,7 +122,9 @@ def start_strategy(state: ServerState) -> None:
     """The run's LayerwiseStrategy, from the current global state."""
     records = run_records(state.cfg, state.run_name, state.simulated)
     settings = LayerwiseSettings.from_run_config(state.cfg)
-    state.strategy = LayerwiseStrategy(state.planner, state.layer_map.group_of, settings, records=records)
+    state.strategy = LayerwiseStrategy(
+        state.planner, state.layer_map.group_of, settings, state.optimizer, records=records
+    )
     state.arrays = state.strategy.arrays_of(state.global_state)
 
 
@@ -146,6 +152,7 @@ def prepare(cfg: RunConfig) -> tuple[ServerState, RunLog, PreTrainedTokenizerBas
         if len(splits.validation)
         else [],
         shapes={name: tensor.shape for name, tensor in global_state.items()},
+        optimizer=cfg.server.build(),
     )
     if not cfg.resume_from:
         return state, RunLog(new_run_dir(cfg.output.dir, cfg.method), cfg.to_flat()), tokenizer
@@ -161,6 +168,7 @@ def prepare(cfg: RunConfig) -> tuple[ServerState, RunLog, PreTrainedTokenizerBas
             f"resume-from: the planner state in {run_dir / CHECKPOINT_DIR} does not fit method={cfg.method} "
             f"({exc!r}); resume with the settings it was made with"
         ) from None
+    state.optimizer = restore_optimizer(run_dir, checkpoint, cfg)
     state.first_round = checkpoint.round + 1
     state.best_accuracy = checkpoint.best_accuracy
     state.elapsed_before_s = checkpoint.elapsed_s
@@ -291,6 +299,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
                 elapsed_s=last["elapsed_s"],
                 config=cfg.to_flat(),
                 holders=state.holders,
+                optimizer_state=state.optimizer.state_dict(),
             ),
         )
 
