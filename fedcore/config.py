@@ -24,6 +24,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from fedcore.core.aggregators import Aggregator
 from fedcore.core.devices import profile_names
 from fedcore.core.drop_shapes import DropShape
+from fedcore.core.server_optimizer import FedAdam, MeanDelta, ServerOptimizer
 from fedcore.methods.droppeft.config import DropPeftConfig
 from fedcore.methods.leff.config import LeffConfig
 from fedcore.methods.specs import METHODS, MethodSpec, TuningMode, method_spec
@@ -218,6 +219,27 @@ class RoundConfig(Section):
     )
 
 
+class ServerConfig(Section):
+    """The server's step from a round's aggregated deltas to the next global model (any method)."""
+
+    optimizer: Literal["mean", "fedadam"] = project_option(
+        "mean",
+        "'mean': add the aggregated deltas (FedAvg's step); 'fedadam': Adam on them as a pseudo-gradient "
+        "(Reddi et al. 2021), with moments and bias correction per parameter over only the rounds that "
+        "updated it (this project's reading of FedAdam for layer-wise rounds). Fixed for a resumed run.",
+    )
+    lr: float = project_option(1e-2, "FedAdam's server learning rate.", gt=0, le=10)
+    beta_1: float = project_option(0.9, "FedAdam's first-moment decay.", ge=0, lt=1)
+    beta_2: float = project_option(0.99, "FedAdam's second-moment decay.", ge=0, lt=1)
+    tau: float = project_option(1e-3, "FedAdam's adaptivity: added to the root of the second moment.", gt=0)
+
+    def build(self) -> ServerOptimizer:
+        """A fresh optimiser as configured."""
+        if self.optimizer == "fedadam":
+            return FedAdam(self.lr, self.beta_1, self.beta_2, self.tau)
+        return MeanDelta()
+
+
 class EvalConfig(Section):
     max_examples: int = Field(500, ge=0, description="Server test examples evaluated (0 = all).")
     client_examples: int = Field(
@@ -306,6 +328,25 @@ class OutputConfig(Section):
     tensorboard: bool = Field(
         False, description="Also write TensorBoard event files (needs the 'tensorboard' extra)."
     )
+    save_every: int = project_option(
+        0,
+        "Also save the global model after every N-th round, as the final model is saved, in "
+        "model-round-NNNN/ of the run directory (0 = off).",
+        ge=0,
+        le=100000,
+    )
+    keep_last: int = project_option(
+        0, "Keep only the newest this many of those round models (0 = keep all).", ge=0, le=100000
+    )
+
+    @model_validator(mode="after")
+    def _keep_last_needs_round_models(self) -> OutputConfig:
+        if self.keep_last and not self.save_every:
+            raise ValueError(
+                f"output.keep-last={self.keep_last} keeps the newest round models, but output.save-every "
+                "is 0 (no round models are saved): also set output.save-every, e.g. output.save-every=5"
+            )
+        return self
 
 
 class LimitsConfig(Section):
@@ -343,6 +384,7 @@ class RunConfig(Section):
     clients: ClientsConfig = ClientsConfig()
     train: TrainConfig = TrainConfig()
     round: RoundConfig = RoundConfig()
+    server: ServerConfig = ServerConfig()
     eval: EvalConfig = EvalConfig()
     drop: LayerDropConfig = LayerDropConfig()
     ptls: PtlsConfig = PtlsConfig()

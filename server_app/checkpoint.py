@@ -1,10 +1,11 @@
 """Round checkpoints: everything the server needs to continue a run after a crash.
 
 After every completed round the server writes ``checkpoint/`` in the run directory: the global tunable
-state (safetensors carrying a hash of its values) and ``checkpoint.json`` (round, planner state, best
-accuracy, elapsed time, the run config, a fingerprint of the model's tunable parameters and the state's
-hash), itself under a hash of all its other fields, so the whole checkpoint is covered by one chain of
-hashes: an edited round number or planner state is refused like a damaged tensor. Both files are
+state and the server optimiser's state (safetensors files, each carrying a hash of its values; FedAdam's
+moments and counts, nothing for FedAvg's step) and ``checkpoint.json`` (round, planner state, best
+accuracy, elapsed time, the run config, a fingerprint of the model's tunable parameters and both files'
+hashes), itself under a hash of all its other fields, so the whole checkpoint is covered by one chain of
+hashes: an edited round number or planner state is refused like a damaged tensor. All three files are
 written to a temporary directory first and swapped in with renames; a kill between the renames is
 recovered from the complete copy left beside it. On load every value is verified against its hash and
 must be finite, so a damaged checkpoint is refused instead of resumed.
@@ -17,7 +18,7 @@ import hashlib
 import json
 import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,15 @@ import torch
 
 from fedcore.config import RunConfig
 from fedcore.core.files import write_atomic
+from fedcore.core.server_optimizer import ServerOptimizer
 from fedcore.core.tensor_files import CorruptTensorFile, load_tensors, save_tensors
 from server_app.run_log import is_finished, recover_dir, replace_dir, swap_paths
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "global.safetensors"
+OPTIMIZER_FILE = "server-optimizer.safetensors"
 META_FILE = "checkpoint.json"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 #: config sections that must not change when a run is resumed (they define what is being trained)
 _FIXED_PREFIXES = ("method", "seed", "model.", "tuning.", "data.", "drop.", "ptls.", "devices.")
 _REQUIRED = (
@@ -43,6 +46,7 @@ _REQUIRED = (
     "holders",
     "fingerprint",
     "state_sha256",
+    "optimizer_sha256",
 )
 _META_HASH = "meta_sha256"
 
@@ -61,6 +65,8 @@ class Checkpoint:
     config: dict[str, Any]
     #: partition -> the node id that holds it in this run (server_app/nodes.py assign_partitions)
     holders: dict[int, int]
+    #: the server optimiser's ``state_dict()`` (empty for FedAvg's step)
+    optimizer_state: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def fingerprint(state: dict[str, torch.Tensor]) -> str:
@@ -75,6 +81,7 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     digest = save_tensors(tmp / STATE_FILE, checkpoint.global_state)
+    optimizer_digest = save_tensors(tmp / OPTIMIZER_FILE, checkpoint.optimizer_state)
     meta = {
         "format": FORMAT_VERSION,
         "round": checkpoint.round,
@@ -85,6 +92,7 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
         "holders": {str(partition): node for partition, node in checkpoint.holders.items()},
         "fingerprint": fingerprint(checkpoint.global_state),
         "state_sha256": digest,
+        "optimizer_sha256": optimizer_digest,
     }
     meta[_META_HASH] = _meta_digest(meta)
     write_atomic(tmp / META_FILE, json.dumps(meta, indent=2, sort_keys=True))
@@ -95,7 +103,7 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     """The run's verified checkpoint, recovered from an interrupted swap if need be."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     recover_dir(folder, read_checkpoint)
-    if not (folder / META_FILE).is_file() or not (folder / STATE_FILE).is_file():
+    if not all((folder / name).is_file() for name in (META_FILE, STATE_FILE, OPTIMIZER_FILE)):
         raise CheckpointError(
             f"resume-from: no checkpoint in {folder} (a run writes one after each completed round)"
         )
@@ -104,14 +112,16 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
 
 def read_checkpoint(folder: Path) -> Checkpoint:
     """Read and verify one checkpoint directory: every problem is a CheckpointError naming the file."""
-    meta_path, state_path = folder / META_FILE, folder / STATE_FILE
+    meta_path, state_path, optimizer_path = folder / META_FILE, folder / STATE_FILE, folder / OPTIMIZER_FILE
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"resume-from: {meta_path} is unreadable or corrupt: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+    found = meta.get("format") if isinstance(meta, dict) else None
+    if found != FORMAT_VERSION:
         raise CheckpointError(
-            f"resume-from: {meta_path} is not a fedlayer checkpoint of format {FORMAT_VERSION}"
+            f"resume-from: {meta_path} is not a fedlayer checkpoint of format {FORMAT_VERSION} (format: "
+            f"{found!r}); resume it with the fedlayer version that wrote it, or start the run afresh"
         )
     missing = [key for key in (*_REQUIRED, _META_HASH) if key not in meta]
     if missing:
@@ -122,15 +132,20 @@ def read_checkpoint(folder: Path) -> Checkpoint:
             "copy or start afresh"
         )
     _check_meta_types(meta, meta_path)
-    try:
-        state, digest = load_tensors(state_path)
-    except CorruptTensorFile as exc:
-        raise CheckpointError(f"resume-from: checkpoint file {exc}") from None
+    state, digest = _load(state_path)
     if digest != meta["state_sha256"] or fingerprint(state) != meta["fingerprint"]:
         raise CheckpointError(
             f"resume-from: {state_path} does not match {meta_path} (corrupt or mixed files)"
         )
     _check_usable(state, state_path)
+    optimizer_state, optimizer_digest = _load(optimizer_path)
+    if optimizer_digest != meta["optimizer_sha256"]:
+        raise CheckpointError(
+            f"resume-from: {optimizer_path} does not match {meta_path} (corrupt or mixed files)"
+        )
+    bad = [name for name, t in optimizer_state.items() if not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f"resume-from: {optimizer_path} holds non-finite values in {bad[0]}")
     return Checkpoint(
         round=meta["round"],
         global_state=state,
@@ -139,7 +154,15 @@ def read_checkpoint(folder: Path) -> Checkpoint:
         elapsed_s=meta["elapsed_s"],
         config=meta["config"],
         holders={int(partition): node for partition, node in meta["holders"].items()},
+        optimizer_state=optimizer_state,
     )
+
+
+def _load(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    try:
+        return load_tensors(path)
+    except CorruptTensorFile as exc:
+        raise CheckpointError(f"resume-from: checkpoint file {exc}") from None
 
 
 def _meta_digest(meta: dict[str, Any]) -> str:
@@ -198,3 +221,23 @@ def check_compatible(checkpoint: Checkpoint, cfg: RunConfig, model_state: dict[s
         raise CheckpointError(
             f"resume-from: the checkpoint already completed round {checkpoint.round} of rounds={cfg.rounds}"
         )
+
+
+def restore_optimizer(run_dir: Path, checkpoint: Checkpoint, cfg: RunConfig) -> ServerOptimizer:
+    """The run's server optimiser continued from the checkpoint: a state made by another optimiser, or one
+    this optimiser cannot have made, is refused naming the file."""
+    path = Path(run_dir) / CHECKPOINT_DIR / OPTIMIZER_FILE
+    made_with = checkpoint.config.get("server.optimizer")
+    if made_with != cfg.server.optimizer:
+        raise CheckpointError(
+            f"resume-from: {path} holds the state of server.optimizer={made_with!r}, but this run sets "
+            f"server.optimizer={cfg.server.optimizer!r}; resume with server.optimizer={made_with!r}"
+        )
+    optimizer = cfg.server.build()
+    try:
+        optimizer.load_state_dict(checkpoint.optimizer_state)
+    except ValueError as exc:
+        raise CheckpointError(
+            f"resume-from: {path} does not fit server.optimizer={cfg.server.optimizer!r} ({exc})"
+        ) from None
+    return optimizer

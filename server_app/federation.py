@@ -1,5 +1,5 @@
 """The federation loop: prepare, then per round plan, send, collect, aggregate (through the run's
-LayerwiseStrategy), evaluate, record and checkpoint.
+LayerwiseStrategy), evaluate, record, save the round's model if due (``output.save-every``) and checkpoint.
 
 The strategy (``server_app.strategy``) owns a round's planning, reply checks, bounds and layer-wise
 aggregation; this loop adds what a product run needs around it: live progress while replies come in
@@ -26,6 +26,7 @@ from fedcore.config import RunConfig
 from fedcore.core import wire
 from fedcore.core.files import write_json_atomic
 from fedcore.core.layers import LayerMap
+from fedcore.core.server_optimizer import MeanDelta, ServerOptimizer
 from fedcore.core.wire import dict_to_config
 from fedcore.data.batching import Batch, make_batches
 from fedcore.data.splits import server_splits
@@ -34,16 +35,17 @@ from fedcore.methods.base import ClientInfo, ClientPlan, Planner
 from fedcore.methods.registry import make_planner
 from fedcore.model import build_model, load_tunable_state, tunable_state
 from fedcore.training.evaluate import evaluate
-from server_app import console
+from server_app import console, round_models
 from server_app.checkpoint import (
     CHECKPOINT_DIR,
     Checkpoint,
     CheckpointError,
     check_compatible,
     load_checkpoint,
+    restore_optimizer,
     save_checkpoint,
 )
-from server_app.model_export import base_reference, make_portable, model_card
+from server_app.model_export import save_portable
 from server_app.nodes import query_clients, wait_for_nodes
 from server_app.progress import Progress
 from server_app.run_log import RunLog, new_run_dir
@@ -81,6 +83,8 @@ class ServerState:
     simulated: bool = True
     #: partition -> node id holding it in this run, which a resume keeps (nodes.assign_partitions)
     holders: dict[int, int] = field(default_factory=dict)
+    #: the server's step (server.optimizer), whose state a checkpoint keeps
+    optimizer: ServerOptimizer = field(default_factory=MeanDelta)
     #: plans and aggregates the rounds (set once the run has its name: every message carries it)
     strategy: LayerwiseStrategy = field(init=False)
     #: the global state as the strategy passes it between rounds
@@ -118,7 +122,9 @@ def start_strategy(state: ServerState) -> None:
     """The run's LayerwiseStrategy, from the current global state."""
     records = run_records(state.cfg, state.run_name, state.simulated)
     settings = LayerwiseSettings.from_run_config(state.cfg)
-    state.strategy = LayerwiseStrategy(state.planner, state.layer_map.group_of, settings, records=records)
+    state.strategy = LayerwiseStrategy(
+        state.planner, state.layer_map.group_of, settings, state.optimizer, records=records
+    )
     state.arrays = state.strategy.arrays_of(state.global_state)
 
 
@@ -146,6 +152,7 @@ def prepare(cfg: RunConfig) -> tuple[ServerState, RunLog, PreTrainedTokenizerBas
         if len(splits.validation)
         else [],
         shapes={name: tensor.shape for name, tensor in global_state.items()},
+        optimizer=cfg.server.build(),
     )
     if not cfg.resume_from:
         return state, RunLog(new_run_dir(cfg.output.dir, cfg.method), cfg.to_flat()), tokenizer
@@ -161,12 +168,14 @@ def prepare(cfg: RunConfig) -> tuple[ServerState, RunLog, PreTrainedTokenizerBas
             f"resume-from: the planner state in {run_dir / CHECKPOINT_DIR} does not fit method={cfg.method} "
             f"({exc!r}); resume with the settings it was made with"
         ) from None
+    state.optimizer = restore_optimizer(run_dir, checkpoint, cfg)
     state.first_round = checkpoint.round + 1
     state.best_accuracy = checkpoint.best_accuracy
     state.elapsed_before_s = checkpoint.elapsed_s
     state.holders = checkpoint.holders
     log = RunLog(run_dir, cfg.to_flat())
     log.truncate_after(checkpoint.round)
+    round_models.drop_after(run_dir, checkpoint.round)
     return state, log, tokenizer
 
 
@@ -274,6 +283,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
     startup_s = time.perf_counter() - startup_began
     print(f"fedlayer: {len(clients)} of {len(node_ids)} node(s) ready in {startup_s:.1f} s", flush=True)
 
+    labels = label_names(state.test)
     began = time.perf_counter() - state.elapsed_before_s
     for round_number in range(state.first_round, cfg.rounds + 1):
         round_began = time.perf_counter()
@@ -290,6 +300,10 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         print(console.line(last, task), flush=True)
         if last.get("accuracy") is not None:
             state.best_accuracy = max(state.best_accuracy or 0.0, last["accuracy"])
+        if round_models.is_due(cfg, round_number):
+            folder = round_models.folder_name(round_number)
+            save_portable(log, state.model, tokenizer, cfg, labels, last, folder)
+            round_models.keep_newest(log.dir, cfg.output.keep_last)
         save_checkpoint(
             log.dir,
             Checkpoint(
@@ -300,14 +314,12 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
                 elapsed_s=last["elapsed_s"],
                 config=cfg.to_flat(),
                 holders=state.holders,
+                optimizer_state=state.optimizer.state_dict(),
             ),
         )
 
     if cfg.output.save_model:
-        reference = base_reference(cfg.model.name)
-        labels = label_names(state.test)
-        make_portable(state.model, reference, labels)
-        log.save_model(state.model, tokenizer, model_card(cfg, reference, labels, last))
+        save_portable(log, state.model, tokenizer, cfg, labels, last)
     if task == "causal-lm":
         write_json_atomic(log.dir / "samples.json", generate_samples(state.model, tokenizer, state.test))
     log.summary(

@@ -3,7 +3,7 @@
 A model saved as trained names its base by the directory it was loaded from (an absolute path in the
 server's cache) and its classes ``LABEL_0..N``. Here the base becomes a hub id or a directory name that
 resolves on another machine, the classes get the data's names, and README.md says how the model was
-made and how to load it.
+made and how to load it. The final model and the round models of ``output.save-every`` are saved alike.
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from fedcore.config import RunConfig
 from fedcore.data import assets
+from server_app.run_log import MODEL, RunLog
 
-#: metrics of the final global row that the model card reports, in this order
+#: metrics of the global row that the model card reports, in this order
 _CARD_METRICS = ("accuracy", "macro_f1", "loss", "perplexity", "val_accuracy", "val_loss")
 
 
@@ -47,9 +49,36 @@ def make_portable(model: nn.Module, reference: str, labels: list[str]) -> None:
         adapter.base_model_name_or_path = reference
 
 
-def model_card(cfg: RunConfig, reference: str, labels: list[str], final: dict[str, Any]) -> str:
-    """README.md for the saved model: what it is, how it was trained, how well it did, how to load it."""
+def save_portable(
+    log: RunLog,
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: RunConfig,
+    labels: list[str],
+    row: dict[str, Any],
+    folder: str = MODEL,
+) -> Path:
+    """Save the global model as ``folder`` of the run directory, portable and with its card.
+
+    ``row`` is the global metrics row of the round it is the model of; a folder other than the final
+    model's is a round model, and its card says so.
+    """
+    reference = base_reference(cfg.model.name)
+    make_portable(model, reference, labels)
+    card = model_card(cfg, reference, labels, row, round_model=folder != MODEL)
+    return log.save_model(model, tokenizer, card, folder)
+
+
+def model_card(
+    cfg: RunConfig, reference: str, labels: list[str], row: dict[str, Any], round_model: bool = False
+) -> str:
+    """README.md for the saved model: what it is, how it was trained, how well it did, how to load it.
+
+    ``row`` is the global row of the model's round: the last one, or for a ``round_model`` (saved by
+    ``output.save-every`` while the run went on) its own.
+    """
     is_adapter = cfg.tuning_mode == "lora"
+    done = row.get("round", cfg.rounds)
     classifier = cfg.model.task == "seq-cls"
     lines = [
         "---",
@@ -59,11 +88,21 @@ def model_card(cfg: RunConfig, reference: str, labels: list[str], final: dict[st
         "tags: [federated-learning, fedlayer, flower]",
         "---",
         "",
-        f"# {cfg.method} fine-tune of {reference}",
+        f"# {cfg.method} fine-tune of {reference}"
+        + (f", round {done} of {cfg.rounds}" if round_model else ""),
         "",
         f"Trained federatedly with fedlayer (Flower) by **{cfg.method}**, tuning mode **{cfg.tuning_mode}**"
         + (" (a LoRA adapter: this folder holds the adapter, not the base weights)." if is_adapter else "."),
         "",
+    ]
+    if round_model:
+        lines += [
+            f"This is the global model after round {done} of {cfg.rounds}, saved while the run went on "
+            f"(`output.save-every={cfg.output.save_every}`); the final model, if the run saved one, is "
+            "`model/` in the same run directory.",
+            "",
+        ]
+    lines += [
         "| | |",
         "|---|---|",
         f"| base model | `{reference}` |",
@@ -73,13 +112,15 @@ def model_card(cfg: RunConfig, reference: str, labels: list[str], final: dict[st
     if labels:
         lines.append(f"| labels | {', '.join(f'{i}: {name}' for i, name in enumerate(labels))} |")
     lines += [
-        f"| rounds | {final.get('round', cfg.rounds)} of {cfg.rounds} |",
+        f"| rounds | {done} of {cfg.rounds} |",
         f"| seed | {cfg.seed} |",
         "",
-        "## Final metrics (the server's test split after the last round)",
+        f"## Metrics after round {done} (the server's test split)"
+        if round_model
+        else "## Final metrics (the server's test split after the last round)",
         "",
     ]
-    metrics = [(key, final[key]) for key in _CARD_METRICS if isinstance(final.get(key), (int, float))]
+    metrics = [(key, row[key]) for key in _CARD_METRICS if isinstance(row.get(key), (int, float))]
     lines += [f"- {key}: {value:.4f}" for key, value in metrics] or ["- none recorded"]
     if cfg.model.name.startswith(assets.EMBEDDED_PREFIX) and reference != cfg.model.name:
         lines += [

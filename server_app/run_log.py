@@ -1,4 +1,4 @@
-"""The run directory: resolved config, metrics.jsonl, summary.json and the final model.
+"""The run directory: resolved config, metrics.jsonl, summary.json and the saved models.
 
 Every file is written via a temporary file and an atomic rename, so an interrupted run leaves complete
 files, never half-written ones. metrics.jsonl is appended line by line and flushed: a kill mid-line leaves
@@ -27,6 +27,8 @@ from fedcore.core.files import write_atomic, write_json_atomic
 SUMMARY = "summary.json"
 REPORT = "report.md"
 METRICS = "metrics.jsonl"
+#: the final model's folder
+MODEL = "model"
 #: the run's identity: its directory's name and a random suffix, written once, kept by every resume
 RUN_ID = "run-id"
 
@@ -161,13 +163,15 @@ class RunLog:
     def summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.dir / SUMMARY, summary)
 
-    def save_model(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, card: str) -> Path:
+    def save_model(
+        self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, card: str, folder: str = MODEL
+    ) -> Path:
         """save_pretrained (an adapter for LoRA, the full model otherwise) with ``card`` as README.md,
-        swapped in atomically.
+        swapped in atomically as ``folder`` of the run directory.
 
         An adapter folder also gets the model's config.json, so its label names travel with it.
         """
-        final = self.dir / "model"
+        final = self.dir / folder
         tmp, _ = swap_paths(final)
         shutil.rmtree(tmp, ignore_errors=True)
         if type(model).__module__.startswith("peft"):

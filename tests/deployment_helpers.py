@@ -1,8 +1,9 @@
 """Real Flower daemons on loopback for tests/test_deployment.py: ports, logs, waiting, runs, clean-up.
 
 Every daemon starts in its own session and is stopped by PID together with everything it spawned
-(SuperExecs, ServerApp/ClientApp processes), also those re-parented to init after a SIGKILL, which are
-found by the test's own ports on their command lines. Runs are judged by `flwr ls`, never by the exit
+(SuperExecs, ServerApp/ClientApp processes), also those re-parented to init after a SIGKILL or started in
+the background by a shell that has exited, which are found by their session or by the test's own ports on
+their command lines. Runs are judged by `flwr ls`, never by the exit
 code of `flwr run`.
 """
 
@@ -100,8 +101,10 @@ class Daemons:
         return wait_for(found, timeout_s, f"{name} logging {pattern!r}")
 
     def _ours(self) -> list[psutil.Process]:
-        """Started processes, their descendants, and orphans whose command line names one of our ports."""
+        """Started processes, their descendants, and orphans still in a started process's session or whose
+        command line names one of our ports."""
         found: dict[int, psutil.Process] = {}
+        sessions = {proc.pid for proc in self.procs.values()}
         for proc in self.procs.values():
             try:
                 root = psutil.Process(proc.pid)
@@ -112,7 +115,7 @@ class Daemons:
         addresses = [f"127.0.0.1:{port}" for port in self.ports]
         for p in psutil.process_iter(["pid", "cmdline"]):
             cmdline = " ".join(p.info["cmdline"] or [])
-            if p.pid != os.getpid() and any(a in cmdline for a in addresses):
+            if p.pid != os.getpid() and (any(a in cmdline for a in addresses) or _session(p.pid) in sessions):
                 found[p.pid] = p
         return list(found.values())
 
@@ -131,6 +134,13 @@ class Daemons:
                 continue
         for proc in self.procs.values():
             proc.wait(timeout=10)  # reaps our direct children
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
 
 
 def flwr(env: dict[str, str], *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
@@ -165,15 +175,20 @@ def run_app(
     app_dir: Path = REPO_ROOT,
 ) -> tuple[int, str]:
     """Submit the app (this one unless ``app_dir``) and wait for the run to finish; returns (run id, final
-    status from `flwr ls`).
-
-    Each `flwr` call costs about a second of CPU that the ClientApps need on a 2-core box, so the status
-    is read every 10 s, or at once when the run's summary.json appears in output_dir.
-    """
+    status from `flwr ls`)."""
     submitted = flwr_json(env, "run", str(app_dir), connection, "--run-config", run_config)
     if not submitted.get("success"):
         raise RuntimeError(f"flwr run failed: {submitted}")
     run_id = int(submitted["run-id"])
+    return run_id, wait_run(env, connection, run_id, output_dir, timeout_s)
+
+
+def wait_run(env: dict[str, str], connection: str, run_id: int, output_dir: Path, timeout_s: float) -> str:
+    """Wait for a submitted run to finish (stopping it after timeout_s); returns its final status.
+
+    Each `flwr` call costs about a second of CPU that the ClientApps need on a 2-core box, so the status
+    is read every 10 s, or at once when the run's summary.json appears in output_dir.
+    """
     last_read = time.monotonic()
 
     def finished() -> str | None:
@@ -188,7 +203,7 @@ def run_app(
         return status if status.startswith("finished") else None
 
     try:
-        return run_id, wait_for(finished, timeout_s, f"run {run_id} finishing", poll_s=1.0)
+        return str(wait_for(finished, timeout_s, f"run {run_id} finishing", poll_s=1.0))
     except TimeoutError:
         flwr(env, "stop", str(run_id), connection)
         raise

@@ -13,13 +13,16 @@ import pytest
 import torch
 
 from fedcore.config import RunConfig
+from fedcore.core.server_optimizer import FedAdam
 from server_app.checkpoint import (
     CHECKPOINT_DIR,
     META_FILE,
+    OPTIMIZER_FILE,
     STATE_FILE,
     Checkpoint,
     CheckpointError,
     load_checkpoint,
+    restore_optimizer,
     save_checkpoint,
 )
 from server_app.run_log import METRICS, REPORT, SUMMARY, RunDirError, RunLog, is_finished
@@ -96,6 +99,106 @@ def test_an_edited_field_breaks_the_hash_and_is_refused_naming_the_file(
     meta[key] = value
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="does not match its hash") as error:
+        load_checkpoint(tmp_path)
+    assert str(meta_file) in str(error.value)
+
+
+FEDADAM = RunConfig.from_flat({"server.optimizer": "fedadam", "server.lr": 0.05})
+
+
+def fedadam_rounds(
+    optimizer: FedAdam, state: dict[str, torch.Tensor], rounds: range
+) -> dict[str, torch.Tensor]:
+    """Partial rounds of fixed pseudo-random deltas: 'a.weight' every round, 'b.bias' every other."""
+    for number in rounds:
+        generator = torch.Generator().manual_seed(number)
+        names = ["a.weight", "b.bias"] if number % 2 else ["a.weight"]
+        deltas = {n: torch.randn(state[n].shape, generator=generator, dtype=torch.float64) for n in names}
+        state = optimizer.step(state, deltas)
+    return state
+
+
+def test_a_fedadam_run_resumed_from_its_checkpoint_equals_the_uninterrupted_run(tmp_path: Path) -> None:
+    start = checkpoint(1).global_state
+    uninterrupted = fedadam_rounds(FEDADAM.server.build(), start, range(1, 6))
+
+    first = FEDADAM.server.build()
+    state = fedadam_rounds(first, start, range(1, 4))
+    save_checkpoint(
+        tmp_path,
+        Checkpoint(3, state, {}, None, 1.0, FEDADAM.to_flat(), {}, first.state_dict()),
+    )
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.optimizer_state.keys() == first.state_dict().keys()
+    assert all(torch.equal(loaded.optimizer_state[k], v) for k, v in first.state_dict().items())
+    resumed = fedadam_rounds(restore_optimizer(tmp_path, loaded, FEDADAM), loaded.global_state, range(4, 6))
+    assert all(torch.equal(resumed[name], uninterrupted[name]) for name in start)
+
+
+def fedadam_checkpoint(run_dir: Path) -> Path:
+    optimizer = FEDADAM.server.build()
+    state = fedadam_rounds(optimizer, checkpoint(1).global_state, range(1, 3))
+    save_checkpoint(
+        run_dir, Checkpoint(2, state, {}, None, 1.0, FEDADAM.to_flat(), {}, optimizer.state_dict())
+    )
+    return run_dir / CHECKPOINT_DIR / OPTIMIZER_FILE
+
+
+def test_a_changed_optimizer_moment_is_refused_naming_the_file(tmp_path: Path) -> None:
+    optimizer_file = fedadam_checkpoint(tmp_path)
+    data = bytearray(optimizer_file.read_bytes())
+    data[-3] ^= 1  # a bit of the last tensor's bytes
+    optimizer_file.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt") as error:
+        load_checkpoint(tmp_path)
+    assert str(optimizer_file) in str(error.value)
+
+
+def test_another_runs_optimizer_file_is_refused_as_mixed_files(tmp_path: Path) -> None:
+    """An intact file of another checkpoint (a mean-step run's empty state) does not pass for this one's."""
+    optimizer_file = fedadam_checkpoint(tmp_path)
+    shutil.copy(saved(tmp_path / "plain") / OPTIMIZER_FILE, optimizer_file)
+    with pytest.raises(CheckpointError, match="does not match") as error:
+        load_checkpoint(tmp_path)
+    assert str(optimizer_file) in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("made_with", "resumed_with"),
+    [("fedadam", "mean"), ("mean", "fedadam")],
+    ids=["adam->mean", "mean->adam"],
+)
+def test_resuming_with_another_server_optimizer_is_refused_naming_the_file(
+    tmp_path: Path, made_with: str, resumed_with: str
+) -> None:
+    if made_with == "fedadam":
+        optimizer_file = fedadam_checkpoint(tmp_path)
+    else:
+        optimizer_file = saved(tmp_path) / OPTIMIZER_FILE
+    cfg = RunConfig.from_flat({"server.optimizer": resumed_with})
+    with pytest.raises(CheckpointError, match=f"server.optimizer='{made_with}'") as error:
+        restore_optimizer(tmp_path, load_checkpoint(tmp_path), cfg)
+    assert str(optimizer_file) in str(error.value)
+
+
+def test_an_optimizer_state_that_does_not_fit_the_optimizer_is_refused_naming_the_file(
+    tmp_path: Path,
+) -> None:
+    """A state the configured optimiser cannot have made (here FedAdam's moments under the mean step)."""
+    fedadam_checkpoint(tmp_path)
+    loaded = load_checkpoint(tmp_path)
+    loaded.config["server.optimizer"] = "mean"
+    with pytest.raises(CheckpointError, match="does not fit server.optimizer='mean'") as error:
+        restore_optimizer(tmp_path, loaded, RunConfig())
+    assert str(tmp_path / CHECKPOINT_DIR / OPTIMIZER_FILE) in str(error.value)
+
+
+def test_a_checkpoint_of_an_older_format_is_refused_naming_the_file(tmp_path: Path) -> None:
+    meta_file = saved(tmp_path) / META_FILE
+    meta = json.loads(meta_file.read_text())
+    meta["format"] = 3
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="not a fedlayer checkpoint of format 4") as error:
         load_checkpoint(tmp_path)
     assert str(meta_file) in str(error.value)
 

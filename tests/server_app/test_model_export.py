@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fedcore.model import build_model
-from server_app.model_export import base_reference, make_portable, model_card
+from server_app.model_export import base_reference, make_portable, model_card, save_portable
 from server_app.run_log import RunLog, new_run_dir
 from tests.conftest import make_tiny_model_dir, tiny_run_config
 
@@ -127,3 +127,41 @@ def test_model_card_reports_method_data_rounds_and_final_metrics(tmp_path: Path)
     assert "- accuracy: 0.8125" in card and "- macro_f1: 0.7900" in card
     assert "AutoPeftModelForSequenceClassification" in card
     assert "python -m fedcore.data.assets fetch all-MiniLM-L6-v2" in card
+
+
+def test_a_round_model_loads_elsewhere_and_its_card_names_its_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server_base = make_tiny_model_dir(tmp_path / "server-cache" / "tiny-bert", "bert")
+    cfg = tiny_run_config(
+        server_base, tmp_path / "outputs", method="fedlora", rounds=4, **{"output.save-every": 2}
+    )
+    model, tokenizer = build_model(cfg, num_labels=len(LABELS))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name or "classifier" in name:
+                param.add_(torch.randn_like(param))
+    model.eval()
+    batch = tokenizer(["an example text"], return_tensors="pt")
+    with torch.no_grad():
+        expected_logits = model(**batch).logits
+    log = RunLog(new_run_dir(cfg.output.dir, cfg.method), cfg.to_flat())
+    saved = save_portable(log, model, tokenizer, cfg, LABELS, FINAL, "model-round-0002")
+    log.close()
+    assert saved == log.dir / "model-round-0002" and not (log.dir / "model").exists()
+
+    card = (saved / "README.md").read_text()
+    assert "# fedlora fine-tune of tiny-bert, round 2 of 4" in card
+    assert "after round 2 of 4" in card and "`output.save-every=2`" in card
+    assert "| rounds | 2 of 4 |" in card and "## Metrics after round 2" in card
+    assert "- accuracy: 0.8125" in card and "Final metrics" not in card
+
+    shutil.copytree(server_base, tmp_path / "elsewhere" / "tiny-bert")
+    shutil.rmtree(tmp_path / "server-cache")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    printed, namespace = io.StringIO(), {}
+    with contextlib.redirect_stdout(printed):
+        exec(_card_code(card, saved), namespace)
+    assert printed.getvalue().strip() == LABELS[int(expected_logits.argmax(-1))]
+    with torch.no_grad():
+        torch.testing.assert_close(namespace["model"].eval()(**batch).logits, expected_logits)
