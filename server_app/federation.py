@@ -232,14 +232,16 @@ def global_row(state: ServerState, round_number: int, outcomes: list[ClientOutco
     }
 
 
-def ready_row(client: ClientInfo) -> dict[str, Any]:
-    """A node that joined: its identity, its examples and the device profile its plans are made for
-    (stated in its node config, or measured by the node itself in deployment)."""
+def ready_row(client: ClientInfo, first_round: int) -> dict[str, Any]:
+    """A node that joined at a start (first or resumed) whose first round is ``first_round``: its identity,
+    its examples and the device profile its plans are made for (stated in its node config, or measured
+    by the node itself in deployment)."""
     return {
         "kind": "node",
         "node_id": client.node_id,
         "partition_id": client.partition_id,
         "status": "ready",
+        "from_round": first_round,
         "examples": client.num_examples,
         "profile": dict(client.profile),
     }
@@ -276,7 +278,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> Path:
         log.row({"kind": "node", "node_id": node_id, "status": status, "reason": reason})
         print(f"fedlayer: node {node_id} {status}: {reason}", flush=True)
     for client in clients:
-        log.row(ready_row(client))
+        log.row(ready_row(client, state.first_round))
     if len(clients) < cfg.clients.min:
         raise RuntimeError(f"only {len(clients)} client(s) answered; clients.min={cfg.clients.min}")
     state.strategy.clients = clients
