@@ -24,7 +24,6 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from fedcore.core.aggregators import Aggregator
 from fedcore.core.devices import profile_names
 from fedcore.core.drop_shapes import DropShape
-from fedcore.core.server_optimizer import FedAdam, MeanDelta, ServerOptimizer
 from fedcore.methods.droppeft.config import DropPeftConfig
 from fedcore.methods.leff.config import LeffConfig
 from fedcore.methods.specs import METHODS, MethodSpec, TuningMode, method_spec
@@ -232,12 +231,6 @@ class ServerConfig(Section):
     beta_1: float = project_option(0.9, "FedAdam's first-moment decay.", ge=0, lt=1)
     beta_2: float = project_option(0.99, "FedAdam's second-moment decay.", ge=0, lt=1)
     tau: float = project_option(1e-3, "FedAdam's adaptivity: added to the root of the second moment.", gt=0)
-
-    def build(self) -> ServerOptimizer:
-        """A fresh optimiser as configured."""
-        if self.optimizer == "fedadam":
-            return FedAdam(self.lr, self.beta_1, self.beta_2, self.tau)
-        return MeanDelta()
 
 
 class EvalConfig(Section):

@@ -29,6 +29,7 @@ from fedcore.core.files import write_atomic
 from fedcore.core.server_optimizer import ServerOptimizer
 from fedcore.core.tensor_files import CorruptTensorFile, load_tensors, save_tensors
 from server_app.run_log import is_finished, recover_dir, replace_dir, swap_paths
+from server_app.server_optimizer import make_server_optimizer
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "global.safetensors"
@@ -233,7 +234,7 @@ def restore_optimizer(run_dir: Path, checkpoint: Checkpoint, cfg: RunConfig) -> 
             f"resume-from: {path} holds the state of server.optimizer={made_with!r}, but this run sets "
             f"server.optimizer={cfg.server.optimizer!r}; resume with server.optimizer={made_with!r}"
         )
-    optimizer = cfg.server.build()
+    optimizer = make_server_optimizer(cfg.server)
     try:
         optimizer.load_state_dict(checkpoint.optimizer_state)
     except ValueError as exc:

@@ -51,6 +51,7 @@ from server_app.progress import Progress
 from server_app.run_log import RunLog, new_run_dir
 from server_app.run_report import write_run_report
 from server_app.samples import generate_samples
+from server_app.server_optimizer import make_server_optimizer
 from server_app.strategy import UNDECODABLE, ClientOutcome, LayerwiseSettings, LayerwiseStrategy
 from server_app.strategy import train_message as strategy_train_message
 from server_app.tensorboard import open_tensorboard
@@ -152,7 +153,7 @@ def prepare(cfg: RunConfig) -> tuple[ServerState, RunLog, PreTrainedTokenizerBas
         if len(splits.validation)
         else [],
         shapes={name: tensor.shape for name, tensor in global_state.items()},
-        optimizer=cfg.server.build(),
+        optimizer=make_server_optimizer(cfg.server),
     )
     if not cfg.resume_from:
         return state, RunLog(new_run_dir(cfg.output.dir, cfg.method), cfg.to_flat()), tokenizer

@@ -26,6 +26,7 @@ from server_app.checkpoint import (
     save_checkpoint,
 )
 from server_app.run_log import METRICS, REPORT, SUMMARY, RunDirError, RunLog, is_finished
+from server_app.server_optimizer import make_server_optimizer
 from tests.conftest import tiny_run_config
 from tests.simulate import simulate
 
@@ -120,9 +121,9 @@ def fedadam_rounds(
 
 def test_a_fedadam_run_resumed_from_its_checkpoint_equals_the_uninterrupted_run(tmp_path: Path) -> None:
     start = checkpoint(1).global_state
-    uninterrupted = fedadam_rounds(FEDADAM.server.build(), start, range(1, 6))
+    uninterrupted = fedadam_rounds(make_server_optimizer(FEDADAM.server), start, range(1, 6))
 
-    first = FEDADAM.server.build()
+    first = make_server_optimizer(FEDADAM.server)
     state = fedadam_rounds(first, start, range(1, 4))
     save_checkpoint(
         tmp_path,
@@ -136,7 +137,7 @@ def test_a_fedadam_run_resumed_from_its_checkpoint_equals_the_uninterrupted_run(
 
 
 def fedadam_checkpoint(run_dir: Path) -> Path:
-    optimizer = FEDADAM.server.build()
+    optimizer = make_server_optimizer(FEDADAM.server)
     state = fedadam_rounds(optimizer, checkpoint(1).global_state, range(1, 3))
     save_checkpoint(
         run_dir, Checkpoint(2, state, {}, None, 1.0, FEDADAM.to_flat(), {}, optimizer.state_dict())

@@ -28,16 +28,18 @@ def test_calibration_measures_speed_and_what_a_block_costs_at_the_runs_batch(
 def test_a_short_step_is_timed_over_enough_steps_to_outlast_scheduler_noise(
     tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """On a clock where every step takes 10 ms: 3 steps are enough without a minimum, 0.3 s takes 30."""
     steps = []
     step = calibration._step
     monkeypatch.setattr(calibration, "_step", lambda *args: steps.append(1) or step(*args))
+    monkeypatch.setattr(calibration.time, "perf_counter", lambda: len(steps) * 0.01)
     monkeypatch.setattr(calibration, "MIN_TIMED_S", 0.0)
     calibrate(tiny_run_config(tiny_models["bert"], tmp_path), steps=3)
     assert len(steps) == 1 + 3, "a warm-up step and the steps asked for"
     steps.clear()
     monkeypatch.setattr(calibration, "MIN_TIMED_S", 0.3)
     calibrate(tiny_run_config(tiny_models["bert"], tmp_path), steps=3)
-    assert len(steps) > 1 + 3, "a tiny model's millisecond steps are repeated until 0.3 s have passed"
+    assert len(steps) == 1 + 30, "10 ms steps are repeated until 0.3 s have passed"
 
 
 def test_stated_values_win_over_measured_ones_and_memory_sets_the_blocks_that_fit() -> None:
