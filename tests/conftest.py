@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,9 @@ import torch
 import transformers
 from transformers import BertTokenizer
 
+from fedcore.cli.launch import flower_env
 from fedcore.config import RunConfig
+from tests.deployment_helpers import Daemons
 
 _WORDS = [
     "the",
@@ -150,3 +153,13 @@ def tiny_run_config(model_dir: Path, output_dir: Path, **overrides: object) -> R
     }
     flat.update(overrides)
     return RunConfig.from_flat(flat)
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Daemons]:
+    """Real Flower daemons a test starts, with a Flower home of its own; none outlives the test."""
+    started = Daemons(tmp_path / "logs", flower_env(tmp_path / "flwr-home"))
+    try:
+        yield started
+    finally:
+        started.stop()

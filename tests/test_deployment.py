@@ -16,8 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,6 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from fedcore.cli.launch import flower_env
 from fedcore.config import RunConfig
 from fedcore.deploy.systemd import RESTART_SEC
 from tests.conftest import make_tiny_model_dir, tiny_run_config
@@ -79,15 +77,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ok(tool("keys", "--out", root / "keys", "--count", "2"))
     ok(tool("secret", "--out", root / "keys" / "superexec.secret"))
     return root
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    started = Daemons(tmp_path / "logs", flower_env(tmp_path / "flwr-home"))
-    try:
-        yield started
-    finally:
-        started.stop()
 
 
 def tiny_run(model: Path, output_dir: Path, **overrides: object) -> str:
@@ -483,6 +472,28 @@ def unit_service(path: Path) -> tuple[list[str], dict[str, str], str]:
     return command, env, restart
 
 
+def kill_mid_round_and_restart(
+    daemons: Daemons, name: str, command: list[str], env: dict[str, str], run: Future[tuple[int, str]]
+) -> int:
+    """SIGKILL node ``name`` while its round-1 ClientApp runs, then, until ``run`` is done, start
+    ``command`` again RestartSec after each exit, as systemd's Restart=on-failure does; returns how many
+    times it was started again."""
+    victim = daemons.procs[name]
+    daemons.wait_log(name, r"Receiving: train message", 240)
+    wait_for(lambda: clientapp_running(victim), 60, f"round 1's ClientApp on {name}")
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait(timeout=10) == -signal.SIGKILL
+    current, restarts = name, 0
+    while not run.done():
+        if daemons.procs[current].poll() not in (None, 0):
+            time.sleep(RESTART_SEC)
+            restarts += 1
+            current = f"{name}-restart-{restarts}"
+            daemons.start(current, command, env)
+        time.sleep(1)
+    return restarts
+
+
 def test_node_restarted_by_its_service_unit_rejoins_the_run(
     daemons: Daemons, pki: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
@@ -507,19 +518,7 @@ def test_node_restarted_by_its_service_unit_rejoins_the_run(
     pool = ThreadPoolExecutor(1)
     try:
         run = pool.submit(run_app, daemons.env, "tls", config, out, RUN_TIMEOUT_S + 240)
-        victim = daemons.procs["node-1"]
-        daemons.wait_log("node-1", r"Receiving: train message", 180)
-        wait_for(lambda: clientapp_running(victim), 60, "round 1's ClientApp on the victim")
-        victim.send_signal(signal.SIGKILL)
-        assert victim.wait(timeout=10) == -signal.SIGKILL
-        current, restarts = "node-1", 0
-        while not run.done():  # what systemd does with Restart=on-failure and RestartSec
-            if daemons.procs[current].poll() not in (None, 0):
-                time.sleep(RESTART_SEC)
-                restarts += 1
-                current = f"node-1-restart-{restarts}"
-                daemons.start(current, command, {**daemons.env, **env})
-            time.sleep(1)
+        restarts = kill_mid_round_and_restart(daemons, "node-1", command, {**daemons.env, **env}, run)
         _, status = run.result(timeout=1)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)

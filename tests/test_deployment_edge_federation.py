@@ -21,7 +21,6 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,16 +28,14 @@ import pandas as pd
 import pytest
 import torch
 
-from fedcore.cli.launch import flower_env
 from fedcore.data import assets
-from fedcore.deploy.systemd import RESTART_SEC
 from fedcore.mechanisms.layer_dropout import MAX_PLAN_RATE
-from tests.deployment_helpers import DEPLOY_TOOL, Daemons, metrics_rows, run_app, wait_for
+from tests.deployment_helpers import DEPLOY_TOOL, Daemons, metrics_rows, run_app
 from tests.server_app.test_model_export import _card_code
 from tests.test_deployment import (
     RUN_TIMEOUT_S,
-    clientapp_running,
     connect,
+    kill_mid_round_and_restart,
     ok,
     start_superlink,
     tiny_run,
@@ -109,15 +106,6 @@ class Throttle:
         self.done.set()
         self.thread.join(timeout=5)
         self._signal(signal.SIGCONT)
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    started = Daemons(tmp_path / "logs", flower_env(tmp_path / "flwr-home"))
-    try:
-        yield started
-    finally:
-        started.stop()
 
 
 def test_an_edge_federation_on_the_nodes_own_data_and_measured_devices(
@@ -197,19 +185,8 @@ def test_an_edge_federation_on_the_nodes_own_data_and_measured_devices(
     try:
         with Throttle(slow.pid, SLOW_SHARE):
             run = pool.submit(run_app, daemons.env, "edge", config, out, RUN_TIMEOUT_S + 300)
-            victim = daemons.procs["clinic-b"]
-            daemons.wait_log("clinic-b", r"Receiving: train message", 240)
-            wait_for(lambda: clientapp_running(victim), 60, "round 1's ClientApp on clinic-b")
-            victim.send_signal(signal.SIGKILL)
-            assert victim.wait(timeout=10) == -signal.SIGKILL
-            current, restarts = "clinic-b", 0
-            while not run.done():  # what systemd does with Restart=on-failure and RestartSec
-                if daemons.procs[current].poll() not in (None, 0):
-                    time.sleep(RESTART_SEC)
-                    restarts += 1
-                    current = f"clinic-b-restart-{restarts}"
-                    daemons.start(current, unit_command, {**daemons.env, **unit_env})
-                time.sleep(1)
+            env = {**daemons.env, **unit_env}
+            restarts = kill_mid_round_and_restart(daemons, "clinic-b", unit_command, env, run)
             _, status = run.result(timeout=1)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)

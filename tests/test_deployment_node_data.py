@@ -8,13 +8,10 @@ the run's set is left out at start-up with that label named.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
-from fedcore.cli.launch import flower_env
 from tests.conftest import make_tiny_model_dir
 from tests.deployment_helpers import DEPLOY_TOOL, Daemons, metrics_rows, run_app
 from tests.test_deployment import RUN_TIMEOUT_S, connect, start_superlink, tiny_run, wait_nodes
@@ -33,15 +30,6 @@ def write_node_file(folder: Path, labels: list[str]) -> Path:
     path = folder / "reviews.csv"
     pd.DataFrame({"comment": texts, "verdict": labels}).to_csv(path, index=False)
     return path
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    started = Daemons(tmp_path / "logs", flower_env(tmp_path / "flwr-home"))
-    try:
-        yield started
-    finally:
-        started.stop()
 
 
 def test_each_node_trains_on_its_own_file_and_the_server_never_reads_one(
