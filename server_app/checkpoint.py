@@ -144,9 +144,7 @@ def read_checkpoint(folder: Path) -> Checkpoint:
         raise CheckpointError(
             f"resume-from: {optimizer_path} does not match {meta_path} (corrupt or mixed files)"
         )
-    bad = [name for name, t in optimizer_state.items() if not torch.isfinite(t).all()]
-    if bad:
-        raise CheckpointError(f"resume-from: {optimizer_path} holds non-finite values in {bad[0]}")
+    _check_usable(optimizer_state, optimizer_path)
     return Checkpoint(
         round=meta["round"],
         global_state=state,
@@ -193,12 +191,12 @@ def _check_meta_types(meta: dict[str, Any], meta_path: Path) -> None:
         raise CheckpointError(f"resume-from: {meta_path} has invalid values ({shown})")
 
 
-def _check_usable(state: dict[str, torch.Tensor], state_path: Path) -> None:
+def _check_usable(state: dict[str, torch.Tensor], path: Path) -> None:
     """Every value finite, and every tensor's squared norm too: fp32 arithmetic cannot use larger values."""
     bad = [name for name, t in state.items() if not torch.isfinite(t.float().pow(2).sum())]
     if bad:
         raise CheckpointError(
-            f"resume-from: {state_path} holds non-finite or overflowing values in {', '.join(bad[:3])}"
+            f"resume-from: {path} holds non-finite or overflowing values in {', '.join(bad[:3])}"
             f"{' ...' if len(bad) > 3 else ''}; resume from an earlier copy or start afresh"
         )
 
