@@ -8,6 +8,7 @@ systemd unit says rejoins the run.
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import shutil
@@ -26,6 +27,7 @@ import pytest
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_PATIENCE
 
 from fedcore.config import RunConfig
 from fedcore.deploy.systemd import RESTART_SEC
@@ -44,6 +46,9 @@ from tests.deployment_helpers import (
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 RUN_TIMEOUT_S = 240
+#: a killed node's session stays online for HEARTBEAT_PATIENCE heartbeat intervals; restarts before then
+#: are refused, one every RestartSec, and the one after it joins
+MAX_RESTARTS = 1 + math.ceil(HEARTBEAT_PATIENCE * HEARTBEAT_DEFAULT_INTERVAL / RESTART_SEC)
 
 
 def tool(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -474,10 +479,12 @@ def unit_service(path: Path) -> tuple[list[str], dict[str, str], str]:
 
 def kill_mid_round_and_restart(
     daemons: Daemons, name: str, command: list[str], env: dict[str, str], run: Future[tuple[int, str]]
-) -> int:
+) -> None:
     """SIGKILL node ``name`` while its round-1 ClientApp runs, then, until ``run`` is done, start
-    ``command`` again RestartSec after each exit, as systemd's Restart=on-failure does; returns how many
-    times it was started again."""
+    ``command`` again RestartSec after each exit, as systemd's Restart=on-failure does.
+
+    Until the SuperLink marks the killed session offline (two missed heartbeats), it refuses the same
+    key's activation, so the first restarts exit with Flower's code 305; any other exit fails here."""
     victim = daemons.procs[name]
     daemons.wait_log(name, r"Receiving: train message", 240)
     wait_for(lambda: clientapp_running(victim), 60, f"round 1's ClientApp on {name}")
@@ -486,12 +493,14 @@ def kill_mid_round_and_restart(
     current, restarts = name, 0
     while not run.done():
         if daemons.procs[current].poll() not in (None, 0):
+            if current != name:
+                assert "Failed to activate SuperNode" in daemons.log(current), daemons.log(current)
             time.sleep(RESTART_SEC)
             restarts += 1
             current = f"{name}-restart-{restarts}"
             daemons.start(current, command, env)
         time.sleep(1)
-    return restarts
+    assert 1 <= restarts <= MAX_RESTARTS, daemons.logs_tail()
 
 
 def test_node_restarted_by_its_service_unit_rejoins_the_run(
@@ -518,12 +527,11 @@ def test_node_restarted_by_its_service_unit_rejoins_the_run(
     pool = ThreadPoolExecutor(1)
     try:
         run = pool.submit(run_app, daemons.env, "tls", config, out, RUN_TIMEOUT_S + 240)
-        restarts = kill_mid_round_and_restart(daemons, "node-1", command, {**daemons.env, **env}, run)
+        kill_mid_round_and_restart(daemons, "node-1", command, {**daemons.env, **env}, run)
         _, status = run.result(timeout=1)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     assert status == "finished:completed", daemons.logs_tail()
-    assert 1 <= restarts <= 5
     statuses = client_rows(metrics_rows(out))
     assert statuses[(1, 0)] == "ok" and statuses[(1, 1)] in ("timeout", "failed")
     assert statuses[(3, 1)] == "ok", statuses  # the restarted node answers again

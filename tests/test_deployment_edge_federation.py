@@ -186,12 +186,11 @@ def test_an_edge_federation_on_the_nodes_own_data_and_measured_devices(
         with Throttle(slow.pid, SLOW_SHARE):
             run = pool.submit(run_app, daemons.env, "edge", config, out, RUN_TIMEOUT_S + 300)
             env = {**daemons.env, **unit_env}
-            restarts = kill_mid_round_and_restart(daemons, "clinic-b", unit_command, env, run)
+            kill_mid_round_and_restart(daemons, "clinic-b", unit_command, env, run)
             _, status = run.result(timeout=1)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     assert status == "finished:completed", daemons.logs_tail()
-    assert 1 <= restarts <= 5
 
     rows = metrics_rows(out)
     ready = {r["node_id"]: r for r in rows if r["kind"] == "node" and r["status"] == "ready"}
